@@ -1,0 +1,69 @@
+"""orbax checkpoints of a training run: train state (params, optimizer, step, RNG) + data position (JSON).
+
+Saves are asynchronous (training continues while the arrays are written) and atomic: orbax writes a
+step into a temporary directory and renames it only once everything is on disk, so a crash mid-save
+leaves no half-written step, and the temporary leftovers are deleted when the manager is reopened.
+Retention: the last `keep_last` steps plus the `keep_best` steps with the highest eval accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+BEST_METRIC = "accuracy"
+
+
+class Checkpoints:
+    def __init__(self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        policies = [cm.LatestN(n=keep_last)]
+        if keep_best:
+            policies.append(cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=keep_best,
+                                     keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=async_save,
+            preservation_policy=cm.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=True,  # a save killed half-way is removed here
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, data: dict, metrics: dict | None = None) -> bool:
+        """Start an async save of `state` (a pytree of jax arrays) and the JSON-able `data`."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
+        return self.manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, step: int, abstract_state):
+        """(state, data) of `step`; arrays land with the shardings of `abstract_state`'s leaves
+        (jax.ShapeDtypeStruct with .sharding)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        out = self.manager.restore(step, args=args)
+        return out["state"], out["data"]
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings, for restore."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def tmp_dirs(directory: str | Path) -> list[Path]:
+    """Temporary (uncommitted) step directories orbax left behind, e.g. after a crash mid-save."""
+    d = Path(directory)
+    return sorted(p for p in d.glob("*") if ".orbax-checkpoint-tmp" in p.name) if d.is_dir() else []

@@ -1,0 +1,129 @@
+"""Training metrics: a JSONL log, TensorBoard event files (tensorboardX, no TensorFlow), a tqdm bar, MFU.
+
+Only process 0 writes; the other hosts get a logger whose methods do nothing.
+MFU = 6 * N_params * tokens/s / (peak FLOP/s per device * devices): the usual dense-transformer model
+FLOPs (forward + backward, attention FLOPs left out), over the device's peak from a table, or for
+CPUs a matmul measured once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per device (one chip, or one GPU), from the vendors' spec sheets.
+PEAK_FLOPS = {
+    "TPU v2": 45e12 / 2,     # per core (a v2 chip = 2 devices)
+    "TPU v3": 123e12 / 2,    # per core
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,   # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,   # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA L4": 121e12,
+    "NVIDIA A10G": 125e12,
+    "Tesla V100": 125e12,
+    "Tesla T4": 65e12,
+}
+
+_measured: dict[str, float] = {}
+
+
+def measure_matmul_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
+    """FLOP/s of one jitted n x n matmul on the default device (best of `repeats`)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_flops_per_device(device=None, dtype=jnp.float32) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from) for `device` (default: the first local device)."""
+    device = device or jax.local_devices()[0]
+    kind = getattr(device, "device_kind", "") or ""
+    for name, flops in PEAK_FLOPS.items():
+        if kind.lower().startswith(name.lower()):
+            return flops, f"table:{name}"
+    key = f"{device.platform}:{jnp.dtype(dtype).name}"
+    if key not in _measured:  # CPUs and unknown devices: measure once per process
+        _measured[key] = measure_matmul_flops(dtype=dtype)
+    return _measured[key], f"measured matmul ({kind or device.platform}, {jnp.dtype(dtype).name})"
+
+
+def mfu(n_params: int, tokens_per_s: float, peak_flops_total: float) -> float:
+    return 6.0 * n_params * tokens_per_s / peak_flops_total
+
+
+class MetricsLogger:
+    """JSONL (`metrics.jsonl`) + TensorBoard (`tensorboard/`) + tqdm bar, on process 0 only."""
+
+    def __init__(self, run_dir: str | Path, *, total_steps: int, initial_step: int = 0, enabled: bool | None = None,
+                 tensorboard: bool = True, progress: bool = True):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.jsonl = self.tb = self.bar = None
+        if not self.enabled:
+            return
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable while running
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
+                            desc="train")
+
+    def log(self, step: int, metrics: dict, *, kind: str = "train"):
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"kind": kind, "step": int(step), "time": time.time(), **clean}) + "\n")
+        if self.tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+    def text(self, tag: str, text: str, step: int):
+        if self.enabled and self.tb is not None:
+            self.tb.add_text(tag, text, int(step))
+
+    def progress(self, step: int, **postfix):
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                 refresh=True)
+
+    def write(self, message: str):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        self.jsonl = self.tb = self.bar = None
