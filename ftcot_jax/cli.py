@@ -99,6 +99,7 @@ def add_serve_parser(sub):
     p.add_argument("--max-n", type=int, default=8, help="largest n (completions per prompt)")
     p.add_argument("--batch-window-ms", type=float, default=10.0,
                    help="how long to wait for more requests to join a batch")
+    p.add_argument("--max-queue", type=int, default=1024, help="queued requests beyond this get a 503")
     p.set_defaults(func=_run_serve)
 
 
@@ -113,7 +114,8 @@ def _run_serve(args):
     serve.serve(args.checkpoint, dict(
         model_id=args.model_id, host=args.host, port=args.port, api_key=api_key, max_batch=args.max_batch,
         max_new_tokens_limit=args.max_new_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
-        max_prompt_chars=args.max_prompt_chars, max_n=args.max_n, batch_window_s=args.batch_window_ms / 1000))
+        max_prompt_chars=args.max_prompt_chars, max_n=args.max_n, batch_window_s=args.batch_window_ms / 1000,
+        max_queue=args.max_queue))
     return 0
 
 
