@@ -1,0 +1,339 @@
+"""The teacher cache: every teacher answer as one tf.train.Example in TFRecord files.
+
+Layout (documented for users in docs/cache_format.md):
+
+    <root>/<teacher model slug>/t<temperature>/<task>/
+        cache.json                         identity: schema_version, task, teacher_model, temperature
+        records-<UTC time>-<pid>-<rand>.tfrecord   one file per writing process, appended + flushed per record
+        failed.jsonl                       one line per failed attempt (still failed = no record for the key)
+
+A writing process never appends to another process's file, so the truncated tail a crash may leave is
+always the end of a file that nobody writes again: readers warn and drop it, and every record before it
+stays readable. Teacher API keys are never stored: string fields and error texts are scrubbed of the
+values of *_API_KEY / *_TOKEN environment variables, and endpoint URLs lose credentials and query strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from ftcot_jax import records
+
+SCHEMA_VERSION = 1
+PROTOCOLS = ("completions", "chat", "batch", "reference")
+
+
+@dataclass(frozen=True)
+class TeacherRecord:
+    task: str
+    split: str
+    sample_index: int
+    completion_index: int
+    teacher_model: str
+    endpoint: str
+    protocol: str  # "completions" | "chat" | "batch" | "reference"
+    question: str
+    gold_answer: str
+    reasoning_prompt: str
+    rationale: str
+    reasoning_finish_reason: str
+    answer_prompt: str
+    answer_text: str
+    finish_reason: str
+    temperature: float
+    seed: int  # -1 when none
+    prompt_tokens: int
+    completion_tokens: int
+    timestamp: float  # unix seconds
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.sample_index, self.completion_index)
+
+
+_FIELDS = tuple((f.name, f.type) for f in fields(TeacherRecord))
+_STR_FIELDS = tuple(n for n, t in _FIELDS if t == "str")
+_INT_FIELDS = tuple(n for n, t in _FIELDS if t == "int")
+
+
+def record_to_example(rec: TeacherRecord) -> bytes:
+    """Schema v1: str fields -> bytes_list (UTF-8), int fields -> int64_list, temperature -> float_list
+    (float32), timestamp -> int64 `timestamp_us` (float32 cannot hold unix time), schema_version int64."""
+    feats: dict = {n: getattr(rec, n) for n in _STR_FIELDS + _INT_FIELDS}
+    feats["temperature"] = float(rec.temperature)
+    feats["timestamp_us"] = int(round(rec.timestamp * 1e6))
+    feats["schema_version"] = SCHEMA_VERSION
+    return records.encode_example(feats)
+
+
+def record_from_example(data: bytes, where: str = "record") -> TeacherRecord:
+    feats = records.decode_example(data)
+
+    def one(name):
+        v = feats.get(name)
+        if v is None or len(v) != 1:
+            raise ValueError(f"{where}: no single-valued feature '{name}'; expected a teacher cache record")
+        return v[0]
+
+    version = one("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{where}: schema_version {version}; this version of ftcot reads {SCHEMA_VERSION}")
+    kw = {}
+    for n in _STR_FIELDS:
+        v = one(n)
+        if not isinstance(v, bytes):
+            raise ValueError(f"{where}: feature '{n}' is not a bytes_list")
+        kw[n] = v.decode("utf-8")
+    for n in _INT_FIELDS:
+        v = one(n)
+        if not isinstance(v, int):
+            raise ValueError(f"{where}: feature '{n}' is not an int64_list")
+        kw[n] = v
+    # Temperatures are short decimals; undo the float32 rounding (0.699999988 -> 0.7).
+    kw["temperature"] = round(float(one("temperature")), 6)
+    kw["timestamp"] = one("timestamp_us") / 1e6
+    return TeacherRecord(**kw)
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def _secret_values() -> list[str]:
+    names = [k for k in os.environ if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")) or k == "OPENAI_API_KEY"]
+    return sorted({os.environ[k] for k in names if len(os.environ[k]) >= 8}, key=len, reverse=True)
+
+
+def scrub(text: str, secret_values: list[str] | None = None) -> str:
+    """Removes API key values (from the environment) and bearer tokens from a text."""
+    for value in _secret_values() if secret_values is None else secret_values:
+        text = text.replace(value, "[redacted]")
+    return re.sub(r"(?i)(bearer\s+|api[-_]?key[=:]\s*)[A-Za-z0-9._\-]{8,}", r"\1[redacted]", text)
+
+
+def clean_endpoint(url: str) -> str:
+    """An endpoint URL without user:password@ and without a query string (some gateways put keys there)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return scrub(url)
+    if not parts.scheme:
+        return scrub(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return scrub(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model name ("meta-llama/Llama-3.1-8B" -> "meta-llama_Llama-3.1-8B")."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    if not s:
+        raise ValueError(f"teacher model name {text!r} has no usable characters")
+    return s
+
+
+def temperature_dir(temperature: float) -> str:
+    return f"t{float(temperature):g}"
+
+
+class TeacherCache:
+    """Teacher answers of one (task, teacher model, temperature); see the module docstring for the layout."""
+
+    def __init__(self, root, *, task: str, teacher_model: str, temperature: float):
+        self.task, self.teacher_model, self.temperature = task, teacher_model, round(float(temperature), 6)
+        self.path = Path(root) / slug(teacher_model) / temperature_dir(self.temperature) / task
+        self._writer: records.RecordWriter | None = None
+        self._check_identity()
+
+    @classmethod
+    def from_dir(cls, path) -> "TeacherCache":
+        """Opens an existing cache directory (the one holding cache.json)."""
+        path = Path(path)
+        meta = _read_meta(path / "cache.json")
+        root = path.parent.parent.parent
+        cache = cls(root, task=meta["task"], teacher_model=meta["teacher_model"], temperature=meta["temperature"])
+        if cache.path.resolve() != path.resolve():
+            raise ValueError(f"{path}/cache.json names a cache that belongs at {cache.path}; was the directory moved?")
+        return cache
+
+    def _identity(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "task": self.task, "teacher_model": self.teacher_model,
+                "temperature": self.temperature}
+
+    def _check_identity(self) -> None:
+        meta_path = self.path / "cache.json"
+        if meta_path.exists():
+            meta = _read_meta(meta_path)
+            if meta != self._identity():
+                raise ValueError(f"{meta_path} describes {meta}; expected {self._identity()}")
+
+    def _ensure_dir(self) -> None:
+        meta_path = self.path / "cache.json"
+        if not meta_path.exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            tmp = meta_path.with_name(f"cache.json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._identity(), indent=1) + "\n")
+            os.replace(tmp, meta_path)
+
+    # -- files
+
+    def record_files(self) -> list[Path]:
+        return sorted(self.path.glob("records-*.tfrecord")) if self.path.is_dir() else []
+
+    def _new_record_file(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return self.path / f"records-{stamp}-{os.getpid()}-{secrets.token_hex(3)}.tfrecord"
+
+    # -- writing
+
+    def append(self, rec: TeacherRecord) -> None:
+        """Writes one record and flushes it to the OS before returning."""
+        self._validate(rec)
+        rec = _scrubbed(rec)
+        if self._writer is None:
+            self._ensure_dir()
+            self._writer = records.RecordWriter(self._new_record_file())
+        self._writer.write(record_to_example(rec))
+
+    def _validate(self, rec: TeacherRecord) -> None:
+        if not isinstance(rec, TeacherRecord):
+            raise TypeError(f"TeacherCache.append expects a TeacherRecord, got {type(rec).__name__}")
+        want = {"task": self.task, "teacher_model": self.teacher_model}
+        for name, value in want.items():
+            if getattr(rec, name) != value:
+                raise ValueError(f"record for {name}={getattr(rec, name)!r} does not belong in the cache for {value!r}")
+        if abs(rec.temperature - self.temperature) > 1e-6:
+            raise ValueError(f"record temperature {rec.temperature} does not match the cache's {self.temperature}")
+        if rec.protocol not in PROTOCOLS:
+            raise ValueError(f"record protocol {rec.protocol!r}; expected one of {PROTOCOLS}")
+        if rec.sample_index < 0 or rec.completion_index < 0:
+            raise ValueError(f"record key {rec.key} has a negative index")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "TeacherCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def mark_failed(self, sample_index: int, completion_index: int, error: str) -> None:
+        self._ensure_dir()
+        line = json.dumps({"sample_index": int(sample_index), "completion_index": int(completion_index),
+                           "error": scrub(str(error))[:2000], "timestamp": time.time()})
+        with open(self.path / "failed.jsonl", "a", encoding="utf-8") as f:
+            f.write(line + "\n")  # one write of a whole line: a crash can only cut the last line
+
+    # -- reading
+
+    def _raw(self, on_corrupt: str = "warn"):
+        for path in self.record_files():
+            for i, data in enumerate(records.read_records(path, on_corrupt=on_corrupt)):
+                yield path, i, data
+
+    def records(self) -> list[TeacherRecord]:
+        """Every cached record, the first one of each (sample_index, completion_index) key, in
+        (sample_index, completion_index) order. Unreadable tails are dropped with a warning."""
+        seen: dict[tuple[int, int], TeacherRecord] = {}
+        for path, i, data in self._raw():
+            rec = record_from_example(data, where=f"{path} record {i}")
+            seen.setdefault(rec.key, rec)
+        return [seen[k] for k in sorted(seen)]
+
+    def done_keys(self) -> set[tuple[int, int]]:
+        """(sample_index, completion_index) pairs already answered (decodes only the two key fields)."""
+        done = set()
+        for _, _, data in self._raw():
+            fmap = records.Example.FromString(data).features.feature
+            done.add((fmap["sample_index"].int64_list.value[0], fmap["completion_index"].int64_list.value[0]))
+        return done
+
+    def failed(self) -> list[dict]:
+        """Items whose last attempt failed and that have no record yet: dicts with sample_index,
+        completion_index, error (the latest), attempts and timestamp, in key order."""
+        path = self.path / "failed.jsonl"
+        if not path.exists():
+            return []
+        latest: dict[tuple[int, int], dict] = {}
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = (int(row["sample_index"]), int(row["completion_index"]))
+            except (ValueError, KeyError, TypeError):
+                if lineno == len(lines):  # a crash mid-write can only cut the last line
+                    warnings.warn(f"{path}: ignoring a cut-off last line {lineno}", RuntimeWarning, stacklevel=2)
+                    continue
+                raise ValueError(f"{path}: line {lineno} is not a failed-item entry") from None
+            attempts = latest.get(key, {}).get("attempts", 0) + 1
+            latest[key] = {"sample_index": key[0], "completion_index": key[1], "error": row.get("error", ""),
+                           "attempts": attempts, "timestamp": row.get("timestamp", 0.0)}
+        done = self.done_keys() if latest else set()
+        return [latest[k] for k in sorted(latest) if k not in done]
+
+    def verify(self) -> dict:
+        """CRC-checks and decodes every record; raises RecordCorruptError (file + offset) or ValueError.
+        Returns counts: files, records, duplicates."""
+        n = 0
+        keys = set()
+        dups = 0
+        for path, i, data in self._raw(on_corrupt="raise"):
+            rec = record_from_example(data, where=f"{path} record {i}")
+            if (rec.task, rec.teacher_model) != (self.task, self.teacher_model):
+                raise ValueError(f"{path} record {i} is for {rec.task}/{rec.teacher_model}; the cache is "
+                                 f"{self.task}/{self.teacher_model}")
+            n += 1
+            dups += rec.key in keys
+            keys.add(rec.key)
+        return {"files": len(self.record_files()), "records": n, "duplicates": dups}
+
+
+def _scrubbed(rec: TeacherRecord) -> TeacherRecord:
+    values = _secret_values()
+    changes = {n: scrub(getattr(rec, n), values) for n in _STR_FIELDS if n != "endpoint"}
+    changes["endpoint"] = clean_endpoint(rec.endpoint)
+    changes = {k: v for k, v in changes.items() if v != getattr(rec, k)}
+    if not changes:
+        return rec
+    d = asdict(rec)
+    d.update(changes)
+    return TeacherRecord(**d)
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist; expected a teacher cache directory") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is not valid JSON; expected the cache identity file") from None
+    need = {"schema_version", "task", "teacher_model", "temperature"}
+    if not isinstance(meta, dict) or not need <= set(meta):
+        raise ValueError(f"{path} lacks {sorted(need - set(meta or {}))}; expected the cache identity file")
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {meta['schema_version']}; this version reads {SCHEMA_VERSION}")
+    return {k: meta[k] for k in ("schema_version", "task", "teacher_model", "temperature")}
+
+
+def find_caches(root) -> list[TeacherCache]:
+    """Every cache directory under `root` (found by its cache.json), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"cache root {root} does not exist")
+    return [TeacherCache.from_dir(p.parent) for p in sorted(root.glob("*/*/*/cache.json"))]

@@ -1,0 +1,139 @@
+"""Teacher cache (ftcot_jax/teacher/cache.py): schema round trip, resume keys, crash tails, failed log, secrets."""
+
+import dataclasses
+import json
+
+import pytest
+
+from ftcot_jax import records
+from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, find_caches, record_from_example, record_to_example
+
+
+def rec(s, c=0, task="coin_flip", model="org/Model-1", temperature=0.7, **kw):
+    base = dict(task=task, split="train", sample_index=s, completion_index=c, teacher_model=model,
+                endpoint="http://127.0.0.1:8080/v1", protocol="chat", question=f"Q{s}?", gold_answer="yes",
+                reasoning_prompt=f"Q: Q{s}?\nA: Let's think step by step.", rationale=f"Because {s}.",
+                reasoning_finish_reason="stop", answer_prompt="...\nTherefore, the answer is", answer_text=" yes.",
+                finish_reason="stop", temperature=temperature, seed=-1, prompt_tokens=12, completion_tokens=7,
+                timestamp=1763770000.123456)
+    base.update(kw)
+    return TeacherRecord(**base)
+
+
+def test_record_example_round_trip():
+    r = rec(3, 2, rationale="Ünïcode\nlines", seed=1234)
+    assert record_from_example(record_to_example(r)) == r
+    feats = records.decode_example(record_to_example(r))
+    assert feats["timestamp_us"] == [1763770000123456] and feats["schema_version"] == [1]
+    with pytest.raises(ValueError, match="where-it-is: no single-valued feature 'schema_version'"):
+        record_from_example(records.encode_example({"task": "x"}), where="where-it-is")
+
+
+def test_layout_append_records_and_resume(tmp_path):
+    with TeacherCache(tmp_path, task="coin_flip", teacher_model="org/Model-1", temperature=0.7) as c:
+        assert c.done_keys() == set() and c.records() == [] and c.failed() == []
+        for s in (2, 0, 1):
+            c.append(rec(s))
+        c.append(rec(0, 1))
+    d = tmp_path / "org_Model-1" / "t0.7" / "coin_flip"
+    assert c.path == d
+    assert json.loads((d / "cache.json").read_text()) == {"schema_version": 1, "task": "coin_flip",
+                                                          "teacher_model": "org/Model-1", "temperature": 0.7}
+    assert len(c.record_files()) == 1
+    # A new process (new cache object) sees everything, appends to its own file, never to the old one.
+    c2 = TeacherCache(tmp_path, task="coin_flip", teacher_model="org/Model-1", temperature=0.7)
+    assert c2.done_keys() == {(0, 0), (0, 1), (1, 0), (2, 0)}
+    c2.append(rec(5))
+    c2.close()
+    assert len(c2.record_files()) == 2
+    assert [r.key for r in c2.records()] == [(0, 0), (0, 1), (1, 0), (2, 0), (5, 0)]
+    assert c2.verify() == {"files": 2, "records": 5, "duplicates": 0}
+    assert [x.path for x in find_caches(tmp_path)] == [d]
+
+
+def test_identity_is_checked(tmp_path):
+    c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    with pytest.raises(ValueError, match="does not belong in the cache for 'coin_flip'"):
+        c.append(rec(0, task="gsm8k", model="m", temperature=0))
+    with pytest.raises(ValueError, match="temperature 0.7 does not match"):
+        c.append(rec(0, model="m", temperature=0.7))
+    with pytest.raises(ValueError, match="protocol 'grpc'"):
+        c.append(rec(0, model="m", temperature=0, protocol="grpc"))
+    c.append(rec(0, model="m", temperature=0))
+    meta = c.path / "cache.json"
+    meta.write_text(json.dumps({"schema_version": 1, "task": "coin_flip", "teacher_model": "other", "temperature": 0}))
+    with pytest.raises(ValueError, match="cache.json describes"):
+        TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+
+
+def test_crash_tail_is_dropped_and_later_runs_append_elsewhere(tmp_path):
+    c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    for s in range(3):
+        c.append(rec(s, model="m", temperature=0))
+    c.close()
+    (f,) = c.record_files()
+    f.write_bytes(f.read_bytes()[:-10])  # killed in the middle of writing record 2
+    c2 = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    with pytest.warns(RuntimeWarning, match="corrupt record at byte offset"):
+        assert c2.done_keys() == {(0, 0), (1, 0)}
+    c2.append(rec(2, model="m", temperature=0))
+    c2.close()
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        assert [r.key for r in c2.records()] == [(0, 0), (1, 0), (2, 0)]
+    with pytest.raises(records.RecordCorruptError, match=f"{f.name}: corrupt record at byte offset"):
+        c2.verify()
+
+
+def test_duplicates_keep_the_first(tmp_path):
+    a = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    b = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)  # two concurrent writers
+    a.append(rec(0, model="m", temperature=0, rationale="first"))
+    b.append(rec(0, model="m", temperature=0, rationale="second"))
+    a.close(), b.close()
+    (r,) = a.records()
+    assert r.rationale in ("first", "second")
+    assert a.verify()["duplicates"] == 1
+
+
+def test_failed_log(tmp_path):
+    c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    c.mark_failed(4, 0, "HTTP 500")
+    c.mark_failed(4, 0, "timeout")
+    c.mark_failed(7, 1, "HTTP 429")
+    assert [(f["sample_index"], f["completion_index"], f["error"], f["attempts"]) for f in c.failed()] == [
+        (4, 0, "timeout", 2), (7, 1, "HTTP 429", 1)]
+    c.append(rec(4, model="m", temperature=0))  # answered on a later attempt: no longer failed
+    assert [(f["sample_index"], f["completion_index"]) for f in c.failed()] == [(7, 1)]
+    with open(c.path / "failed.jsonl", "a") as fh:
+        fh.write('{"sample_index": 9, "compl')  # a crash mid-line
+    with pytest.warns(RuntimeWarning, match="cut-off last line"):
+        assert len(c.failed()) == 1
+
+
+def test_api_key_never_stored(tmp_path, monkeypatch):
+    key = "sk-test-SECRET-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    c.append(rec(0, model="m", temperature=0, endpoint=f"https://user:{key}@api.example.com/v1?api-key={key}",
+                 rationale=f"leaked {key} here"))
+    c.mark_failed(1, 0, f"401 Unauthorized: Incorrect API key provided: {key}; Authorization: Bearer {key}")
+    c.close()
+    for p in c.path.iterdir():
+        assert key not in p.read_bytes().decode("utf-8", "replace"), p
+    (r,) = c.records()
+    assert r.endpoint == "https://api.example.com/v1"
+    assert "[redacted]" in c.failed()[0]["error"]
+
+
+def test_from_dir_and_bad_meta(tmp_path):
+    c = TeacherCache(tmp_path, task="gsm8k", teacher_model="gpt-4o-mini", temperature=0)
+    c.append(rec(1, task="gsm8k", model="gpt-4o-mini", temperature=0))
+    c.close()
+    c2 = TeacherCache.from_dir(c.path)
+    assert (c2.task, c2.teacher_model, c2.temperature) == ("gsm8k", "gpt-4o-mini", 0.0)
+    assert dataclasses.astuple(c2.records()[0])[:4] == ("gsm8k", "train", 1, 0)
+    (c.path / "cache.json").write_text("{")
+    with pytest.raises(ValueError, match="cache.json is not valid JSON"):
+        TeacherCache.from_dir(c.path)
+    with pytest.raises(FileNotFoundError, match="cache root"):
+        find_caches(tmp_path / "missing")
