@@ -1,0 +1,512 @@
+"""T5 v1.0, T5 v1.1 and Flan-T5 (HF `T5ForConditionalGeneration`) in Flax NNX.
+
+Facts that differ from the decoder families: pre-RMSNorm without mean or bias, no 1/sqrt(d) attention
+scaling (it is folded into the init), relative position buckets whose bias lives only in the first
+layer of each stack and is shared by all its layers (bidirectional in the encoder, causal in the decoder),
+and a head that is either tied to the shared embedding (v1.0, decoder output scaled by d_model**-0.5)
+or untied (v1.1 / Flan-T5, no scaling).
+
+Shape suffixes: B batch, L encoder length, T decoder length, S decoder cache slots, D d_model,
+H heads, K d_kv, F d_ff, V vocab, N relative position buckets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ftcot_jax.models.layers import NEG_INF, HFTensors, RMSNorm, normal_init, param
+from ftcot_jax.models.sharding import constrain
+
+HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None  # None = num_layers
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"       # "relu" (v1.0) | "gated-gelu" (v1.1, Flan-T5) | "{act}" | "gated-{act}"
+    tie_word_embeddings: bool = True      # head shares `shared` (v1.0) or has its own lm_head (v1.1)
+    scale_decoder_outputs: bool | None = None  # None = tie_word_embeddings (HF v4 semantics)
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    model_type: str = "t5"
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self):
+        if self.num_decoder_layers is None:
+            object.__setattr__(self, "num_decoder_layers", self.num_layers)
+        if self.scale_decoder_outputs is None:
+            object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)
+        if self.model_type not in HF_MODEL_TYPES:
+            raise ValueError(f"t5 config: model_type '{self.model_type}' is not supported; expected one of: "
+                             f"{', '.join(HF_MODEL_TYPES)}")
+        self.activation  # validates feed_forward_proj
+        if self.relative_attention_num_buckets < 4:
+            raise ValueError("t5 config: relative_attention_num_buckets must be >= 4, got "
+                             f"{self.relative_attention_num_buckets}")
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation(self) -> str:
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise ValueError(f"t5 config: feed_forward_proj '{self.feed_forward_proj}' is not of the form "
+                             "'{act}' or 'gated-{act}'")
+        act = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]  # as HF does
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"t5 config: feed_forward_proj '{self.feed_forward_proj}' uses an unsupported "
+                             f"activation '{act}'; expected one of: {', '.join(_ACTIVATIONS)}")
+        return act
+
+    @classmethod
+    def from_hf_config(cls, hf: Mapping) -> Config:
+        mt = hf.get("model_type", "t5")
+        if mt not in HF_MODEL_TYPES:
+            hint = " (UMT5 has a relative attention bias in every layer)" if mt == "umt5" else ""
+            raise ValueError(f"t5.Config got model_type '{mt}'{hint}; supported: {', '.join(HF_MODEL_TYPES)}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"is_encoder_decoder", "tie_word_embeddings",
+                                                             "scale_decoder_outputs"}
+        kw = {k: hf[k] for k in names if hf.get(k) is not None}
+        for k in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            if isinstance(kw.get(k), list):  # HF allows a list of eos ids; T5 checkpoints use one
+                kw[k] = kw[k][0]
+        tie = bool(hf.get("tie_word_embeddings", True))
+        if "scale_decoder_outputs" in hf:
+            # transformers v5 writes tie_word_embeddings=true for every T5 and keeps the v1.1 "no scaling,
+            # own lm_head" switch in scale_decoder_outputs; no released T5 has a tied head without scaling.
+            scale = bool(hf["scale_decoder_outputs"])
+            tie = tie and scale
+        else:
+            scale = tie
+        if "decoder_start_token_id" not in kw:
+            kw["decoder_start_token_id"] = kw.get("pad_token_id", 0)  # T5 starts decoding with pad
+        return cls(**kw, tie_word_embeddings=tie, scale_decoder_outputs=scale)
+
+    def to_hf_config(self) -> dict:
+        d = dataclasses.asdict(self)
+        arch = "MT5ForConditionalGeneration" if self.model_type == "mt5" else "T5ForConditionalGeneration"
+        return {**d, "architectures": [arch], "is_encoder_decoder": True, "num_heads": self.num_heads,
+                "dense_act_fn": self.activation, "is_gated_act": self.is_gated}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Relative position buckets
+
+
+def relative_position_bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bucket id for every relative position (key - query) in [-max_distance, max_distance].
+
+    Positions further away share the last bucket, so the table covers all lengths. Computed on the host
+    with the same float32 op sequence as HF/Mesh-TF so bucket boundaries agree exactly.
+    """
+    rp = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
+    out = np.zeros_like(rp)
+    nb = num_buckets
+    if bidirectional:
+        nb //= 2
+        out += (rp > 0) * nb
+        rp = np.abs(rp)
+    else:
+        rp = -np.minimum(rp, 0)
+    max_exact = nb // 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        large = np.log(np.maximum(rp, 1).astype(np.float32) / np.float32(max_exact))
+        large = large / np.float32(math.log(max_distance / max_exact)) * np.float32(nb - max_exact)
+    large = np.minimum(max_exact + large.astype(np.int64), nb - 1)
+    return (out + np.where(rp < max_exact, rp, large)).astype(np.int32)
+
+
+def position_bias_1xHxTxS(rel_bias_NxH, table: np.ndarray, max_distance: int, q_pos_T, k_pos_S):
+    rp_TxS = jnp.clip(k_pos_S[None, :] - q_pos_T[:, None], -max_distance, max_distance) + max_distance
+    bucket_TxS = jnp.asarray(table)[rp_TxS]
+    return jnp.take(rel_bias_NxH, bucket_TxS, axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)
+
+
+def _dropout(x, rate: float, rng):
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class _Rng:
+    """Hands out a fresh dropout key per call site (None when not training)."""
+
+    def __init__(self, key):
+        self.key, self.n = key, 0
+
+    def __call__(self):
+        if self.key is None:
+            return None
+        self.n += 1
+        return jax.random.fold_in(self.key, self.n)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Modules
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
+        D, H, K = cfg.d_model, cfg.num_heads, cfg.d_kv
+        # HF init: the missing 1/sqrt(K) score scaling is folded into q's std.
+        self.q = param(rngs, normal_init((D * K) ** -0.5), (D, H, K), ("embed", "heads", "head_dim"))
+        self.k = param(rngs, normal_init(D**-0.5), (D, H, K), ("embed", "heads", "head_dim"))
+        self.v = param(rngs, normal_init(D**-0.5), (D, H, K), ("embed", "heads", "head_dim"))
+        self.o = param(rngs, normal_init((H * K) ** -0.5), (H, K, D), ("heads", "head_dim", "embed"))
+        self.dtype, self.dropout_rate = dtype, cfg.dropout_rate
+
+    def project_kv(self, x_BxSxD):
+        dt = self.dtype
+        k_BxSxHxK = jnp.einsum("bsd,dhk->bshk", x_BxSxD.astype(dt), self.k[...].astype(dt))
+        v_BxSxHxK = jnp.einsum("bsd,dhk->bshk", x_BxSxD.astype(dt), self.v[...].astype(dt))
+        return k_BxSxHxK, v_BxSxHxK
+
+    def __call__(self, x_BxTxD, k_BxSxHxK, v_BxSxHxK, bias_1xHxTxS, mask_BxTxS, rng=None):
+        dt = self.dtype
+        q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dt), self.q[...].astype(dt))
+        q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "length", "heads", "head_dim"))
+        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK.astype(dt),
+                                    preferred_element_type=jnp.float32)  # no 1/sqrt(K): T5 folds it into init
+        if bias_1xHxTxS is not None:
+            scores_BxHxTxS = scores_BxHxTxS + bias_1xHxTxS
+        scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, NEG_INF)
+        probs = _dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1), self.dropout_rate, rng).astype(dt)
+        out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs, v_BxSxHxK.astype(dt))
+        return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.o[...].astype(dt))
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
+        D, F = cfg.d_model, cfg.d_ff
+        self.gated = cfg.is_gated
+        self.wi = param(rngs, normal_init(D**-0.5), (D, F), ("embed", "mlp"))
+        if self.gated:
+            self.wi_gate = param(rngs, normal_init(D**-0.5), (D, F), ("embed", "mlp"))
+        self.wo = param(rngs, normal_init(F**-0.5), (F, D), ("mlp", "embed"))
+        self.act, self.dtype, self.dropout_rate = _ACTIVATIONS[cfg.activation], dtype, cfg.dropout_rate
+
+    def __call__(self, x_BxTxD, rng=None):
+        dt = self.dtype
+        x = x_BxTxD.astype(dt)
+        if self.gated:  # HF wi_0 goes through the activation, wi_1 is the linear branch
+            h_BxTxF = self.act(x @ self.wi_gate[...].astype(dt)) * (x @ self.wi[...].astype(dt))
+        else:
+            h_BxTxF = self.act(x @ self.wi[...].astype(dt))
+        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
+        return _dropout(h_BxTxF, self.dropout_rate, rng) @ self.wo[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: Config, *, decoder: bool, dtype, rngs: nnx.Rngs):
+        eps = cfg.layer_norm_epsilon
+        self.self_norm = RMSNorm(cfg.d_model, eps, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        if decoder:
+            self.cross_norm = RMSNorm(cfg.d_model, eps, dtype=dtype, rngs=rngs)
+            self.cross_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.ff_norm = RMSNorm(cfg.d_model, eps, dtype=dtype, rngs=rngs)
+        self.ff = FeedForward(cfg, dtype=dtype, rngs=rngs)
+        self.decoder, self.dropout_rate = decoder, cfg.dropout_rate
+
+    def __call__(self, x_BxTxD, self_bias, self_mask_BxTxS, *, cache=None, cache_index=None, cross_kv=None,
+                 cross_mask_BxTxL=None, rng=lambda: None):
+        """Residual stream stays fp32; sublayers compute in the model dtype.
+        With `cache` (dict k, v: BxSxHxK) the T new keys/values are written at slot cache_index."""
+        h = self.self_norm(x_BxTxD)
+        k, v = self.self_attn.project_kv(h)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+            cache = {"k": k, "v": v}
+        a = self.self_attn(h, k, v, self_bias, self_mask_BxTxS, rng())
+        x_BxTxD = x_BxTxD + _dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
+        if self.decoder:
+            a = self.cross_attn(self.cross_norm(x_BxTxD), *cross_kv, None, cross_mask_BxTxL, rng())
+            x_BxTxD = x_BxTxD + _dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
+        f = self.ff(self.ff_norm(x_BxTxD), rng())
+        x_BxTxD = x_BxTxD + _dropout(f, self.dropout_rate, rng()).astype(jnp.float32)
+        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
+
+
+class Stack(nnx.Module):
+    """Encoder or decoder stack. The relative attention bias belongs to layer 0 and is shared by all layers."""
+
+    def __init__(self, cfg: Config, *, decoder: bool, dtype, rngs: nnx.Rngs):
+        n = cfg.num_decoder_layers if decoder else cfg.num_layers
+        self.rel_bias = param(rngs, normal_init(cfg.d_model**-0.5), (cfg.relative_attention_num_buckets,
+                                                                     cfg.num_heads), ("relpos_buckets", "heads"))
+        self.blocks = nnx.List([Block(cfg, decoder=decoder, dtype=dtype, rngs=rngs) for _ in range(n)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype=jnp.float32, rngs=rngs)
+        self.bucket_table = tuple(relative_position_bucket_table(
+            not decoder, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance).tolist())
+        self.max_distance = cfg.relative_attention_max_distance
+
+    def bias(self, q_pos_T, k_pos_S):
+        return position_bias_1xHxTxS(self.rel_bias[...], np.asarray(self.bucket_table, np.int32),
+                                     self.max_distance, q_pos_T, k_pos_S)
+
+
+class Model(nnx.Module):
+    """`model(input_ids_BxL, attention_mask_BxL=..., decoder_input_ids_BxT=..., decoder_attention_mask_BxT=...)
+    -> fp32 logits_BxTxV`.
+
+    Generation: `encode` once, `cross_kv` once, then `decode_step` with a cache from `init_cache`.
+    Pass `dropout_rng` (a PRNG key) to train with the config's dropout_rate; without it the model is
+    deterministic.
+    """
+
+    def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        cfg = self.config = config
+        self.dtype = dtype
+        self.shared = param(rngs, normal_init(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
+        self.encoder = Stack(cfg, decoder=False, dtype=dtype, rngs=rngs)
+        self.decoder = Stack(cfg, decoder=True, dtype=dtype, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = param(rngs, normal_init(1.0), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+
+    # -- encoder ------------------------------------------------------------------------------------------
+
+    def encode(self, input_ids_BxL, attention_mask_BxL=None, *, dropout_rng=None):
+        """Encoder output (after the final norm), fp32 BxLxD. attention_mask: 1 = real token."""
+        B, L = input_ids_BxL.shape
+        mask_BxL = jnp.ones((B, L), bool) if attention_mask_BxL is None else attention_mask_BxL > 0
+        if mask_BxL.shape != (B, L):
+            raise ValueError(f"t5: attention_mask shape {mask_BxL.shape} != input_ids shape {(B, L)}")
+        rng = _Rng(dropout_rng)
+        x_BxLxD = jnp.take(self.shared[...], input_ids_BxL, axis=0)
+        x_BxLxD = constrain(_dropout(x_BxLxD, self.config.dropout_rate, rng()), ("batch", "length", "embed"))
+        pos_L = jnp.arange(L)
+        bias = self.encoder.bias(pos_L, pos_L)
+        self_mask_BxLxL = jnp.broadcast_to(mask_BxL[:, None, :], (B, L, L))
+        for block in self.encoder.blocks:
+            x_BxLxD, _ = block(x_BxLxD, bias, self_mask_BxLxL, rng=rng)
+        return _dropout(self.encoder.final_norm(x_BxLxD), self.config.dropout_rate, rng())
+
+    # -- decoder ------------------------------------------------------------------------------------------
+
+    def cross_kv(self, encoder_out_BxLxD) -> list[tuple[jax.Array, jax.Array]]:
+        """Cross-attention keys/values of every decoder layer, computed once per encoder output."""
+        return [block.cross_attn.project_kv(encoder_out_BxLxD) for block in self.decoder.blocks]
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
+        shape = (batch, length, self.config.num_heads, self.config.d_kv)
+        dt = dtype or self.dtype
+        return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in self.decoder.blocks]
+
+    def _decoder_features(self, ids_BxT, q_pos_T, self_mask_BxTxS, k_pos_S, cross_kv, attention_mask_BxL,
+                          cache=None, cache_index=None, rng=lambda: None):
+        B, T = ids_BxT.shape
+        L = cross_kv[0][0].shape[1]
+        enc_mask_BxL = jnp.ones((B, L), bool) if attention_mask_BxL is None else attention_mask_BxL > 0
+        cross_mask_BxTxL = jnp.broadcast_to(enc_mask_BxL[:, None, :], (B, T, L))
+        x_BxTxD = jnp.take(self.shared[...], ids_BxT, axis=0)
+        x_BxTxD = constrain(_dropout(x_BxTxD, self.config.dropout_rate, rng()), ("batch", "length", "embed"))
+        bias = self.decoder.bias(q_pos_T, k_pos_S)
+        new_cache = []
+        for i, block in enumerate(self.decoder.blocks):
+            x_BxTxD, c = block(x_BxTxD, bias, self_mask_BxTxS, cache=None if cache is None else cache[i],
+                               cache_index=cache_index, cross_kv=cross_kv[i], cross_mask_BxTxL=cross_mask_BxTxL,
+                               rng=rng)
+            new_cache.append(c)
+        x_BxTxD = _dropout(self.decoder.final_norm(x_BxTxD), self.config.dropout_rate, rng())
+        return x_BxTxD, (None if cache is None else new_cache)
+
+    def logits(self, x_BxTxD):
+        dt = self.dtype
+        if self.config.scale_decoder_outputs:
+            x_BxTxD = x_BxTxD * (self.config.d_model**-0.5)
+        if self.config.tie_word_embeddings:
+            out = jnp.einsum("btd,vd->btv", x_BxTxD.astype(dt), self.shared[...].astype(dt),
+                             preferred_element_type=jnp.float32)
+        else:
+            out = jnp.einsum("btd,dv->btv", x_BxTxD.astype(dt), self.lm_head[...].astype(dt),
+                             preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "vocab"))
+
+    def decode(self, decoder_input_ids_BxT, encoder_out_BxLxD, *, attention_mask_BxL=None,
+               decoder_attention_mask_BxT=None, dropout_rng=None):
+        """Teacher-forced decoder logits (causal; decoder_attention_mask masks padded keys)."""
+        B, T = decoder_input_ids_BxT.shape
+        dmask_BxT = (jnp.ones((B, T), bool) if decoder_attention_mask_BxT is None
+                     else decoder_attention_mask_BxT > 0)
+        if dmask_BxT.shape != (B, T):
+            raise ValueError(f"t5: decoder_attention_mask shape {dmask_BxT.shape} != decoder_input_ids shape "
+                             f"{(B, T)}")
+        pos_T = jnp.arange(T)
+        causal_TxT = pos_T[None, :] <= pos_T[:, None]
+        self_mask_BxTxT = causal_TxT[None] & dmask_BxT[:, None, :]
+        x, _ = self._decoder_features(decoder_input_ids_BxT, pos_T, self_mask_BxTxT, pos_T,
+                                      self.cross_kv(encoder_out_BxLxD), attention_mask_BxL,
+                                      rng=_Rng(dropout_rng))
+        return self.logits(x)
+
+    def decode_step(self, token_ids_BxT, cache_index, cache, cross_kv, attention_mask_BxL):
+        """T new decoder tokens at positions cache_index .. cache_index+T-1 (same for every row, as decoding
+        starts from decoder_start_token_id at position 0). Returns (fp32 logits BxTxV, new cache)."""
+        B, T = token_ids_BxT.shape
+        S = cache[0]["k"].shape[1]
+        index = jnp.asarray(cache_index, jnp.int32)
+        q_pos_T = index + jnp.arange(T)
+        k_pos_S = jnp.arange(S)
+        self_mask_BxTxS = jnp.broadcast_to(k_pos_S[None, None, :] <= q_pos_T[None, :, None], (B, T, S))
+        x, new_cache = self._decoder_features(token_ids_BxT, q_pos_T, self_mask_BxTxS, k_pos_S, cross_kv,
+                                              attention_mask_BxL, cache=cache, cache_index=index)
+        return self.logits(x), new_cache
+
+    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, decoder_input_ids_BxT=None,
+                 decoder_attention_mask_BxT=None, dropout_rng=None, attention_mask=None, decoder_input_ids=None,
+                 decoder_attention_mask=None):
+        # The HF-style names are accepted as aliases of the shape-suffixed ones.
+        attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
+        decoder_input_ids_BxT = decoder_input_ids if decoder_input_ids_BxT is None else decoder_input_ids_BxT
+        if decoder_attention_mask_BxT is None:
+            decoder_attention_mask_BxT = decoder_attention_mask
+        if decoder_input_ids_BxT is None:
+            raise ValueError("t5: decoder_input_ids_BxT is required (shift the labels right, starting with "
+                             f"decoder_start_token_id={self.config.decoder_start_token_id})")
+        enc_rng, dec_rng = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
+        enc_BxLxD = self.encode(input_ids_BxL, attention_mask_BxL, dropout_rng=enc_rng)
+        return self.decode(decoder_input_ids_BxT, enc_BxLxD, attention_mask_BxL=attention_mask_BxL,
+                           decoder_attention_mask_BxT=decoder_attention_mask_BxT, dropout_rng=dec_rng)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HF tensors <-> our params. nn.Linear weights are [out, in]: transpose.
+
+_ATTN = {"self_attn": "SelfAttention", "cross_attn": "EncDecAttention"}
+
+
+def _hf_block_names(stack: str, i: int, decoder: bool, gated: bool) -> dict:
+    b = f"{stack}.block.{i}.layer."
+    ff = f"{b}{2 if decoder else 1}."
+    names = {"self_norm": f"{b}0.layer_norm.weight", "self_attn": f"{b}0.SelfAttention.",
+             "ff_norm": f"{ff}layer_norm.weight", "ff": f"{ff}DenseReluDense."}
+    if decoder:
+        names.update(cross_norm=f"{b}1.layer_norm.weight", cross_attn=f"{b}1.EncDecAttention.")
+    return names
+
+
+def _shared_from_hf(t: HFTensors, V: int, D: int) -> np.ndarray:
+    aliases = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+    present = [n for n in aliases if t.has(n)]
+    if not present:
+        raise KeyError(f"t5 checkpoint is missing tensor 'shared.weight' (expected shape {(V, D)}; "
+                       "'encoder.embed_tokens.weight' / 'decoder.embed_tokens.weight' are accepted aliases)")
+    arrays = [t.get(n, (V, D)) for n in present]
+    for n, a in zip(present[1:], arrays[1:]):
+        if not np.array_equal(a, arrays[0]):
+            raise ValueError(f"t5 checkpoint: '{n}' differs from '{present[0]}'; this model shares one "
+                             "embedding between encoder and decoder")
+    return arrays[0]
+
+
+def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
+    """HF T5ForConditionalGeneration tensors -> nested state dict for `nnx.update(model, ...)`."""
+    c = config
+    D, H, K, F, V, N = c.d_model, c.num_heads, c.d_kv, c.d_ff, c.vocab_size, c.relative_attention_num_buckets
+    t = HFTensors(tensors, "t5")
+
+    def attn(p):
+        return {"q": t.get(p + "q.weight", (H * K, D)).T.reshape(D, H, K),
+                "k": t.get(p + "k.weight", (H * K, D)).T.reshape(D, H, K),
+                "v": t.get(p + "v.weight", (H * K, D)).T.reshape(D, H, K),
+                "o": t.get(p + "o.weight", (D, H * K)).T.reshape(H, K, D)}
+
+    def ff(p):
+        if c.is_gated:
+            return {"wi_gate": t.get(p + "wi_0.weight", (F, D)).T, "wi": t.get(p + "wi_1.weight", (F, D)).T,
+                    "wo": t.get(p + "wo.weight", (D, F)).T}
+        return {"wi": t.get(p + "wi.weight", (F, D)).T, "wo": t.get(p + "wo.weight", (D, F)).T}
+
+    def stack(name, n, decoder):
+        blocks = {}
+        for i in range(n):
+            hf = _hf_block_names(name, i, decoder, c.is_gated)
+            blk = {"self_norm": {"scale": t.get(hf["self_norm"], (D,))}, "self_attn": attn(hf["self_attn"]),
+                   "ff_norm": {"scale": t.get(hf["ff_norm"], (D,))}, "ff": ff(hf["ff"])}
+            if decoder:
+                blk["cross_norm"] = {"scale": t.get(hf["cross_norm"], (D,))}
+                blk["cross_attn"] = attn(hf["cross_attn"])
+            blocks[i] = blk
+        return {"rel_bias": t.get(f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", (N, H)),
+                "blocks": blocks, "final_norm": {"scale": t.get(f"{name}.final_layer_norm.weight", (D,))}}
+
+    out = {"shared": _shared_from_hf(t, V, D), "encoder": stack("encoder", c.num_layers, False),
+           "decoder": stack("decoder", c.num_decoder_layers, True)}
+    if c.tie_word_embeddings:
+        if t.has("lm_head.weight") and not np.array_equal(t.get("lm_head.weight", (V, D)), out["shared"]):
+            raise ValueError("t5 checkpoint: 'lm_head.weight' differs from 'shared.weight' but the config ties "
+                             "them (tie_word_embeddings=true); a T5 v1.1 / Flan-T5 config needs "
+                             "tie_word_embeddings=false")
+    elif t.has("lm_head.weight"):
+        out["lm_head"] = t.get("lm_head.weight", (V, D)).T
+    else:
+        # transformers v5 ties a missing lm_head to the shared embedding; do the same, loudly.
+        warnings.warn("t5 checkpoint has no 'lm_head.weight'; using 'shared.weight' for the untied head",
+                      stacklevel=2)
+        out["lm_head"] = out["shared"].T.copy()
+    # Old checkpoints carry an unused cross-attention relative bias in decoder layer 0.
+    t.warn_unused(ignore=("EncDecAttention.relative_attention_bias",))
+    return out
+
+
+def params_to_hf(model: Model) -> dict[str, np.ndarray]:
+    """Our params -> HF tensor names (shared.weight once; lm_head.weight only when untied)."""
+    c = model.config
+    D, H, K = c.d_model, c.num_heads, c.d_kv
+    g = lambda v: np.asarray(v[...], np.float32)
+    out = {"shared.weight": g(model.shared)}
+    if not c.tie_word_embeddings:
+        out["lm_head.weight"] = np.ascontiguousarray(g(model.lm_head).T)
+    for name, st, decoder in (("encoder", model.encoder, False), ("decoder", model.decoder, True)):
+        out[f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = g(st.rel_bias)
+        out[f"{name}.final_layer_norm.weight"] = g(st.final_norm.scale)
+        for i, blk in enumerate(st.blocks):
+            hf = _hf_block_names(name, i, decoder, c.is_gated)
+            for part in ("self_norm", "ff_norm") + (("cross_norm",) if decoder else ()):
+                out[hf[part]] = g(getattr(blk, part).scale)
+            for part in ("self_attn",) + (("cross_attn",) if decoder else ()):
+                a, p = getattr(blk, part), hf[part]
+                out[p + "q.weight"] = np.ascontiguousarray(g(a.q).reshape(D, H * K).T)
+                out[p + "k.weight"] = np.ascontiguousarray(g(a.k).reshape(D, H * K).T)
+                out[p + "v.weight"] = np.ascontiguousarray(g(a.v).reshape(D, H * K).T)
+                out[p + "o.weight"] = np.ascontiguousarray(g(a.o).reshape(H * K, D).T)
+            p = hf["ff"]
+            if c.is_gated:
+                out[p + "wi_0.weight"] = np.ascontiguousarray(g(blk.ff.wi_gate).T)
+                out[p + "wi_1.weight"] = np.ascontiguousarray(g(blk.ff.wi).T)
+            else:
+                out[p + "wi.weight"] = np.ascontiguousarray(g(blk.ff.wi).T)
+            out[p + "wo.weight"] = np.ascontiguousarray(g(blk.ff.wo).T)
+    return out
