@@ -1,0 +1,259 @@
+"""GPT-2 (HF `GPT2LMHeadModel`) in Flax NNX: learned positions, pre-LayerNorm blocks, fused qkv, tied head."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ftcot_jax.models.layers import (HFTensors, LayerNorm, default_positions, dot_attention, normal_init, param,
+                                     prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.sharding import constrain
+
+HF_MODEL_TYPES = ("gpt2",)
+
+_ACTIVATIONS = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    pad_token_id: int | None = None
+    is_encoder_decoder: bool = False
+
+    @property
+    def d_ff(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def num_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def kv_cache_heads(self) -> tuple[int, int]:
+        return self.n_head, self.head_dim
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"gpt2 config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.activation_function not in _ACTIVATIONS:
+            raise ValueError(f"gpt2 config: activation_function '{self.activation_function}' is not supported; "
+                             f"expected one of: {', '.join(_ACTIVATIONS)}")
+
+    @classmethod
+    def from_hf_config(cls, hf: Mapping) -> Config:
+        if hf.get("model_type", "gpt2") not in HF_MODEL_TYPES:
+            raise ValueError(f"gpt2.Config got model_type '{hf.get('model_type')}'")
+        if hf.get("add_cross_attention"):
+            raise ValueError("gpt2 config: add_cross_attention=True is not supported")
+        names = {f.name for f in dataclasses.fields(cls)} - {"is_encoder_decoder"}
+        return cls(**{k: hf[k] for k in names if k in hf})
+
+    def to_hf_config(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("is_encoder_decoder")
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **d,
+                "tie_word_embeddings": True, "is_encoder_decoder": False}
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Config, layer_idx: int, *, dtype, rngs: nnx.Rngs):
+        D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
+        init = normal_init(cfg.initializer_range)
+        self.qkv_kernel = param(rngs, init, (D, 3, H, K), ("embed", "qkv", "heads", "head_dim"))
+        self.qkv_bias = param(rngs, zeros_init, (3, H, K), ("qkv", "heads", "head_dim"))
+        self.out_kernel = param(rngs, init, (H, K, D), ("heads", "head_dim", "embed"))
+        self.out_bias = param(rngs, zeros_init, (D,), ("embed",))
+        scale = 1.0 / math.sqrt(K) if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        self.scale, self.dtype = scale, dtype
+
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index):
+        dt = self.dtype
+        qkv_BxTx3xHxK = jnp.einsum("btd,dchk->btchk", x_BxTxD, self.qkv_kernel[...].astype(dt))
+        qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dt)
+        q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k, v, cache = update_cache(cache, k, v, cache_index)
+        out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt)
+        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.out_kernel[...].astype(dt))
+        return y_BxTxD + self.out_bias[...].astype(dt), cache
+
+
+class Mlp(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
+        D, F = cfg.n_embd, cfg.d_ff
+        init = normal_init(cfg.initializer_range)
+        self.fc_kernel = param(rngs, init, (D, F), ("embed", "mlp"))
+        self.fc_bias = param(rngs, zeros_init, (F,), ("mlp",))
+        self.proj_kernel = param(rngs, init, (F, D), ("mlp", "embed"))
+        self.proj_bias = param(rngs, zeros_init, (D,), ("embed",))
+        self.act, self.dtype = _ACTIVATIONS[cfg.activation_function], dtype
+
+    def __call__(self, x_BxTxD):
+        dt = self.dtype
+        h_BxTxF = self.act(x_BxTxD @ self.fc_kernel[...].astype(dt) + self.fc_bias[...].astype(dt))
+        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
+        return h_BxTxF @ self.proj_kernel[...].astype(dt) + self.proj_bias[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: Config, layer_idx: int, *, dtype, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.attn = Attention(cfg, layer_idx, dtype=dtype, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index):
+        a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index)
+        x_BxTxD = x_BxTxD + a
+        x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD))
+        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
+
+
+class Model(nnx.Module):
+    """`model(ids_BxL, attention_mask_BxL=..., positions_BxL=None) -> fp32 logits_BxLxV`.
+
+    Decoding passes `cache` (from `init_cache`) and `cache_index`; then attention_mask covers all cache
+    slots and the call returns (logits, new_cache).
+    """
+
+    def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        cfg = self.config = config
+        self.dtype = dtype
+        init = normal_init(cfg.initializer_range)
+        self.wte = param(rngs, init, (cfg.vocab_size, cfg.n_embd), ("vocab", "embed"))
+        self.wpe = param(rngs, normal_init(0.01), (cfg.n_positions, cfg.n_embd), ("positions", "embed"))
+        self.blocks = nnx.List([Block(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
+        shape = (batch, length, self.config.n_head, self.config.head_dim)
+        dt = dtype or self.dtype
+        return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.n_layer)]
+
+    def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
+                 cache_index=None):
+        """Final hidden states (after ln_f) and the updated cache."""
+        mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
+                                                   cache_index)
+        x_BxTxD = (jnp.take(self.wte[...], input_ids_BxT, axis=0)
+                   + jnp.take(self.wpe[...], positions_BxT, axis=0)).astype(self.dtype)
+        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x_BxTxD, c = block(x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index)
+            new_cache.append(c)
+        return self.ln_f(x_BxTxD), (None if cache is None else new_cache)
+
+    def logits(self, x_BxTxD):
+        # Tied head; fp32 accumulation and output whatever the compute dtype.
+        return jnp.einsum("btd,vd->btv", x_BxTxD, self.wte[...].astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
+                 cache_index=None, attention_mask=None, positions=None):
+        # `attention_mask` / `positions` are accepted as aliases of the shape-suffixed names.
+        attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
+        positions_BxL = positions if positions_BxL is None else positions_BxL
+        x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
+                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index)
+        logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
+        return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
+
+
+def _hf_prefix(tensors: Mapping) -> str:
+    # Hub `gpt2` checkpoints name tensors without the "transformer." prefix.
+    return "transformer." if "transformer.wte.weight" in tensors else ""
+
+
+def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
+    """HF GPT2LMHeadModel tensors -> nested state dict for `nnx.update(model, ...)`.
+    HF Conv1D weights are already [in, out]."""
+    c = config
+    D, H, K, F = c.n_embd, c.n_head, c.head_dim, c.d_ff
+    t = HFTensors(tensors, "gpt2")
+    p = _hf_prefix(tensors)
+    blocks = {}
+    for i in range(c.n_layer):
+        h = f"{p}h.{i}."
+        blocks[i] = {
+            "ln_1": {"scale": t.get(h + "ln_1.weight", (D,)), "bias": t.get(h + "ln_1.bias", (D,))},
+            "attn": {
+                "qkv_kernel": t.get(h + "attn.c_attn.weight", (D, 3 * D)).reshape(D, 3, H, K),
+                "qkv_bias": t.get(h + "attn.c_attn.bias", (3 * D,)).reshape(3, H, K),
+                "out_kernel": t.get(h + "attn.c_proj.weight", (D, D)).reshape(H, K, D),
+                "out_bias": t.get(h + "attn.c_proj.bias", (D,)),
+            },
+            "ln_2": {"scale": t.get(h + "ln_2.weight", (D,)), "bias": t.get(h + "ln_2.bias", (D,))},
+            "mlp": {
+                "fc_kernel": t.get(h + "mlp.c_fc.weight", (D, F)), "fc_bias": t.get(h + "mlp.c_fc.bias", (F,)),
+                "proj_kernel": t.get(h + "mlp.c_proj.weight", (F, D)),
+                "proj_bias": t.get(h + "mlp.c_proj.bias", (D,)),
+            },
+        }
+    out = {
+        "wte": t.get(p + "wte.weight", (c.vocab_size, D)),
+        "wpe": t.get(p + "wpe.weight", (c.n_positions, D)),
+        "blocks": blocks,
+        "ln_f": {"scale": t.get(p + "ln_f.weight", (D,)), "bias": t.get(p + "ln_f.bias", (D,))},
+    }
+    if t.has("lm_head.weight"):
+        head = t.get("lm_head.weight", (c.vocab_size, D))
+        if not np.array_equal(head, out["wte"]):
+            raise ValueError("gpt2 checkpoint: 'lm_head.weight' differs from 'transformer.wte.weight' "
+                             "(GPT-2 ties the head to the embedding)")
+    # attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
+    t.warn_unused(ignore=(".attn.bias", ".attn.masked_bias"))
+    return out
+
+
+def params_to_hf(model: Model) -> dict[str, np.ndarray]:
+    c = model.config
+    D = c.n_embd
+    g = lambda v: np.asarray(v[...], np.float32)
+    out = {"transformer.wte.weight": g(model.wte), "transformer.wpe.weight": g(model.wpe),
+           "transformer.ln_f.weight": g(model.ln_f.scale), "transformer.ln_f.bias": g(model.ln_f.bias)}
+    for i, b in enumerate(model.blocks):
+        h = f"transformer.h.{i}."
+        out.update({
+            h + "ln_1.weight": g(b.ln_1.scale), h + "ln_1.bias": g(b.ln_1.bias),
+            h + "attn.c_attn.weight": g(b.attn.qkv_kernel).reshape(D, 3 * D),
+            h + "attn.c_attn.bias": g(b.attn.qkv_bias).reshape(3 * D),
+            h + "attn.c_proj.weight": g(b.attn.out_kernel).reshape(D, D),
+            h + "attn.c_proj.bias": g(b.attn.out_bias),
+            h + "ln_2.weight": g(b.ln_2.scale), h + "ln_2.bias": g(b.ln_2.bias),
+            h + "mlp.c_fc.weight": g(b.mlp.fc_kernel), h + "mlp.c_fc.bias": g(b.mlp.fc_bias),
+            h + "mlp.c_proj.weight": g(b.mlp.proj_kernel), h + "mlp.c_proj.bias": g(b.mlp.proj_bias),
+        })
+    return out

@@ -1,0 +1,147 @@
+"""Building blocks shared by the decoder families: named params, norms, masked attention with a KV cache,
+and the HF tensor-name bookkeeping used by `params_from_hf`.
+
+Shape suffixes: B batch, T query length, S key length (cache slots), D embed, H heads, G kv heads,
+R = H // G, K head dim, F mlp, V vocab.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+NEG_INF = -1e30  # finite, so a fully masked row (left padding) gives a uniform softmax, not NaN
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
+    """An fp32 nnx.Param carrying logical axis names (sharded later by sharding.logical_to_sharding)."""
+    if len(shape) != len(names):
+        raise ValueError(f"param shape {tuple(shape)} vs axis names {tuple(names)}")
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=tuple(names),
+                     eager_sharding=False)
+
+
+normal_init = jax.nn.initializers.normal
+zeros_init = jax.nn.initializers.zeros
+ones_init = jax.nn.initializers.ones
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        self.scale = param(rngs, ones_init, (dim,), ("norm",))
+        self.bias = param(rngs, zeros_init, (dim,), ("norm",))
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x_BxLxD):
+        x = x_BxLxD.astype(jnp.float32)  # statistics in fp32 whatever the compute dtype
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        self.scale = param(rngs, ones_init, (dim,), ("norm",))
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x_BxLxD):
+        x = x_BxLxD.astype(jnp.float32)
+        y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(self.dtype)
+
+
+def attention_mask_BxTxS(kv_mask_BxS, q_slot_BxT):
+    """Query at cache slot t sees key slot s iff s <= t and s holds a real token."""
+    s_S = jnp.arange(kv_mask_BxS.shape[1])
+    return (kv_mask_BxS[:, None, :] > 0) & (s_S[None, None, :] <= q_slot_BxT[:, :, None])
+
+
+def dot_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, scale: float, dtype):
+    """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32."""
+    B, T, H, K = q_BxTxHxK.shape
+    G = k_BxSxGxK.shape[2]
+    q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K).astype(dtype)
+    logits_BxGxRxTxS = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK.astype(dtype),
+                                  preferred_element_type=jnp.float32) * scale
+    logits_BxGxRxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxGxRxTxS, NEG_INF)
+    probs = jax.nn.softmax(logits_BxGxRxTxS, axis=-1).astype(dtype)
+    out_BxTxGxRxK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK.astype(dtype))
+    return out_BxTxGxRxK.reshape(B, T, H, K)
+
+
+def update_cache(cache: dict | None, k_BxTxGxK, v_BxTxGxK, index):
+    """Write this step's keys/values at slot `index` of a fixed-size cache; return (k, v, new cache)."""
+    if cache is None:
+        return k_BxTxGxK, v_BxTxGxK, None
+    k = jax.lax.dynamic_update_slice(cache["k"], k_BxTxGxK.astype(cache["k"].dtype), (0, index, 0, 0))
+    v = jax.lax.dynamic_update_slice(cache["v"], v_BxTxGxK.astype(cache["v"].dtype), (0, index, 0, 0))
+    return k, v, {"k": k, "v": v}
+
+
+def default_positions(mask_BxL):
+    """cumsum(mask) - 1 clipped at 0: position ids that skip left padding."""
+    return jnp.maximum(jnp.cumsum(mask_BxL.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cache_index):
+    """Shared mask/position logic of the decoder families.
+
+    No cache: attention_mask is BxT (1 = real token), causal mask, default positions from the mask.
+    With cache: attention_mask is BxS over all cache slots (prompt mask, then 1s for generated slots)
+    and the T new tokens sit at slots cache_index .. cache_index+T-1.
+    """
+    B, T = input_ids_BxT.shape
+    if cache is None:
+        kv_mask = jnp.ones((B, T), jnp.int32) if attention_mask_BxL is None else attention_mask_BxL
+        if kv_mask.shape != (B, T):
+            raise ValueError(f"attention_mask shape {kv_mask.shape} != input_ids shape {(B, T)}")
+        q_slot_BxT = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+        if positions_BxL is None:
+            positions_BxL = default_positions(kv_mask)
+    else:
+        if attention_mask_BxL is None:
+            raise ValueError("decoding with a cache needs attention_mask over all cache slots (B x S)")
+        kv_mask = attention_mask_BxL
+        index = jnp.asarray(cache_index, jnp.int32)
+        q_slot_BxT = jnp.broadcast_to(index + jnp.arange(T)[None], (B, T))
+        if positions_BxL is None:
+            pos_BxS = jnp.cumsum(kv_mask.astype(jnp.int32), axis=1) - 1
+            positions_BxL = jnp.maximum(jnp.take_along_axis(pos_BxS, q_slot_BxT, axis=1), 0)
+    return attention_mask_BxTxS(kv_mask, q_slot_BxT), positions_BxL
+
+
+class HFTensors:
+    """Reads HF tensors by name, checks shapes, and reports names that were never used."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], family: str):
+        self.tensors, self.family, self.used = tensors, family, set()
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def get(self, name: str, shape: Sequence[int]) -> np.ndarray:
+        if name not in self.tensors:
+            raise KeyError(f"{self.family} checkpoint is missing tensor '{name}' (expected shape {tuple(shape)})")
+        arr = np.asarray(self.tensors[name])
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"{self.family} checkpoint tensor '{name}' has shape {tuple(arr.shape)}, "
+                             f"expected {tuple(shape)}")
+        self.used.add(name)
+        return arr.astype(np.float32)
+
+    def warn_unused(self, ignore: Sequence[str] = ()):
+        unused = sorted(n for n in self.tensors if n not in self.used and not any(s in n for s in ignore))
+        if unused:
+            more = f" (+{len(unused) - 5} more)" if len(unused) > 5 else ""
+            warnings.warn(f"{self.family}: {len(unused)} checkpoint tensors were not used: "
+                          f"{', '.join(unused[:5])}{more}", stacklevel=3)
+
+
+def to_jnp_tree(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
