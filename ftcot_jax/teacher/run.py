@@ -212,3 +212,87 @@ async def run_teach_async(
 def run_teach(backend: Backend, cache, items: list[TeachItem], **kwargs) -> TeachReport:
     """Synchronous entry point (`ftcot teach`); see run_teach_async for the arguments."""
     return asyncio.run(run_teach_async(backend, cache, items, **kwargs))
+
+
+# --- `ftcot teach` (the CLI block in cli.py parses; this runs) --------------------------------------
+
+DEFAULT_CACHE_DIR = "teacher_cache"  # relative to the working directory; $FTCOT_TEACHER_CACHE overrides
+
+
+def default_cache_dir() -> str:
+    import os
+
+    return os.environ.get("FTCOT_TEACHER_CACHE") or DEFAULT_CACHE_DIR
+
+
+def make_backend(args):
+    """The Backend for `--model`: "reference" is the offline non-LLM teacher, anything else a model
+    name on an OpenAI-compatible server."""
+    import os
+
+    if args.model == "reference":
+        from ftcot_jax.teacher.reference import ReferenceBackend
+
+        return ReferenceBackend()
+    from ftcot_jax.teacher.openai_backend import OpenAIBackend, RetryPolicy
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    return OpenAIBackend(
+        args.model, protocol=args.protocol, base_url=args.base_url, api_key=api_key,
+        max_tokens=args.max_tokens, stop=tuple(s for s in args.stop if s), concurrency=args.concurrency,
+        timeout=args.timeout, retry=RetryPolicy(max_attempts=args.max_attempts), seed=args.seed,
+    )
+
+
+def teach_command(args) -> int:
+    from ftcot_jax.teacher import pricing
+    from ftcot_jax.teacher.cache import TeacherCache
+
+    split = args.split or default_split(args.temperature)
+    items = select_items(args.task, split, limit=args.limit)
+    backend = make_backend(args)
+    table = pricing.load_prices(args.prices) if args.prices else None
+    free = backend.protocol == "reference"  # a program, not a priced model
+
+    def cost_fn(pt: int, ct: int) -> float | None:
+        return 0.0 if free else pricing.estimate_cost(backend.model, pt, ct, batch=args.batch, table=table)
+
+    root = args.cache_dir or default_cache_dir()
+    with TeacherCache(root, task=args.task, teacher_model=backend.model, temperature=args.temperature) as cache:
+        print(
+            f"teach {args.task} ({split}, {len(items)} questions x {args.samples} samples, T={args.temperature:g}) "
+            f"with {backend.model} [{backend.protocol}{', batch' if args.batch else ''}] at {backend.endpoint}"
+            f" -> {cache.path}",
+            file=sys.stderr,
+        )
+        try:
+            report = _teach(args, backend, cache, items, cost_fn)
+        except TeacherError as e:  # fatal (bad key, unknown model) or a batch still pending
+            raise ValueError(f"teacher: {e} (answers so far are in {cache.path})") from None
+        print(report.summary())
+        if report.cost is None and not free:
+            print(f"(no price for {backend.model!r} in the table: pass --prices FILE for a cost estimate)")
+    return 1 if report.failed else 0
+
+
+def _teach(args, backend, cache, items, cost_fn) -> TeachReport:
+    if not args.batch:
+        return run_teach(
+            backend, cache, items, samples=args.samples, temperature=args.temperature,
+            concurrency=args.concurrency, progress=not args.no_progress, cost_fn=cost_fn,
+        )
+    if args.model == "reference":
+        raise ValueError("--batch needs an OpenAI Batch API endpoint; the reference teacher has none")
+    from ftcot_jax.teacher.batch import BatchOptions, run_batch
+
+    report = run_batch(
+        backend, cache, items, samples=args.samples, temperature=args.temperature,
+        state_dir=cache.path / "batch",
+        options=BatchOptions(poll_interval=args.poll_interval, max_wait=args.max_wait, progress=not args.no_progress),
+    )
+    report.cost = cost_fn(report.prompt_tokens, report.completion_tokens)
+    return report
