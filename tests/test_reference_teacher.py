@@ -1,0 +1,120 @@
+"""The offline `reference` teacher (ftcot_jax/teacher/reference.py)."""
+
+import asyncio
+
+import pytest
+
+from ftcot_jax.evaluation import check_answer
+from ftcot_jax.tasks import load_task
+from ftcot_jax.teacher import reference as ref
+from ftcot_jax.teacher.backend import TeachItem, TeacherError
+from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.run import run_teach
+
+# Train rows whose annotation disagrees with the gold answer (checked by hand against the question):
+# the teacher answers what the equation gives, and the zs_cot filter must reject it.
+KNOWN_DATA_ERRORS = {
+    "single_eq": {191: "unknown", 226: "22.83", 255: "36.42", 317: "0.5", 320: "1.3", 332: "1", 408: "100",
+                  462: "136", 482: "5.7142857143", 485: "0.26"},
+    "addsub": {263: "unknown"},  # 'X = 0.32 = 0.21'
+    "svamp": {679: "5"},  # "4 apples, picked 2, 3 new grew" -> 5, gold 1.0
+}
+
+
+def _teach(backend, task, part, ex, indices=(0,), temperature=0.0):
+    item = TeachItem(task, part, ex.sample_index, ex.question, ex.answer)
+    return asyncio.run(backend.teach(item, list(indices), temperature))
+
+
+@pytest.mark.parametrize("task", ref.SUPPORTED_TASKS)
+def test_answers_parse_to_gold_on_the_whole_train_split(task):
+    backend = ref.ReferenceBackend()
+    t = load_task(task)
+    # AQuA's train file is not bundled (it is fetched online); its bundled test rows stand in.
+    part = "test" if task == "aqua" else "train"
+    examples = t.split(part)
+    item_list = [TeachItem(task, part, ex.sample_index, ex.question, ex.answer) for ex in examples]
+
+    async def all_records():
+        return [(await backend.teach(it, [0], 0.0))[0] for it in item_list]
+
+    wrong = {}
+    for ex, rec in zip(examples, asyncio.run(all_records())):
+        assert rec.rationale.strip() and rec.protocol == "reference" and rec.teacher_model == "reference"
+        assert rec.answer_prompt == rec.reasoning_prompt + rec.rationale + "\nTherefore, the answer is"
+        if not check_answer(task, rec.answer_text, ex.answer, "zs_cot"):
+            wrong[ex.sample_index] = rec.answer_text.strip().rstrip(".")
+    assert wrong == KNOWN_DATA_ERRORS.get(task, {})
+    assert len(wrong) <= 0.03 * len(examples)
+
+
+@pytest.mark.parametrize("task", ["date_understanding", "commonsense_qa"])
+def test_unsupported_tasks_are_refused_by_name(task):
+    with pytest.raises(ValueError, match=f"cannot teach '{task}'"):
+        ref.check_supported(task)
+    ex = load_task(task).split("train")[0]
+    with pytest.raises(TeacherError, match=f"cannot teach '{task}'") as e:
+        _teach(ref.ReferenceBackend(), task, "train", ex)
+    assert e.value.fatal
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        ref.check_supported("nope")
+
+
+def test_a_question_not_in_the_dataset_fails():
+    with pytest.raises(TeacherError, match="question differs"):
+        asyncio.run(ref.ReferenceBackend().teach(TeachItem("multiarith", "train", 0, "What?", "1"), [0], 0.0))
+
+
+@pytest.mark.parametrize("equation,value", [
+    ("X=((32.0+42.0)-35.0)", 39), ("70-x=27", 43), ("22+x=55", 33), ("(x/4)+2=5", 12), ("3*4=x*2", 6),
+    ("5 = 3 + x", 2), ("2+(5*x)=27", 5), ("(4*3)+1+x=20", 7), ("x-4-6=1", 11), ("( 76.0 - 25.0 )", 51),
+    ("12/x=4", 3), ("10-(2*x)=4", 3), ("X = 0.32 + 0.21", 0.53),
+])
+def test_equation_rationales(equation, value):
+    text, got = ref.equation_rationale(equation)
+    assert got == pytest.approx(value)
+    assert text.endswith(f"= {ref.fmt(value)}.")
+
+
+@pytest.mark.parametrize("equation", ["9=3+6", "X = 1 = 2", "x*x=4", "x=y+1", "x=2**3"])
+def test_bad_equations_raise(equation):
+    with pytest.raises(ref.RationaleError):
+        ref.equation_rationale(equation)
+
+
+def test_program_rationales():
+    text, ans = ref.coin_flip_rationale("A coin is heads up. Ka flips the coin. Bo does not flip the coin. "
+                                        'Is the coin still heads up? Note that "flip" here means "reverse".')
+    assert ans == "no" and "Ka flips the coin, so it is now tails up." in text
+    text, ans = ref.last_letter_rationale('Take the last letters of each words in "Ira Paola Jose Antonio Maria" '
+                                          "and concatenate them.", "aaoa")
+    assert ans == "aaoa" and 'The last letter of "Jose Antonio" is "o".' in text
+    q = ("Alice, Bob, and Claire are playing a game. At the start of the game, they are each holding a ball: Alice "
+         "has a orange ball, Bob has a white ball, and Claire has a blue ball. \n\nAs the game progresses, pairs of "
+         "players trade balls. First, Alice and Bob swap balls. Then, Bob and Claire swap balls. Finally, Alice and "
+         "Bob swap balls. At the end of the game, Alice has the \nWhich choice is true? Answer choices: (A) orange "
+         "ball, (B) white ball, (C) blue ball.")
+    text, ans = ref.tracking_rationale(q)
+    assert ans == "C" and text.endswith("Alice has blue ball, which is choice (C).")
+
+
+def test_gsm8k_calculator_annotations_are_removed():
+    ex = load_task("gsm8k").example(0)
+    assert "<<" in ex.rationale
+    (rec,) = _teach(ref.ReferenceBackend(), "gsm8k", "train", ex)
+    assert "<<" not in rec.rationale and ">>" not in rec.rationale
+
+
+def test_writes_the_cache_through_run_teach(tmp_path):
+    t = load_task("coin_flip")
+    items = [TeachItem("coin_flip", "train", ex.sample_index, ex.question, ex.answer) for ex in t.split("train")[:6]]
+    backend = ref.ReferenceBackend()
+    with TeacherCache(tmp_path, task="coin_flip", teacher_model=backend.model, temperature=0.7) as cache:
+        report = run_teach(backend, cache, items, samples=2, temperature=0.7, progress=False)
+    assert (report.answered, report.failed) == (12, 0)
+    recs = TeacherCache(tmp_path, task="coin_flip", teacher_model="reference", temperature=0.7).records()
+    assert [r.key for r in recs] == sorted((it.sample_index, c) for it in items for c in (0, 1))
+    assert all(r.temperature == 0.7 and r.endpoint == ref.ENDPOINT for r in recs)
+    with TeacherCache(tmp_path, task="coin_flip", teacher_model="reference", temperature=0.7) as cache:
+        again = run_teach(backend, cache, items, samples=2, temperature=0.7, progress=False)
+    assert (again.cached, again.answered) == (12, 0)  # nothing is asked twice
