@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ class BatchRun:
     async def _submit(self, state: dict, slot: dict, lines: list[dict], name: str) -> None:
         """Upload and create one batch, saving each id as soon as it exists."""
         data = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode()
-        (self.dir / f"{name}.input.jsonl").write_bytes(data)
+        (self.dir / f"{self.run_id}-{name}.input.jsonl").write_bytes(data)  # what was sent, for audit
         if not slot.get("input_file_id"):
             f = await self._call("upload", lambda: self.b.client.files.create(
                 file=(f"ftcot_{name}.jsonl", data, "application/jsonl"), purpose="batch"))
@@ -157,7 +158,7 @@ class BatchRun:
             fid = slot.get(key)
             if not fid:
                 continue
-            local = self.dir / f"{name}.{key.split('_')[0]}.jsonl"
+            local = self.dir / f"{self.run_id}-{slot['batch_id']}.{key.split('_')[0]}.jsonl"
             if not local.exists():  # downloaded once; a crash after this re-reads the local copy
                 content = await self._call("download", lambda: self.b.client.files.content(fid))
                 tmp = local.with_suffix(".tmp")
@@ -206,13 +207,14 @@ class BatchRun:
                 report.seconds = time.perf_counter() - t0
                 return report
             state = {
-                "version": STATE_VERSION, "model": self.b.model, "protocol": self.b.protocol,
+                "version": STATE_VERSION, "run": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3), "model": self.b.model, "protocol": self.b.protocol,
                 "temperature": temperature, "samples": samples, "endpoint": self.b.endpoint,
                 "items": {str(i): dataclasses.asdict(by_index[i]) for i in todo},
                 "pending": {str(i): m for i, m in todo.items()},
                 "rationales": {}, "errors": {}, "phase": "r0", "batches": {},
             }
             self._save(state)
+        self.run_id = state["run"]  # prefixes this run's local files (server ids are not ours to trust)
         await self._phases(state, by_index, temperature)
         # Ingest answers (idempotent: pairs already in the cache are skipped).
         done = self.cache.done_keys()
@@ -225,7 +227,7 @@ class BatchRun:
                     report.errors.append(f"{by_index[i].task}#{i} [{c}]: {err}")
         report.answered = state.get("answered", 0)
         report.prompt_tokens, report.completion_tokens = state.get("prompt_tokens", 0), state.get("completion_tokens", 0)
-        os.replace(self.path, self.dir / f"state.done.{int(time.time())}.json")  # finished: the next run starts anew
+        os.replace(self.path, self.dir / f"{state['run']}-state.done.json")  # finished: the next run starts anew
         report.seconds = time.perf_counter() - t0
         return report
 
