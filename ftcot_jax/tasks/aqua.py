@@ -11,6 +11,7 @@ that path by hand works too. The URL can be overridden with FTCOT_AQUA_TRAIN_URL
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -40,35 +41,41 @@ def train_path() -> Path:
     return cache_dir() / "data" / "AQuA" / "train.json"
 
 
-def _download(url: str, dest: Path, timeout: float) -> None:
-    """Stream `url` to `dest` (a temp file in the same directory, then an atomic rename)."""
+def _download(url: str, dest: Path, timeout: float) -> list[Row]:
+    """Stream `url` to a temp file next to `dest`, verify it, then rename it into place atomically."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".train.", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out)
-        _verify(Path(tmp))
+        rows = _verify(Path(tmp), source=url)
         os.replace(tmp, dest)
+        return rows
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _verify(path: Path) -> list[Row]:
-    rows = aqua_rows(path, AQUA_TRAIN_ROWS)  # raises on bad JSON or a wrong row count
-    if not rows[0][0].startswith(_FIRST_QUESTION_PREFIX) or rows[20][1] != _ROW20_ANSWER:
-        raise TaskDataError(
-            f"task 'aqua': {path} is not the official AQuA train.json (row 0 should start with "
-            f"'{_FIRST_QUESTION_PREFIX}', row 20 should have answer '{_ROW20_ANSWER}')"
-        )
-    return rows
+def _verify(path: Path, source: str) -> list[Row]:
+    """Identity check on rows 0 and 20 (cheap, first), then the full parse with its row-count check."""
+    wrong = TaskDataError(
+        f"task 'aqua': the file downloaded from {source} is not the official AQuA train.json (row 0 should start"
+        f" with '{_FIRST_QUESTION_PREFIX}', row 20 should have answer '{_ROW20_ANSWER}')"
+    )
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = [f.readline() for _ in range(21)]
+    try:
+        first, row20 = json.loads(head[0]), json.loads(head[20])
+        ok = str(first["question"]).startswith(_FIRST_QUESTION_PREFIX) and row20["correct"] == _ROW20_ANSWER
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise wrong
+    return aqua_rows(path, AQUA_TRAIN_ROWS)  # raises on bad JSON or a wrong row count
 
 
-def ensure_train(timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Path of the cached train.json, downloading it first if needed (one-line error when impossible)."""
+def _fetch(timeout: float) -> list[Row]:
     path = train_path()
-    if path.exists():
-        return path
     url = os.environ.get("FTCOT_AQUA_TRAIN_URL") or AQUA_TRAIN_URL
     hint = f"connect to the internet once, or save the official 97,467-line train.json as {path}"
     if os.environ.get("FTCOT_OFFLINE", "") not in ("", "0"):
@@ -76,7 +83,7 @@ def ensure_train(timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
             f"task 'aqua': the train split needs AQuA train.json, which is not bundled and FTCOT_OFFLINE is set; {hint}"
         )
     try:
-        _download(url, path, timeout)
+        return _download(url, path, timeout)
     except TaskDataError:
         raise
     except Exception as e:  # URLError, timeouts, HTTP errors, disk errors: all mean "not available"
@@ -85,9 +92,16 @@ def ensure_train(timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
             f"task 'aqua': the train split needs AQuA train.json, which is not bundled and could not be"
             f" downloaded from {url} ({type(e).__name__}: {reason}); {hint}"
         ) from None
-    return path
+
+
+def ensure_train(timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Path of the cached train.json, downloading it first if needed (one-line error when impossible)."""
+    if not train_path().exists():
+        _fetch(timeout)
+    return train_path()
 
 
 def load_train_rows(timeout: float = DOWNLOAD_TIMEOUT_S) -> list[Row]:
     """The 97,467 train rows (sample_index 0..97466), fetching the file if needed."""
-    return aqua_rows(ensure_train(timeout), AQUA_TRAIN_ROWS)
+    path = train_path()
+    return aqua_rows(path, AQUA_TRAIN_ROWS) if path.exists() else _fetch(timeout)
