@@ -120,6 +120,68 @@ def _run_teach(args) -> int:
 _SUBCOMMANDS.append(add_teach_parser)
 
 
+def add_cache_parser(sub) -> None:
+    p = sub.add_parser("cache", help="inspect, verify, export or import teacher caches",
+                       description="The teacher cache (docs/cache_format.md): TFRecord files of tf.train.Example.")
+    csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+
+    def common(q, filters=True):
+        q.add_argument("--cache-dir", default=None, help="cache root (default $FTCOT_TEACHER_CACHE or ./teacher_cache)")
+        if filters:
+            q.add_argument("--task", action="append", default=None, help="only this task (repeatable)")
+            q.add_argument("--teacher-model", default=None, help="only this teacher model")
+            q.add_argument("--temperature", type=float, default=None, help="only this temperature")
+
+    q = csub.add_parser("inspect", help="counts, splits, teacher accuracy, failed items, tokens per cache")
+    common(q)
+    q.set_defaults(func=_run_cache, action="inspect")
+    q = csub.add_parser("verify", help="CRC-check and decode every record (exit 1 naming file + offset on corruption)")
+    common(q)
+    q.set_defaults(func=_run_cache, action="verify")
+    q = csub.add_parser("export", help="write caches as the reference's CompletionDataset JSON")
+    common(q)
+    q.add_argument("--out", required=True, help="directory; files go to B_<teacher>__C_<key>/D_<task>.json")
+    q.set_defaults(func=_run_cache, action="export")
+    q = csub.add_parser("import", help="add CompletionDataset JSON files (e.g. the paper's teacher data) to the cache")
+    common(q)
+    q.add_argument("files", nargs="+", help="D_<task>.json files")
+    q.set_defaults(func=_run_cache, action="import")
+
+
+def _run_cache(args) -> int:
+    from ftcot_jax.teacher import cache_cli
+
+    return getattr(cache_cli, f"{args.action}_command")(args)
+
+
+_SUBCOMMANDS.append(add_cache_parser)
+
+
+def add_curate_parser(sub) -> None:
+    p = sub.add_parser("curate", help="teacher cache -> fine-tune sample files (keep correct rationales)",
+                       description="Fine-tune-CoT (ft_cot: greedy completion 0), diverse reasoning (diverse: all "
+                       "correct of D samples) or vanilla fine-tuning (ft: gold answers) samples of the train split, "
+                       "written to <out-dir>/<task>__<key>.tfrecord for `ftcot train`.")
+    p.add_argument("--task", action="append", required=True, help="task name (repeatable)")
+    p.add_argument("--method", choices=("ft_cot", "diverse", "ft"), default="ft_cot")
+    p.add_argument("--teacher-model", default=None, help="teacher whose cache to read (ft_cot, diverse)")
+    p.add_argument("--temperature", type=float, default=None, help="teacher temperature (default 0 ft_cot, 0.7 diverse)")
+    p.add_argument("--samples", type=int, default=8, metavar="D", help="diverse: completions per question (default 8)")
+    p.add_argument("--split-name", default="default", help='split file ("default", or "template")')
+    p.add_argument("--cache-dir", default=None, help="cache root (default $FTCOT_TEACHER_CACHE or ./teacher_cache)")
+    p.add_argument("--out-dir", default="samples", help="where sample files go (default ./samples)")
+    p.set_defaults(func=_run_curate)
+
+
+def _run_curate(args) -> int:
+    from ftcot_jax.curate import curate_command
+
+    return curate_command(args)
+
+
+_SUBCOMMANDS.append(add_curate_parser)
+
+
 # --- train (issue 4) -------------------------------------------------------
 
 

@@ -1,0 +1,175 @@
+"""The reference repo's CompletionDataset JSON (REFERENCE_SPEC §2.3) <-> our teacher cache.
+
+Export writes `<out>/B_<teacher>__C_<completion_key>/D_<task>.json`, the path layout of the reference's
+`saved/completion_data/`, so its loaders and notebooks read it. Import reads such a file, e.g. the paper's
+published text-davinci-002 data (`B_text-davinci-002__C_zs_cot/D_<task>.json`), into a cache that
+`ftcot curate` then turns into training samples.
+
+Field mapping (one completion dict per record):
+    sample_index, completion_index          <-> same
+    question, answer                        <-> question, gold_answer
+    reasoning_prompt, reasoning_completion  <-> reasoning_prompt, rationale
+    reasoning_finish_reason                 <-> reasoning_finish_reason
+    prompt, completion, finish_reason       <-> answer_prompt, answer_text, finish_reason
+Our other fields travel in an extra "ftcot" dict per completion (ignored by the reference code), so an
+export -> import round trip is exact. Files without it (the paper's) import with protocol "completions"
+(the API the paper used), endpoint "import:<file name>", seed -1, zero token counts, the import time as
+timestamp and the split looked up in the task's default split ("other" for indices in neither).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, slug
+
+_EXTRA = ("split", "endpoint", "protocol", "seed", "prompt_tokens",
+          "completion_tokens", "timestamp")
+
+
+def completion_key(temperature: float) -> str:
+    """The reference's completion keys: "zs_cot" for greedy, "zs_cot_t70" for T=0.7."""
+    return "zs_cot" if temperature == 0 else f"zs_cot_t{round(temperature * 100)}"
+
+
+def temperature_from_key(key: str) -> float | None:
+    if key == "zs_cot":
+        return 0.0
+    m = re.fullmatch(r"zs_cot_t(\d+)", key or "")
+    return int(m.group(1)) / 100 if m else None
+
+
+def export_path(out_dir, task: str, teacher_model: str, temperature: float) -> Path:
+    return Path(out_dir) / f"B_{slug(teacher_model)}__C_{completion_key(temperature)}" / f"D_{task}.json"
+
+
+def to_completion_dataset(cache: TeacherCache) -> dict:
+    recs = cache.records()
+    data: dict[str, list[dict]] = {}
+    for r in recs:
+        data.setdefault(str(r.sample_index), []).append({
+            "sample_index": r.sample_index, "completion_index": r.completion_index,
+            "question": r.question, "answer": r.gold_answer,
+            "reasoning_prompt": r.reasoning_prompt, "reasoning_completion": r.rationale,
+            "reasoning_finish_reason": r.reasoning_finish_reason,
+            "prompt": r.answer_prompt, "completion": r.answer_text, "finish_reason": r.finish_reason,
+            "ftcot": {k: getattr(r, k) for k in _EXTRA},
+        })
+    return {
+        "metadata": {
+            "base_model": cache.teacher_model, "dataset_key": cache.task,
+            "completion_key": completion_key(cache.temperature), "finetune_key": None, "train_key": None,
+            "epoch": None, "prediction_template": "zs_cot", "reasoning_temperature": cache.temperature,
+        },
+        "data": data,
+    }
+
+
+def export_cache(cache: TeacherCache, out_dir) -> tuple[Path, int]:
+    """Writes the cache as a CompletionDataset file; returns (path, number of completions)."""
+    doc = to_completion_dataset(cache)
+    n = sum(len(v) for v in doc["data"].values())
+    if n == 0:
+        raise ValueError(f"teacher cache {cache.path} holds no records to export")
+    path = export_path(out_dir, cache.task, cache.teacher_model, cache.temperature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path, n
+
+
+def read_completion_dataset(path) -> dict:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"completion file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not valid JSON; expected a CompletionDataset file") from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("metadata"), dict) and isinstance(doc.get("data"), dict)):
+        raise ValueError(f"{path}: expected a CompletionDataset {{'metadata': {{...}}, 'data': {{...}}}}")
+    return doc
+
+
+_REQUIRED = ("sample_index", "completion_index", "question", "answer", "reasoning_prompt", "reasoning_completion",
+             "prompt", "completion")
+
+
+def records_from_completion_dataset(doc: dict, *, source: str, task: str | None = None,
+                                    teacher_model: str | None = None,
+                                    temperature: float | None = None) -> tuple[str, str, float, list[TeacherRecord]]:
+    """(task, teacher_model, temperature, records). Arguments override the file's metadata."""
+    meta = doc["metadata"]
+    task = task or meta.get("dataset_key")
+    teacher_model = teacher_model or meta.get("base_model")
+    if temperature is None:
+        temperature = meta.get("reasoning_temperature")
+    if temperature is None:
+        temperature = temperature_from_key(meta.get("completion_key"))
+    for name, value, flag in (("dataset_key", task, "--task"), ("base_model", teacher_model, "--teacher-model"),
+                              ("reasoning temperature", temperature, "--temperature")):
+        if value is None:
+            raise ValueError(f"{source}: metadata has no {name}; pass {flag}")
+    if meta.get("prediction_template", "zs_cot") != "zs_cot" or meta.get("train_key") is not None:
+        raise ValueError(f"{source}: holds student completions (train_key={meta.get('train_key')!r}, "
+                         f"prediction_template={meta.get('prediction_template')!r}); expected teacher zs_cot data")
+    from ftcot_jax.tasks import load_task
+
+    t = load_task(task)
+    train, test = set(t.split_indices("train")), set(t.split_indices("test"))
+    now = time.time()
+    out = []
+    for key, comps in doc["data"].items():
+        if not isinstance(comps, list):
+            raise ValueError(f"{source}: data[{key!r}] is not a list of completions")
+        for j, c in enumerate(comps):
+            missing = [f for f in _REQUIRED if not isinstance(c, dict) or f not in c]
+            if missing:
+                raise ValueError(f"{source}: data[{key!r}][{j}] lacks {', '.join(missing)}; expected zs_cot teacher data")
+            if str(c["sample_index"]) != str(key):
+                raise ValueError(f"{source}: data[{key!r}][{j}] has sample_index {c['sample_index']}")
+            idx = int(c["sample_index"])
+            extra = c.get("ftcot") or {}
+            split = "train" if idx in train else "test" if idx in test else "other"
+            out.append(TeacherRecord(
+                task=task, split=extra.get("split", split), sample_index=idx,
+                completion_index=int(c["completion_index"]), teacher_model=teacher_model,
+                endpoint=extra.get("endpoint", f"import:{Path(source).name}"),
+                protocol=extra.get("protocol", "completions"), question=c["question"], gold_answer=c["answer"],
+                reasoning_prompt=c["reasoning_prompt"], rationale=c["reasoning_completion"] or "",
+                reasoning_finish_reason=c.get("reasoning_finish_reason") or "",
+                answer_prompt=c["prompt"], answer_text=c["completion"] or "",
+                finish_reason=c.get("finish_reason") or "", temperature=float(temperature),
+                seed=int(extra.get("seed", -1)), prompt_tokens=int(extra.get("prompt_tokens", 0)),
+                completion_tokens=int(extra.get("completion_tokens", 0)),
+                timestamp=float(extra.get("timestamp", now)),
+            ))
+    out.sort(key=lambda r: r.key)
+    return task, teacher_model, float(temperature), out
+
+
+def import_file(path, cache_root, *, task: str | None = None, teacher_model: str | None = None,
+                temperature: float | None = None) -> tuple[TeacherCache, int, int]:
+    """Appends the file's completions to the matching cache under `cache_root`; completions whose
+    (sample_index, completion_index) is already cached are skipped. Returns (cache, added, skipped)."""
+    doc = read_completion_dataset(path)
+    task, teacher_model, temperature, recs = records_from_completion_dataset(
+        doc, source=str(path), task=task, teacher_model=teacher_model, temperature=temperature)
+    if not recs:
+        raise ValueError(f"{path} holds no completions")
+    cache = TeacherCache(cache_root, task=task, teacher_model=teacher_model, temperature=temperature)
+    done = cache.done_keys()
+    added = 0
+    with cache:
+        for r in recs:
+            if r.key in done:
+                continue
+            cache.append(r)
+            done.add(r.key)
+            added += 1
+    return cache, added, len(recs) - added
