@@ -137,3 +137,34 @@ def test_from_dir_and_bad_meta(tmp_path):
         TeacherCache.from_dir(c.path)
     with pytest.raises(FileNotFoundError, match="cache root"):
         find_caches(tmp_path / "missing")
+
+
+def test_tensorflow_reads_and_writes_cache_records(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from ftcot_jax.teacher.cache import FEATURES
+
+    c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0.7)
+    want = [rec(s, model="m", rationale=f"Ünï {s}") for s in range(3)]
+    for r in want:
+        c.append(r)
+    c.close()
+    dtypes = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
+    spec = {k: tf.io.FixedLenFeature([], dtypes[v]) for k, v in FEATURES.items()}
+    ds = tf.data.TFRecordDataset([str(p) for p in c.record_files()]).map(lambda x: tf.io.parse_single_example(x, spec))
+    got = list(ds.as_numpy_iterator())
+    assert [g["sample_index"] for g in got] == [0, 1, 2]
+    assert got[1]["rationale"].decode() == "Ünï 1" and got[1]["timestamp_us"] == 1763770000123456
+    assert abs(got[0]["temperature"] - 0.7) < 1e-6
+    # TensorFlow writes a record -> we read it back as a TeacherRecord.
+    feats = {}
+    ours = records.decode_example(record_to_example(want[2]))
+    for k, kind in FEATURES.items():
+        val = ours[k][0]
+        feats[k] = (tf.train.Feature(bytes_list=tf.train.BytesList(value=[val])) if kind == "bytes" else
+                    tf.train.Feature(int64_list=tf.train.Int64List(value=[val])) if kind == "int64" else
+                    tf.train.Feature(float_list=tf.train.FloatList(value=[val])))
+    out = tmp_path / "tf.tfrecord"
+    with tf.io.TFRecordWriter(str(out)) as w:
+        w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    (data,) = records.read_records(out, on_corrupt="raise")
+    assert record_from_example(data) == want[2]

@@ -64,6 +64,13 @@ _STR_FIELDS = tuple(n for n, t in _FIELDS if t == "str")
 _INT_FIELDS = tuple(n for n, t in _FIELDS if t == "int")
 
 
+# On-disk schema v1: feature name -> tf.train.Example list kind (every feature holds exactly one value).
+FEATURES: dict[str, str] = {
+    **{n: "bytes" for n in _STR_FIELDS}, **{n: "int64" for n in _INT_FIELDS},
+    "temperature": "float", "timestamp_us": "int64", "schema_version": "int64",
+}
+
+
 def record_to_example(rec: TeacherRecord) -> bytes:
     """Schema v1: str fields -> bytes_list (UTF-8), int fields -> int64_list, temperature -> float_list
     (float32), timestamp -> int64 `timestamp_us` (float32 cannot hold unix time), schema_version int64."""
