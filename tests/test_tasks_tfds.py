@@ -83,3 +83,18 @@ def test_cli_tasks_tfds(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("ftcot_reasoning_tasks/last_letter_concatenation/1.0.0: test=150, train=350 at ")
     assert str(tmp_path) in line
+
+
+def test_custom_source_dir_with_corrupt_file(tmp_path):
+    import shutil
+
+    from ftcot_jax.tasks import TaskDataError, default_data_dir
+    from ftcot_jax.tasks.tfds_builder import FtcotReasoningTasks, TaskConfig
+
+    src = tmp_path / "src"
+    shutil.copytree(default_data_dir() / "split", src / "split")
+    shutil.copytree(default_data_dir() / "raw" / "coin_flip", src / "raw" / "coin_flip")
+    (src / "raw" / "coin_flip" / "coin_flip.json").write_text('{"examples": [')
+    b = FtcotReasoningTasks(config=TaskConfig(task="coin_flip", source_dir=str(src), name="coin_flip_local"), data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(TaskDataError, match=r"task 'coin_flip': .*coin_flip.json is corrupt or truncated"):
+        b.download_and_prepare()

@@ -41,10 +41,11 @@ _CITATION = """@inproceedings{ho2023large,
 
 
 class TaskConfig(tfds.core.BuilderConfig):
-    """One task; `data_dir` points at the ftcot data files (None: the bundled ones)."""
+    """One task. `source_dir`: ftcot data files in the bundled layout (None: the bundled ones); a custom
+    config needs its own `name` (tfds refuses to shadow the predefined config of the same task)."""
 
-    def __init__(self, *, task: str, source_dir: str | None = None, **kwargs):
-        super().__init__(name=task, description=TASK_INFO[task].display_name, **kwargs)
+    def __init__(self, *, task: str, source_dir: str | None = None, name: str | None = None, **kwargs):
+        super().__init__(name=name or task, description=TASK_INFO[task].display_name, **kwargs)
         self.task = task
         self.source_dir = source_dir
 
