@@ -138,6 +138,8 @@ def test_documented_quirks():
         "(A) 09/10/2019, (B) 11/06/2019, (C) 11/10/2019, (D) 11/11/2019, (E) 11/10/2076, (F) 11/17/2019."
     )
     assert date.answer == "C"
+    n_choices = [e.question.count(", (") + 1 for e in load_task("date_understanding").examples]
+    assert (n_choices.count(6), n_choices.count(5)) == (311, 58)  # REFERENCE_SPEC §1.1
     csqa = load_task("commonsense_qa").examples[20]
     assert csqa.question.endswith("Answer choices: (A) excitement, (B) fatigue, (C) anger, (D) hurting, (E) getting tired.")
     assert csqa.answer == "E"

@@ -50,7 +50,8 @@ def read_jsonl(path: Path, task: str, expected: str) -> list[Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise TaskDataError(f"task '{task}': cannot read {path} ({e}); expected {expected}") from None
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 / U+0085, which splitlines() breaks on.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
