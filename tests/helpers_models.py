@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +29,7 @@ def torch_model(hf_config: dict, seed: int = 0):
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.AutoConfig.for_model(**hf_config)
+    cfg = transformers.AutoConfig.for_model(**copy.deepcopy(hf_config))  # transformers edits rope dicts in place
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -1,0 +1,339 @@
+"""Llama-family decoders (Llama 2/3.x, SmolLM2, Qwen2/2.5) in Flax NNX: RoPE (default, linear, llama3),
+RMSNorm, grouped-query attention with a fused group-major qkv kernel, SwiGLU, optional biases, tied head."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, normal_init, param, prepare_inputs,
+                                     update_cache, zeros_init)
+from ftcot_jax.models.sharding import constrain
+
+HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
+ROPE_TYPES = ("default", "linear", "llama3")
+_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None      # {"rope_type": "linear"|"llama3", "factor": ..., ...}; None = default
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False                # Qwen2: True; Llama: attention_bias
+    o_bias: bool = False                  # Llama attention_bias also biases o_proj
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 1
+    eos_token_id: int | list | None = 2
+    pad_token_id: int | None = None
+    is_encoder_decoder: bool = False
+
+    def __post_init__(self):
+        if self.model_type not in HF_MODEL_TYPES:
+            raise ValueError(f"llama.Config: model_type '{self.model_type}' not in {HF_MODEL_TYPES}")
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"{self.model_type} config: num_attention_heads={self.num_attention_heads} is not a "
+                             f"multiple of num_key_value_heads={self.num_key_value_heads}")
+        if self.hidden_act != "silu":
+            raise ValueError(f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; expected 'silu'")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"{self.model_type} config: rope_type '{rope_type}' is not supported; "
+                             f"expected one of: {', '.join(ROPE_TYPES)}")
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @classmethod
+    def from_hf_config(cls, hf: Mapping) -> Config:
+        mt = hf.get("model_type", "llama")
+        if mt not in HF_MODEL_TYPES:
+            raise ValueError(f"llama.Config got model_type '{mt}'; expected one of: {', '.join(HF_MODEL_TYPES)}")
+        if mt == "qwen2" and hf.get("use_sliding_window"):
+            raise ValueError("qwen2 config: use_sliding_window=True (sliding-window attention) is not supported")
+        if mt == "mistral" and hf.get("sliding_window") is not None:
+            raise ValueError(f"mistral config: sliding_window={hf['sliding_window']} is not supported; "
+                             "only full attention (sliding_window: null)")
+        # transformers v5 keeps theta and scaling in rope_parameters; older configs use rope_theta/rope_scaling.
+        rope = dict(hf.get("rope_parameters") or {})
+        if any(isinstance(v, dict) for v in rope.values()):
+            raise ValueError(f"{mt} config: per-layer rope_parameters are not supported")
+        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = dict(hf.get("rope_scaling") or {}) | rope
+        scaling.pop("rope_theta", None)
+        if "type" in scaling:
+            scaling.setdefault("rope_type", scaling.pop("type"))
+        rope_type = scaling.get("rope_type", "default")
+        if rope_type == "llama3":
+            scaling.setdefault("original_max_position_embeddings",
+                               hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
+        scaling = None if rope_type == "default" and len(scaling) <= 1 else scaling
+        bias = bool(hf.get("attention_bias", False))
+        names = {f.name for f in dataclasses.fields(cls)} - {"is_encoder_decoder", "rope_theta", "rope_scaling",
+                                                            "qkv_bias", "o_bias", "model_type"}
+        kw = {k: hf[k] for k in names if k in hf}
+        return cls(model_type=mt, rope_theta=float(theta), rope_scaling=scaling,
+                   qkv_bias=True if mt == "qwen2" else bias, o_bias=False if mt == "qwen2" else bias, **kw)
+
+    def to_hf_config(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("qkv_bias", "o_bias", "rope_scaling", "is_encoder_decoder"):
+            d.pop(k)
+        rope = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
+        out = {"architectures": [_ARCH[self.model_type]], **d, "rope_parameters": rope,
+               "is_encoder_decoder": False}
+        if self.model_type == "llama":
+            out["attention_bias"] = self.qkv_bias
+        if self.model_type == "qwen2":
+            out["use_sliding_window"] = False
+        if self.model_type == "mistral":
+            out["sliding_window"] = None
+        return out
+
+
+def rope_inv_freq(cfg: Config) -> np.ndarray:
+    """Inverse frequencies (K/2,) for the config's RoPE type, as transformers computes them."""
+    K = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, K, 2, dtype=np.int64).astype(np.float32) / K))
+    s = cfg.rope_scaling or {}
+    rope_type = s.get("rope_type", "default")
+    if rope_type == "linear":
+        inv = inv / s["factor"]
+    elif rope_type == "llama3":
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old_len / lo, inv / factor, inv)
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / hi) & ~(wavelen > old_len / lo)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x_BxTx_xK, cos_BxTxK, sin_BxTxK):
+    """x*cos + rotate_half(x)*sin (HF's half-split layout); x has head axes between T and K."""
+    half = x_BxTx_xK.shape[-1] // 2
+    rot = jnp.concatenate([-x_BxTx_xK[..., half:], x_BxTx_xK[..., :half]], axis=-1)
+    extra = (None,) * (x_BxTx_xK.ndim - 3)
+    c = cos_BxTxK[(slice(None), slice(None), *extra)]
+    s = sin_BxTxK[(slice(None), slice(None), *extra)]
+    return (x_BxTx_xK * c + rot * s).astype(x_BxTx_xK.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
+        D, G, K = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim
+        R = cfg.num_attention_heads // G
+        init = normal_init(cfg.initializer_range)
+        # Group-major fused kernel: per kv head g, its R query heads then k then v; shards on kv_heads.
+        self.qkv_kernel = param(rngs, init, (D, G, R + 2, K), ("embed", "kv_heads", "qkv", "head_dim"))
+        self.qkv_bias = param(rngs, zeros_init, (G, R + 2, K), ("kv_heads", "qkv", "head_dim")) if cfg.qkv_bias else None
+        self.o_kernel = param(rngs, init, (G * R, K, D), ("heads", "head_dim", "embed"))
+        self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
+        self.G, self.R, self.K, self.dtype = G, R, K, dtype
+
+    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index):
+        dt, G, R = self.dtype, self.G, self.R
+        qkv_BxTxGxCxK = jnp.einsum("btd,dgck->btgck", x_BxTxD, self.qkv_kernel[...].astype(dt))
+        if self.qkv_bias is not None:
+            qkv_BxTxGxCxK = qkv_BxTxGxCxK + self.qkv_bias[...].astype(dt)
+        q_BxTxGxRxK = apply_rope(qkv_BxTxGxCxK[:, :, :, :R], cos_BxTxK, sin_BxTxK)
+        k_BxTxGxK = apply_rope(qkv_BxTxGxCxK[:, :, :, R], cos_BxTxK, sin_BxTxK)
+        v_BxTxGxK = qkv_BxTxGxCxK[:, :, :, R + 1]
+        B, T = x_BxTxD.shape[:2]
+        q_BxTxHxK = constrain(q_BxTxGxRxK.reshape(B, T, G * R, self.K), ("batch", "length", "heads", "head_dim"))
+        k, v, cache = update_cache(cache, k_BxTxGxK, v_BxTxGxK, cache_index)
+        out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt)
+        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.o_kernel[...].astype(dt))
+        if self.o_bias is not None:
+            y_BxTxD = y_BxTxD + self.o_bias[...].astype(dt)
+        return y_BxTxD, cache
+
+
+class Mlp(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        init = normal_init(cfg.initializer_range)
+        # gate and up fused along a size-2 axis: one matmul reads both.
+        self.gate_up_kernel = param(rngs, init, (D, 2, F), ("embed", None, "mlp"))
+        self.down_kernel = param(rngs, init, (F, D), ("mlp", "embed"))
+        self.gate_up_bias = param(rngs, zeros_init, (2, F), (None, "mlp")) if cfg.mlp_bias else None
+        self.down_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.mlp_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x_BxTxD):
+        dt = self.dtype
+        gu_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD, self.gate_up_kernel[...].astype(dt))
+        if self.gate_up_bias is not None:
+            gu_BxTx2xF = gu_BxTx2xF + self.gate_up_bias[...].astype(dt)
+        h_BxTxF = constrain(jax.nn.silu(gu_BxTx2xF[:, :, 0]) * gu_BxTx2xF[:, :, 1], ("batch", "length", "mlp"))
+        y_BxTxD = h_BxTxF @ self.down_kernel[...].astype(dt)
+        if self.down_bias is not None:
+            y_BxTxD = y_BxTxD + self.down_bias[...].astype(dt)
+        return y_BxTxD
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index):
+        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index)
+        x_BxTxD = x_BxTxD + a
+        x_BxTxD = x_BxTxD + self.mlp(self.post_norm(x_BxTxD))
+        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
+
+
+class Model(nnx.Module):
+    """`model(ids_BxL, attention_mask_BxL=..., positions_BxL=None) -> fp32 logits_BxLxV`;
+    with `cache`/`cache_index` (decoding) returns (logits, new_cache), see gpt2.Model."""
+
+    def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        cfg = self.config = config
+        self.dtype = dtype
+        init = normal_init(cfg.initializer_range)
+        self.embed = param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.layers = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed")))
+        self.inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))  # static, not a parameter
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
+        shape = (batch, length, self.config.num_key_value_heads, self.config.head_dim)
+        dt = dtype or self.dtype
+        return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.num_hidden_layers)]
+
+    def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
+                 cache_index=None):
+        mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
+                                                   cache_index)
+        freqs_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(self.inv_freq, jnp.float32)
+        ang_BxTxK = jnp.concatenate([freqs_BxTxK2, freqs_BxTxK2], axis=-1)
+        cos, sin = jnp.cos(ang_BxTxK).astype(self.dtype), jnp.sin(ang_BxTxK).astype(self.dtype)
+        x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(self.dtype)
+        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x_BxTxD, c = layer(x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index)
+            new_cache.append(c)
+        return self.norm(x_BxTxD), (None if cache is None else new_cache)
+
+    def logits(self, x_BxTxD):
+        head_VxD = self.embed[...] if self.lm_head is None else self.lm_head[...]
+        return jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD.astype(self.dtype), preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
+                 cache_index=None, attention_mask=None, positions=None):
+        attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
+        positions_BxL = positions if positions_BxL is None else positions_BxL
+        x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
+                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index)
+        logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
+        return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
+
+
+def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
+    """HF LlamaForCausalLM / Qwen2ForCausalLM tensors -> nested state dict for `nnx.update`.
+    HF Linear weights are [out, in]: transposed here."""
+    c = config
+    D, H, G, K, F, V = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                        c.intermediate_size, c.vocab_size)
+    R = H // G
+    t = HFTensors(tensors, c.model_type)
+    layers = {}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        q_GxRxKxD = t.get(p + "self_attn.q_proj.weight", (H * K, D)).reshape(G, R, K, D)
+        k_Gx1xKxD = t.get(p + "self_attn.k_proj.weight", (G * K, D)).reshape(G, 1, K, D)
+        v_Gx1xKxD = t.get(p + "self_attn.v_proj.weight", (G * K, D)).reshape(G, 1, K, D)
+        attn = {"qkv_kernel": np.concatenate([q_GxRxKxD, k_Gx1xKxD, v_Gx1xKxD], 1).transpose(3, 0, 1, 2),
+                "o_kernel": t.get(p + "self_attn.o_proj.weight", (D, H * K)).T.reshape(H, K, D)}
+        if c.qkv_bias:
+            attn["qkv_bias"] = np.concatenate([t.get(p + "self_attn.q_proj.bias", (H * K,)).reshape(G, R, K),
+                                               t.get(p + "self_attn.k_proj.bias", (G * K,)).reshape(G, 1, K),
+                                               t.get(p + "self_attn.v_proj.bias", (G * K,)).reshape(G, 1, K)], 1)
+        if c.o_bias:
+            attn["o_bias"] = t.get(p + "self_attn.o_proj.bias", (D,))
+        mlp = {"gate_up_kernel": np.stack([t.get(p + "mlp.gate_proj.weight", (F, D)).T,
+                                           t.get(p + "mlp.up_proj.weight", (F, D)).T], 1),
+               "down_kernel": t.get(p + "mlp.down_proj.weight", (D, F)).T}
+        if c.mlp_bias:
+            mlp["gate_up_bias"] = np.stack([t.get(p + "mlp.gate_proj.bias", (F,)), t.get(p + "mlp.up_proj.bias", (F,))])
+            mlp["down_bias"] = t.get(p + "mlp.down_proj.bias", (D,))
+        layers[i] = {"input_norm": {"scale": t.get(p + "input_layernorm.weight", (D,))},
+                     "post_norm": {"scale": t.get(p + "post_attention_layernorm.weight", (D,))},
+                     "attn": attn, "mlp": mlp}
+    out = {"embed": t.get("model.embed_tokens.weight", (V, D)), "layers": layers,
+           "norm": {"scale": t.get("model.norm.weight", (D,))}}
+    if not c.tie_word_embeddings:
+        out["lm_head"] = t.get("lm_head.weight", (V, D))
+    elif t.has("lm_head.weight"):  # some tied checkpoints still store the (identical) head
+        if not np.array_equal(t.get("lm_head.weight", (V, D)), out["embed"]):
+            raise ValueError(f"{c.model_type} checkpoint: tie_word_embeddings=True but 'lm_head.weight' differs "
+                             "from 'model.embed_tokens.weight'")
+    t.warn_unused(ignore=("rotary_emb.inv_freq",))
+    return out
+
+
+def params_to_hf(model: Model) -> dict[str, np.ndarray]:
+    c = model.config
+    D, H, G, K = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    R = H // G
+    g = lambda v: np.asarray(v[...], np.float32)
+    out = {"model.embed_tokens.weight": g(model.embed), "model.norm.weight": g(model.norm.scale)}
+    if model.lm_head is not None:
+        out["lm_head.weight"] = g(model.lm_head)
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        qkv_GxCxKxD = g(layer.attn.qkv_kernel).transpose(1, 2, 3, 0)
+        out[p + "self_attn.q_proj.weight"] = qkv_GxCxKxD[:, :R].reshape(H * K, D)
+        out[p + "self_attn.k_proj.weight"] = qkv_GxCxKxD[:, R].reshape(G * K, D)
+        out[p + "self_attn.v_proj.weight"] = qkv_GxCxKxD[:, R + 1].reshape(G * K, D)
+        if layer.attn.qkv_bias is not None:
+            b = g(layer.attn.qkv_bias)
+            out[p + "self_attn.q_proj.bias"] = b[:, :R].reshape(H * K)
+            out[p + "self_attn.k_proj.bias"] = b[:, R].reshape(G * K)
+            out[p + "self_attn.v_proj.bias"] = b[:, R + 1].reshape(G * K)
+        out[p + "self_attn.o_proj.weight"] = g(layer.attn.o_kernel).reshape(H * K, D).T
+        if layer.attn.o_bias is not None:
+            out[p + "self_attn.o_proj.bias"] = g(layer.attn.o_bias)
+        gu = g(layer.mlp.gate_up_kernel)
+        out[p + "mlp.gate_proj.weight"] = gu[:, 0].T
+        out[p + "mlp.up_proj.weight"] = gu[:, 1].T
+        out[p + "mlp.down_proj.weight"] = g(layer.mlp.down_kernel).T
+        if layer.mlp.gate_up_bias is not None:
+            gub = g(layer.mlp.gate_up_bias)
+            out[p + "mlp.gate_proj.bias"], out[p + "mlp.up_proj.bias"] = gub[0], gub[1]
+            out[p + "mlp.down_proj.bias"] = g(layer.mlp.down_bias)
+        out[p + "input_layernorm.weight"] = g(layer.input_norm.scale)
+        out[p + "post_attention_layernorm.weight"] = g(layer.post_norm.scale)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
