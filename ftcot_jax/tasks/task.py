@@ -130,9 +130,9 @@ class Task:
         if self._complete:
             if 0 <= sample_index < len(self._examples):
                 return self._examples[sample_index]
-        elif sample_index >= AQUA_TEST_START:
+        elif AQUA_TEST_START <= sample_index < self.num_examples:
             return self._examples[sample_index - AQUA_TEST_START]
-        elif 0 <= sample_index:
+        elif 0 <= sample_index < AQUA_TEST_START:
             self._load_aqua_train()
             return self._examples[sample_index]
         raise IndexError(f"task '{self.name}': sample_index {sample_index} out of range 0..{self.num_examples - 1}")
