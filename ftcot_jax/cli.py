@@ -231,6 +231,57 @@ def _run_serve(args):
 _SUBCOMMANDS.append(add_serve_parser)
 
 
+# --- run (issue 6) ---------------------------------------------------------
+
+
+def add_run_parser(sub):
+    p = sub.add_parser("run", help="teach -> curate -> train -> evaluate -> report, resumable (docs/pipeline.md)",
+                       description="Run the whole pipeline from a YAML config. Stages whose outputs are present "
+                                   "and made by the same configuration are skipped; an interrupted training "
+                                   "resumes from its last checkpoint. Example: ftcot run configs/quickstart.yaml "
+                                   "train.epochs=2 eval.limit=50")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config (configs/quickstart.yaml, configs/paper/...)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.optim.lr=1e-4")
+    p.add_argument("--run-dir", default=None, help="same as run_dir=PATH")
+    p.add_argument("--paper-cell", default=None, metavar="STUDENT/TASK/METHOD",
+                   help="one cell of the paper's grid (e.g. gpt2/multiarith/ft_cot) on top of CONFIG")
+    p.add_argument("--list-paper-cells", action="store_true", help="print the paper grid's cells and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args):
+    from ftcot_jax.pipeline import run_command
+
+    return run_command(args)
+
+
+_SUBCOMMANDS.append(add_run_parser)
+
+
+# --- report (issue 6) ------------------------------------------------------
+
+
+def add_report_parser(sub):
+    p = sub.add_parser("report", help="paper-style markdown table + PNG plots from run directories",
+                       description="Tasks x methods (Zero-shot, Fine-tune, Fine-tune-CoT, Diverse reasoning D), best "
+                                   "over epochs and last epoch, beside the paper's numbers for the same student.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output directory (default: the run dir when there is one)")
+    p.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
+    p.add_argument("--no-plots", action="store_true", help="markdown only")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args):
+    from ftcot_jax.report import report_command
+
+    return report_command(args)
+
+
+_SUBCOMMANDS.append(add_report_parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftcot",
