@@ -25,7 +25,7 @@ def test_record_example_round_trip():
     assert record_from_example(record_to_example(r)) == r
     feats = records.decode_example(record_to_example(r))
     assert feats["timestamp_us"] == [1763770000123456] and feats["schema_version"] == [1]
-    with pytest.raises(ValueError, match="where-it-is: no single-valued feature 'schema_version'"):
+    with pytest.raises(ValueError, match="where-it-is: no single-valued int64 feature .schema_version."):
         record_from_example(records.encode_example({"task": "x"}), where="where-it-is")
 
 
@@ -168,3 +168,18 @@ def test_tensorflow_reads_and_writes_cache_records(tmp_path):
         w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
     (data,) = records.read_records(out, on_corrupt="raise")
     assert record_from_example(data) == want[2]
+
+
+def test_registered_secret_is_scrubbed(tmp_path):
+    from ftcot_jax.teacher import cache as cache_mod
+
+    key = "custom-var-key-9876543210"
+    cache_mod.register_secret(key)
+    try:
+        c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+        c.mark_failed(0, 0, f"rejected {key}")
+        c.append(rec(1, model="m", temperature=0, answer_text=key))
+        c.close()
+        assert all(key not in p.read_bytes().decode("utf-8", "replace") for p in c.path.iterdir())
+    finally:
+        cache_mod._REGISTERED.discard(key)
