@@ -5,7 +5,10 @@ standard, the `tfrecord` package (its own framing code, the `crc32c` CRC library
 generated from TensorFlow's .proto files), and TensorFlow itself when it is importable.
 """
 
+import importlib.util
 import struct
+import sys
+import types
 import warnings
 
 import pytest
@@ -107,32 +110,44 @@ def test_example_encode_decode():
         R.encode_example({"x": {}})
 
 
-def _independent_feature_description():
-    return {"s": "byte", "i": "int", "f": "float", "li": "int"}
+@pytest.fixture
+def tfrecord(monkeypatch):
+    """The `tfrecord` package's reader, writer and generated example_pb2, without its __init__ (which
+    imports torch: seconds per test run)."""
+    spec = importlib.util.find_spec("tfrecord")
+    if spec is None:
+        pytest.skip("the tfrecord package (test-only dependency) is not installed")
+    pkg = types.ModuleType("tfrecord")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    monkeypatch.setitem(sys.modules, "tfrecord", pkg)
+    for name in ("example_pb2", "iterator_utils", "reader", "writer"):
+        monkeypatch.delitem(sys.modules, f"tfrecord.{name}", raising=False)
+    from tfrecord import example_pb2, reader, writer
+
+    yield types.SimpleNamespace(example_pb2=example_pb2, reader=reader, writer=writer)
+    for name in ("example_pb2", "iterator_utils", "reader", "writer"):
+        sys.modules.pop(f"tfrecord.{name}", None)
 
 
-def test_independent_reader_reads_our_files(tmp_path):
-    tfrecord = pytest.importorskip("tfrecord")  # pure-python reader with TF's generated example_pb2
-    from tfrecord import example_pb2
-
+def test_independent_reader_reads_our_files(tmp_path, tfrecord):
     p = tmp_path / "ours.tfrecord"
     feats = [{"s": f"text {k}", "i": k, "f": k / 4, "li": [k, -k]} for k in range(5)]
     _write(p, [R.encode_example(f) for f in feats])
-    got = list(tfrecord.tfrecord_loader(str(p), None, _independent_feature_description()))
+    description = {"s": "byte", "i": "int", "f": "float", "li": "int"}
+    got = list(tfrecord.reader.tfrecord_loader(str(p), None, description))
     assert [g["s"] for g in got] == [f"text {k}".encode() for k in range(5)]
     assert [list(g["li"]) for g in got] == [[k, -k] for k in range(5)]
     assert [float(g["f"][0]) for g in got] == [k / 4 for k in range(5)]
     # Their generated tensorflow.Example class parses our bytes to the same message.
     for data, f in zip(R.read_records(p), feats):
-        ex = example_pb2.Example.FromString(data)
+        ex = tfrecord.example_pb2.Example.FromString(data)
         assert ex.features.feature["i"].int64_list.value[0] == f["i"]
         assert ex.features.feature["s"].bytes_list.value[0] == f["s"].encode()
 
 
-def test_we_read_independent_writer_files(tmp_path):
-    tfrecord = pytest.importorskip("tfrecord")
+def test_we_read_independent_writer_files(tmp_path, tfrecord):
     p = tmp_path / "theirs.tfrecord"
-    w = tfrecord.TFRecordWriter(str(p))
+    w = tfrecord.writer.TFRecordWriter(str(p))
     for k in range(5):
         w.write({"s": (f"text {k}".encode(), "byte"), "i": (k, "int"), "li": ([k, k + 1], "int"), "f": (k / 2, "float")})
     w.close()
