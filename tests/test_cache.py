@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 
@@ -183,3 +184,44 @@ def test_registered_secret_is_scrubbed(tmp_path):
         assert all(key not in p.read_bytes().decode("utf-8", "replace") for p in c.path.iterdir())
     finally:
         cache_mod._REGISTERED.discard(key)
+
+
+_WRITER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_cache import rec
+from ftcot_jax.teacher.cache import TeacherCache
+c = TeacherCache({root!r}, task="coin_flip", teacher_model="m", temperature=0)
+for s in range(100000):
+    c.append(rec(s, model="m", temperature=0, rationale="r" * (s % 5000)))
+    print(s, flush=True)  # printed only after the record was written and flushed
+"""
+
+
+def test_kill_9_while_appending_loses_nothing_answered(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for attempt in range(3):
+        root = tmp_path / f"run{attempt}"
+        code = _WRITER.format(tests=str(Path(__file__).parent), root=str(root))
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        answered = []
+        for line in proc.stdout:
+            answered.append(int(line))
+            if len(answered) >= 200 + 150 * attempt:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        answered += [int(x) for x in proc.stdout.read().split()]
+        cache = TeacherCache(root, task="coin_flip", teacher_model="m", temperature=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a torn last record is allowed (and dropped)
+            done = {s for s, _ in cache.done_keys()}
+        assert set(answered) <= done and len(done) <= len(answered) + 1
+        cache.append(rec(max(done) + 1, model="m", temperature=0))  # the rerun appends to a new file
+        cache.close()
+        assert len(cache.record_files()) == 2
