@@ -225,3 +225,16 @@ def test_kill_9_while_appending_loses_nothing_answered(tmp_path):
         cache.append(rec(max(done) + 1, model="m", temperature=0))  # the rerun appends to a new file
         cache.close()
         assert len(cache.record_files()) == 2
+
+
+def test_bad_names(tmp_path):
+    with pytest.raises(ValueError, match="task name '../x' cannot name a cache directory"):
+        TeacherCache(tmp_path, task="../x", teacher_model="m", temperature=0)
+    with pytest.raises(ValueError, match="has no usable characters"):
+        TeacherCache(tmp_path, task="gsm8k", teacher_model="//", temperature=0)
+    # Two model names with one slug share a directory: the identity file tells them apart.
+    a = TeacherCache(tmp_path, task="coin_flip", teacher_model="org/m", temperature=0)
+    a.append(rec(0, model="org/m", temperature=0))
+    a.close()
+    with pytest.raises(ValueError, match="cache.json describes"):
+        TeacherCache(tmp_path, task="coin_flip", teacher_model="org_m", temperature=0)

@@ -185,6 +185,8 @@ class TeacherCache:
     """Teacher answers of one (task, teacher model, temperature); see the module docstring for the layout."""
 
     def __init__(self, root, *, task: str, teacher_model: str, temperature: float):
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", task or ""):
+            raise ValueError(f"task name {task!r} cannot name a cache directory; expected a task key like 'gsm8k'")
         self.task, self.teacher_model, self.temperature = task, teacher_model, round(float(temperature), 6)
         self.path = Path(root) / slug(teacher_model) / temperature_dir(self.temperature) / task
         self._writer: records.RecordWriter | None = None
