@@ -137,6 +137,8 @@ def add_cache_parser(sub) -> None:
     q.set_defaults(func=_run_cache, action="inspect")
     q = csub.add_parser("verify", help="CRC-check and decode every record (exit 1 naming file + offset on corruption)")
     common(q)
+    q.add_argument("--repair", action="store_true",
+                   help="first cut torn last records (left by a killed writer) off files no process is writing")
     q.set_defaults(func=_run_cache, action="verify")
     q = csub.add_parser("export", help="write caches as the reference's CompletionDataset JSON")
     common(q)

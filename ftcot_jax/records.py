@@ -14,6 +14,7 @@ Sample files (curate writes them, the trainer reads them) hold one `FinetuneSamp
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -38,6 +39,11 @@ class RecordCorruptError(ValueError):
         super().__init__(f"{path}: corrupt record at byte offset {offset}: {problem}")
         self.path, self.offset, self.problem = str(path), offset, problem
 
+    @property
+    def truncated(self) -> bool:
+        """The file ends inside this record: the signature of a writer killed mid-append."""
+        return self.problem.startswith("truncated")
+
 
 def masked_crc32c(data: bytes) -> int:
     crc = google_crc32c.value(data)
@@ -54,11 +60,17 @@ class RecordWriter:
     """Appends framed records to `path`; every write is flushed to the OS at once (fsync=True also
     syncs to disk), so a killed process loses at most the record it was writing."""
 
-    def __init__(self, path, append: bool = True, *, fsync: bool = False):
+    def __init__(self, path, append: bool = True, *, fsync: bool = False, lock: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "ab" if append else "wb")
         self._fsync = fsync
+        if lock:  # advisory: tells repair_tail that a live process owns this file
+            try:
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._f.close()
+                raise RuntimeError(f"{self.path} is being written by another process") from None
 
     def write(self, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -131,6 +143,28 @@ def _iter_frames(buf, size: int, path: Path, on_corrupt: str) -> Iterator[bytes]
             return
         yield data
         pos += 16 + length
+
+
+def repair_tail(path) -> int:
+    """Cuts a torn last record (a file that ends inside a record) off `path`; returns the number of
+    bytes removed (0 when the file is whole). Any other corruption (a CRC mismatch) raises
+    RecordCorruptError and changes nothing: records after it may be intact and need a human.
+    Skips (returns 0) a file another process holds with RecordWriter(lock=True)."""
+    with open(path, "r+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 0
+        try:
+            for _ in read_records(path, on_corrupt="raise"):
+                pass
+        except RecordCorruptError as e:
+            if not e.truncated:
+                raise
+            size = os.fstat(f.fileno()).st_size
+            f.truncate(e.offset)
+            return size - e.offset
+        return 0
 
 
 def count_records(path) -> int:

@@ -67,7 +67,7 @@ def test_identity_is_checked(tmp_path):
         TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
 
 
-def test_crash_tail_is_dropped_and_later_runs_append_elsewhere(tmp_path):
+def test_crash_tail_is_dropped_then_repaired_by_the_next_writer(tmp_path):
     c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
     for s in range(3):
         c.append(rec(s, model="m", temperature=0))
@@ -75,13 +75,34 @@ def test_crash_tail_is_dropped_and_later_runs_append_elsewhere(tmp_path):
     (f,) = c.record_files()
     f.write_bytes(f.read_bytes()[:-10])  # killed in the middle of writing record 2
     c2 = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
-    with pytest.warns(RuntimeWarning, match="corrupt record at byte offset"):
+    with pytest.warns(RuntimeWarning, match="corrupt record at byte offset .*truncated"):
         assert c2.done_keys() == {(0, 0), (1, 0)}
-    c2.append(rec(2, model="m", temperature=0))
-    c2.close()
-    with pytest.warns(RuntimeWarning, match="truncated"):
-        assert [r.key for r in c2.records()] == [(0, 0), (1, 0), (2, 0)]
     with pytest.raises(records.RecordCorruptError, match=f"{f.name}: corrupt record at byte offset"):
+        c2.verify()
+    with pytest.warns(RuntimeWarning, match=f"{f.name}: removed a torn last record"):
+        c2.append(rec(2, model="m", temperature=0))  # the rerun: repairs, then appends to its own file
+    c2.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r.key for r in c2.records()] == [(0, 0), (1, 0), (2, 0)]
+        assert c2.verify() == {"files": 2, "records": 3, "duplicates": 0}
+
+
+def test_a_crc_error_is_not_repaired(tmp_path):
+    c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    for s in range(3):
+        c.append(rec(s, model="m", temperature=0))
+    c.close()
+    (f,) = c.record_files()
+    raw = bytearray(f.read_bytes())
+    raw[40] ^= 1  # inside record 0: records 1 and 2 may be fine and need a human
+    f.write_bytes(bytes(raw))
+    c2 = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
+    with pytest.warns(RuntimeWarning, match="data CRC mismatch; left as is"):
+        c2.append(rec(3, model="m", temperature=0))
+    c2.close()
+    assert f.read_bytes() == bytes(raw)
+    with pytest.raises(records.RecordCorruptError, match="offset 0: data CRC mismatch"):
         c2.verify()
 
 

@@ -165,6 +165,10 @@ def test_cli_teach_inspect_verify_curate_export_import(tmp_path, capsys):
     assert main(["cache", "verify", "--cache-dir", root]) == 1
     err = capsys.readouterr().err
     assert f"CORRUPT {f}: corrupt record at byte offset" in err
+    assert main(["cache", "verify", "--repair", "--cache-dir", root]) == 1  # a CRC error is not a torn tail
+    f.write_bytes(bytes(raw[: len(raw) // 2]))  # a torn tail is
+    assert main(["cache", "verify", "--repair", "--cache-dir", root]) == 0
+    assert f"repaired {f}" in capsys.readouterr().out
     assert main(["cache", "inspect", "--cache-dir", root, "--task", "gsm8k"]) == 2
     assert "no teacher cache under" in capsys.readouterr().err
 

@@ -88,6 +88,29 @@ def test_corrupt_byte_is_detected(tmp_path, where, problem):
         list(R.read_records(p, on_corrupt="raise"))
 
 
+def test_repair_tail(tmp_path):
+    p = tmp_path / "r.tfrecord"
+    _write(p, [b"first", b"second"])
+    whole = p.read_bytes()
+    assert R.repair_tail(p) == 0 and p.read_bytes() == whole
+    p.write_bytes(whole + R.frame(b"third")[:9])
+    assert R.repair_tail(p) == 9 and p.read_bytes() == whole
+    with R.RecordWriter(p, lock=True) as w:  # a live writer's file is never touched
+        w.write(b"x")
+        with open(p, "ab") as f:
+            f.write(b"\x01\x02")
+        assert R.repair_tail(p) == 0
+        with pytest.raises(RuntimeError, match="being written by another process"):
+            R.RecordWriter(p, lock=True)
+    assert R.repair_tail(p) == 2
+    raw = bytearray(p.read_bytes())
+    raw[14] ^= 1
+    p.write_bytes(bytes(raw))
+    with pytest.raises(R.RecordCorruptError, match="data CRC mismatch"):
+        R.repair_tail(p)
+    assert p.read_bytes() == bytes(raw)
+
+
 def test_empty_file_and_bad_mode(tmp_path):
     p = tmp_path / "e.tfrecord"
     p.write_bytes(b"")

@@ -7,10 +7,12 @@ Layout (documented for users in docs/cache_format.md):
         records-<UTC time>-<pid>-<rand>.tfrecord   one file per writing process, appended + flushed per record
         failed.jsonl                       one line per failed attempt (still failed = no record for the key)
 
-A writing process never appends to another process's file, so the truncated tail a crash may leave is
-always the end of a file that nobody writes again: readers warn and drop it, and every record before it
-stays readable. Teacher API keys are never stored: string fields and error texts are scrubbed of the
-values of *_API_KEY / *_TOKEN environment variables, and endpoint URLs lose credentials and query strings.
+A writing process never appends to another process's file (it holds an flock on its own), so the
+truncated tail a crash may leave is always the end of a file that nobody writes again: readers warn and
+drop it, every record before it stays readable, and the next writer cuts the torn tail off (so the cache
+verifies clean after a rerun). Teacher API keys are never stored: string fields and error texts are
+scrubbed of the values of *_API_KEY / *_TOKEN / *_SECRET environment variables (and of keys passed to
+register_secret), and endpoint URLs lose credentials and query strings.
 """
 
 from __future__ import annotations
@@ -239,9 +241,27 @@ class TeacherCache:
         self._validate(rec)
         rec = _scrubbed(rec, self._secrets)
         if self._writer is None:
-            self._ensure_dir()
-            self._writer = records.RecordWriter(self._new_record_file())
+            self._open_writer()
         self._writer.write(record_to_example(rec))
+
+    def repair(self) -> list[tuple[Path, int]]:
+        """Cuts torn last records (left by a killed writer) off files no live process writes; returns
+        (file, bytes removed) per repaired file. Other corruption is left alone and raises."""
+        return [(p, cut) for p in self.record_files() if (cut := records.repair_tail(p))]
+
+    def _open_writer(self) -> None:
+        # A writer starts by repairing earlier crashes, so that after a rerun the cache verifies clean.
+        self._ensure_dir()
+        for path in self.record_files():
+            try:
+                cut = records.repair_tail(path)
+            except records.RecordCorruptError as e:
+                warnings.warn(f"{e}; left as is (see `ftcot cache verify`)", RuntimeWarning, stacklevel=3)
+                continue
+            if cut:
+                warnings.warn(f"{path}: removed a torn last record ({cut} bytes) left by a killed writer; "
+                              "that item is asked for again", RuntimeWarning, stacklevel=3)
+        self._writer = records.RecordWriter(self._new_record_file(), lock=True)
 
     def _validate(self, rec: TeacherRecord) -> None:
         if not isinstance(rec, TeacherRecord):

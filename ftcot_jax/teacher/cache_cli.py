@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-from ftcot_jax.records import RecordCorruptError, read_records
+from ftcot_jax.records import RecordCorruptError, read_records, repair_tail
 from ftcot_jax.teacher.cache import TeacherCache, find_caches, record_from_example
 
 
@@ -75,6 +75,14 @@ def verify_command(args) -> int:
     """CRC-checks and decodes every record of every selected cache; exit 1 naming each bad file + offset."""
     bad = 0
     for cache in select(args):
+        if getattr(args, "repair", False):
+            for path in cache.record_files():
+                try:
+                    cut = repair_tail(path)
+                except RecordCorruptError:
+                    continue  # not a torn tail: reported below, left for a human
+                if cut:
+                    print(f"repaired {path}: removed a torn last record ({cut} bytes)")
         n = 0
         for path in cache.record_files():
             try:
