@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 
 from ftcot_jax.records import RecordCorruptError, read_records, repair_tail
@@ -56,9 +57,19 @@ def _fmt_counts(d: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(d.items(), key=lambda kv: str(kv[0])))
 
 
+def _describe_reporting_warnings(cache: TeacherCache) -> dict:
+    """describe(), with reader warnings (a torn tail after a crash) printed as one plain line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = describe(cache)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return d
+
+
 def inspect_command(args) -> int:
     for cache in select(args):
-        d = describe(cache)
+        d = _describe_reporting_warnings(cache)
         print(f"{cache.path}")
         print(f"  task {cache.task}, teacher {cache.teacher_model}, temperature {cache.temperature:g}, "
               f"{d['files']} file(s)")
@@ -97,8 +108,10 @@ def verify_command(args) -> int:
                 print(f"INVALID {e}", file=sys.stderr)
         print(f"{cache.path}: {n} records in {len(cache.record_files())} file(s) verified")
     if bad:
-        print(f"{bad} file(s) failed verification (a crash mid-append leaves a truncated last record: readers drop "
-              "it with a warning and `ftcot teach` asks for it again)", file=sys.stderr)
+        print(f"{bad} file(s) failed verification. A 'truncated' last record is what a killed writer leaves: "
+              "readers drop it, the next `ftcot teach` cuts it off and asks for that item again, and "
+              "`ftcot cache verify --repair` cuts it off now. A CRC mismatch is real damage and is never "
+              "repaired automatically.", file=sys.stderr)
         return 1
     return 0
 
