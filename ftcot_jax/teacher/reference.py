@@ -139,6 +139,8 @@ def equation_rationale(equation: str) -> tuple[str, float]:
         value = _evaluate(right, steps)
         if not steps:
             return f"The answer is the given number {fmt(value)}.", value
+        if len(steps) == 1:
+            return f"We need to compute {steps[0]}.", value
         return f"We need to compute {_show(right)}. {_join_steps(steps)}", value
     text = [f"Let x be the number we are looking for. The question says that {_show(left)} = {_show(right)}."]
     value = _evaluate(right, steps)
