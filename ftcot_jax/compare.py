@@ -15,7 +15,7 @@ Protocol (docs/compare.md):
    Runs alternate between the systems (A B A B ...) so machine noise hits both alike.
 3. `summarize`: a table, JSON and a PNG of the loss curves; headline = the ratios within one run.
 
-This module imports JAX only inside the JAX worker: the parent and the torch worker stay free of it.
+The torch worker imports only the numpy helpers of this module (JAX is imported lazily, never there).
 """
 
 from __future__ import annotations
@@ -760,6 +760,38 @@ def probe_xla_flags(n: int = 2048, threads: int = 0, flag_sets: dict[str, str] |
         log(f"{name:20s} " + (f"fp32 {r['float32']:7.1f} GFLOP/s  bf16 {r['bfloat16']:7.1f} GFLOP/s"
                               if "error" not in r else f"error: {r['error']}") + f"   {flags or ''}")
     return results
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def compare_command(args) -> int:
+    if args.probe_xla_flags:
+        res = probe_xla_flags(threads=args.threads)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "xla_flags_probe.json").write_text(json.dumps(res, indent=1) + "\n")
+        return 0
+    kw = dict(out_dir=args.out, model=args.model, tokenizer=args.tokenizer, task=args.task, method=args.method,
+              steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size, seq_len=args.seq_len,
+              lr=args.lr, precisions=_csv(args.precisions), torch_modes=_csv(args.torch_modes),
+              repeats=args.repeats, eval_n=args.eval_n, eval_batch_size=args.eval_batch_size,
+              max_new_tokens=args.max_new_tokens, threads=args.threads, xla_flags=args.xla_flags)
+    if args.quick:
+        kw.update(steps=min(args.steps, 4), warmup_steps=1, repeats=1, precisions=("fp32",),
+                  torch_modes=("eager",), eval_n=min(args.eval_n, 8), max_new_tokens=min(args.max_new_tokens, 32))
+    if args.model not in PRESETS and not Path(args.model).exists() and not args.model.endswith(".gguf"):
+        from ftcot_jax.models import gguf_io
+
+        if args.model.lower() not in gguf_io.ALIASES:
+            raise ValueError(f"--model {args.model!r}: expected one of {', '.join(PRESETS)}, "
+                             f"{', '.join(gguf_io.ALIASES)}, an HF model directory or a .gguf file")
+    report = run_compare(CompareSpec(**kw))
+    print(f"\nwrote {args.out}/compare.md, compare.json, loss_curves.png")
+    return 1 if report["failed"] and not report["rows"] else 0
 
 
 # ----------------------------------------------------------------------------- worker entry point
