@@ -1,0 +1,199 @@
+"""Generation for encoder-decoder students (T5): encoder once, then a `lax.while_loop` over a decoder cache.
+
+One jitted function per (graphdef, batch, input-length bucket, cache-length bucket, sampling mode) runs the
+encoder once, projects the cross-attention keys/values of every decoder layer once, and decodes one token
+per step into a fixed-size self-attention cache until every row has emitted EOS or `max_new_tokens`
+(a traced scalar, so it does not recompile) is reached. Params are passed as arguments (nnx.split), never
+closed over. Prompt lengths, cache lengths and batch sizes are rounded up to powers of two so a run
+compiles a bounded number of shapes.
+
+    tokens_BxN, finished_B = generate_ids(model, ids_BxL, mask_BxL, max_new_tokens=64)
+    gens = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=8)   # list of Generation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+MIN_BUCKET = 16
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    return 1 << (max(int(n), minimum, 1) - 1).bit_length()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling (HF semantics: temperature, then top-k, then top-p; top-p keeps the smallest set of most likely
+# tokens whose probability reaches top_p, and always the most likely one).
+
+
+def _filter_logits(logits_BxV, temperature, top_k, top_p):
+    """top_k (0 = off) and top_p are traced scalars, so changing them does not recompile."""
+    logits_BxV = logits_BxV / temperature
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    V = sorted_BxV.shape[-1]
+    rank_V = jnp.arange(V)
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_BxV = ((mass_before_BxV < top_p) & ((top_k <= 0) | (rank_V < top_k))) | (rank_V == 0)
+    # the smallest kept logit is the cut-off; ties with it are kept too (as HF's top-k does)
+    cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+
+
+def _next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
+    if greedy:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, _filter_logits(logits_BxV, temperature, top_k, top_p)).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The jitted loop
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy"))
+def _generate_jit(graphdef, state, input_ids_BxL, mask_BxL, max_new_tokens, rng, temperature, top_k, top_p,
+                  eos_id, pad_id, start_id, *, cache_len: int, greedy: bool):
+    """Everything that may change between calls is traced; only shapes, the model and greedy-vs-sampling
+    are static."""
+    model = nnx.merge(graphdef, state)
+    B = input_ids_BxL.shape[0]
+    enc_BxLxD = model.encode(input_ids_BxL, mask_BxL)
+    cross_kv = model.cross_kv(enc_BxLxD)  # once; every step reuses it
+    cache = model.init_cache(B, cache_len)
+    tokens_BxS = jnp.full((B, cache_len), pad_id, jnp.int32)
+    last_B = jnp.full((B,), start_id, jnp.int32)
+    done_B = jnp.zeros((B,), bool)
+    limit = jnp.minimum(max_new_tokens, cache_len)
+
+    def cond(carry):
+        step, _, _, _, done_B, _ = carry
+        return (step < limit) & ~jnp.all(done_B)
+
+    def body(carry):
+        step, last_B, cache, tokens_BxS, done_B, rng = carry
+        rng, sub = jax.random.split(rng)
+        logits_Bx1xV, cache = model.decode_step(last_B[:, None], step, cache, cross_kv, mask_BxL)
+        next_B = _next_token(logits_Bx1xV[:, 0], sub, temperature, top_k, top_p, greedy=greedy)
+        next_B = jnp.where(done_B, pad_id, next_B)  # finished rows emit padding, as HF generate does
+        tokens_BxS = jax.lax.dynamic_update_slice(tokens_BxS, next_B[:, None], (0, step))
+        return step + 1, next_B, cache, tokens_BxS, done_B | (next_B == eos_id), rng
+
+    carry = (jnp.int32(0), last_B, cache, tokens_BxS, done_B, rng)
+    _, _, _, tokens_BxS, done_B, _ = jax.lax.while_loop(cond, body, carry)
+    return tokens_BxS, done_B
+
+
+def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id: int | None = None):
+    """Token-level generation for one batch. Returns (tokens BxN int32 numpy, finished_B bool numpy):
+    N = max_new_tokens; each row holds its tokens up to and including EOS, then pad_token_id.
+    The batch and input length are used as given; `generate` does the bucketing."""
+    cfg = model.config
+    if not getattr(cfg, "is_encoder_decoder", False):
+        raise ValueError("decode_encdec.generate_ids needs an encoder-decoder model; use ftcot_jax.decode for "
+                         "decoder-only models")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+        raise ValueError(f"bad sampling options: temperature={temperature} (>= 0), top_k={top_k} (>= 0), "
+                         f"top_p={top_p} (in (0, 1])")
+    ids = jnp.asarray(input_ids_BxL, jnp.int32)
+    mask = jnp.ones_like(ids) if attention_mask_BxL is None else jnp.asarray(attention_mask_BxL, jnp.int32)
+    greedy = temperature == 0.0
+    if rng is None:
+        if not greedy:
+            raise ValueError("sampling (temperature > 0) needs an explicit PRNG key: rng=jax.random.key(seed)")
+        rng = jax.random.key(0)  # unused by the greedy path
+    graphdef, state = nnx.split(model)
+    eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
+    tokens, done = _generate_jit(
+        graphdef, state, ids, mask, jnp.int32(max_new_tokens), rng, jnp.float32(max(temperature, 1e-6)),
+        jnp.int32(top_k), jnp.float32(top_p), jnp.int32(eos), jnp.int32(cfg.pad_token_id),
+        jnp.int32(cfg.decoder_start_token_id), cache_len=bucket(max_new_tokens), greedy=greedy)
+    return np.asarray(tokens)[:, :max_new_tokens], np.asarray(done)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text level
+
+
+@dataclasses.dataclass(frozen=True)
+class _Generation:  # used only if ftcot_jax.decode (which owns Generation) is not importable
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+def _generation_cls():
+    try:
+        from ftcot_jax.decode import Generation
+    except ImportError:
+        return _Generation
+    return Generation
+
+
+def _cut_at_stop(tokenizer, token_ids: list[int], stop: list[str]):
+    """(text, token_ids, stopped): text before the first stop string, tokens up to the one completing it."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if not hits:
+        return text, token_ids, False
+    for k in range(1, len(token_ids) + 1):
+        partial = tokenizer.decode(token_ids[:k], skip_special_tokens=True)
+        if any(s in partial for s in stop):
+            return text[: min(hits)], token_ids[:k], True
+    return text[: min(hits)], token_ids, True
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+             stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             rng=None, max_input_length: int | None = None) -> list:
+    """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
+    `batch_size` rows, padded to power-of-two batch and input lengths. finish_reason: "stop" (EOS or a
+    stop string; the stop string is not part of the text) or "length". token_ids exclude EOS."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string")
+    if not prompts:
+        return []
+    stop = [s for s in (stop or []) if s]
+    cfg = model.config
+    eos, pad = int(cfg.eos_token_id), int(cfg.pad_token_id)
+    enc = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    if max_input_length is not None:
+        enc = [e[:max_input_length] for e in enc]
+    for i, e in enumerate(enc):
+        if not e:
+            enc[i] = [eos]  # an empty prompt still needs one real encoder position
+    order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
+    B = min(bucket(batch_size, 1), bucket(len(prompts), 1))
+    Gen = _generation_cls()
+    out: list = [None] * len(prompts)
+    for n_batch, start in enumerate(range(0, len(order), batch_size)):
+        rows = order[start:start + batch_size]
+        L = bucket(max(len(enc[i]) for i in rows))
+        ids = np.full((B, L), pad, np.int32)
+        mask = np.zeros((B, L), np.int32)
+        for r, i in enumerate(rows):  # T5 is trained with right padding; filler rows get one real token
+            ids[r, :len(enc[i])], mask[r, :len(enc[i])] = enc[i], 1
+        mask[len(rows):, 0] = 1
+        key = None if rng is None else jax.random.fold_in(rng, n_batch)
+        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, rng=key)
+        for r, i in enumerate(rows):
+            row = tokens[r].tolist()
+            hit_eos = eos in row
+            row = row[: row.index(eos)] if hit_eos else row
+            text, row, stopped = _cut_at_stop(tokenizer, row, stop) if stop else (
+                tokenizer.decode(row, skip_special_tokens=True), row, False)
+            out[i] = Gen(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
+    return out

@@ -1,0 +1,301 @@
+"""T5 v1.0 (relu, tied head) and T5 v1.1 / Flan-T5 (gated-gelu, untied head) against transformers PyTorch.
+
+Random-init tiny configs only (no hub access). Padding in encoder and decoder inputs, greedy generation vs
+HF generate, cached decoding vs full recomputation, HF export round trips, and bad-checkpoint errors.
+"""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from ftcot_jax import decode_encdec  # noqa: E402
+from ftcot_jax.models import t5  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+V = 97
+VARIANTS = {
+    "v1.0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+def hf_config(variant, num_layers=2, num_decoder_layers=2):
+    # 8 buckets / max distance 12 so the 20-token inputs reach the logarithmic and the clipped buckets.
+    # (HF generate sizes its cache by num_layers, so generation tests keep the stacks equal.)
+    return transformers.T5Config(
+        vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=num_layers, num_decoder_layers=num_decoder_layers,
+        num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=12, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **VARIANTS[variant])
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request):
+    """(variant, HF torch model, our model with the HF weights)."""
+    torch.manual_seed(0)
+    hc = hf_config(request.param)
+    hf = transformers.T5ForConditionalGeneration(hc).eval()
+    if not hc.scale_decoder_outputs:
+        # transformers v5 ties lm_head to shared at random init; give v1.1 a head of its own
+        # (as real Flan-T5 checkpoints have) by loading a distinct one.
+        hf.all_tied_weights_keys.pop("lm_head.weight", None)
+        hf.lm_head.weight = torch.nn.Parameter(torch.randn(V, 32))
+        assert hf.lm_head.weight.data_ptr() != hf.shared.weight.data_ptr()
+    cfg = t5.Config.from_hf_config(hc.to_dict())
+    assert cfg.tie_word_embeddings == (request.param == "v1.0")
+    model = nnx.eval_shape(lambda: t5.Model(cfg))  # structure only; the HF weights fill it
+    tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    nnx.update(model, jax.tree.map(jnp.asarray, t5.params_from_hf(cfg, tensors)))
+    return request.param, hf, model
+
+
+def padded_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(2, V, (3, 20))
+    mask = np.ones_like(ids)
+    mask[1, 14:] = 0
+    mask[2, 5:] = 0
+    ids[mask == 0] = 0
+    dec = rng.integers(2, V, (3, 9))
+    dec[:, 0] = 0
+    dmask = np.ones_like(dec)
+    dmask[0, 6:] = 0
+    dmask[2, 3:] = 0
+    dec[dmask == 0] = 0
+    return ids, mask, dec, dmask
+
+
+def hf_logits(hf, ids, mask, dec, dmask):
+    with torch.no_grad():
+        return hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  decoder_input_ids=torch.tensor(dec), decoder_attention_mask=torch.tensor(dmask)).logits.numpy()
+
+
+# Jitted with the params as arguments: one compile per model structure (eager op-by-op is far slower).
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, ids, mask, dec, dmask):
+    return nnx.merge(graphdef, state)(ids, attention_mask_BxL=mask, decoder_input_ids_BxT=dec,
+                                      decoder_attention_mask_BxT=dmask)
+
+
+def our_logits(model, ids, mask, dec, dmask):
+    return np.asarray(_forward(*nnx.split(model), ids, mask, dec, dmask))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _full_and_cross(graphdef, state, ids, mask, dec):
+    model = nnx.merge(graphdef, state)
+    enc = model.encode(ids, mask)
+    return model.decode(dec, enc, attention_mask_BxL=mask), model.cross_kv(enc)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(graphdef, state, tokens, index, cache, cross, mask):
+    return nnx.merge(graphdef, state).decode_step(tokens, index, cache, cross, mask)
+
+
+def test_logits_match_hf_on_padded_batch(pair):
+    _, hf, model = pair
+    batch = padded_batch()
+    ref, out = hf_logits(hf, *batch), our_logits(model, *batch)
+    assert out.dtype == np.float32 and out.shape == ref.shape == (3, 9, V)
+    assert np.abs(out - ref).max() <= 1e-4
+
+
+def test_unequal_encoder_and_decoder_depths():
+    torch.manual_seed(1)
+    hf = transformers.T5ForConditionalGeneration(hf_config("v1.0", 1, 3)).eval()
+    cfg = t5.Config.from_hf_config(hf.config.to_dict())
+    assert (cfg.num_layers, cfg.num_decoder_layers) == (1, 3)
+    model = nnx.eval_shape(lambda: t5.Model(cfg))
+    nnx.update(model, t5.params_from_hf(cfg, {k: v.numpy() for k, v in hf.state_dict().items()}))
+    batch = padded_batch(5)
+    assert np.abs(our_logits(model, *batch) - hf_logits(hf, *batch)).max() <= 1e-4
+
+
+def test_relative_position_buckets_match_hf():
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rp = np.arange(-300, 301)
+    for nb, md in [(32, 128), (8, 12), (16, 20)]:
+        for bidirectional in (True, False):
+            ref = T5Attention._relative_position_bucket(torch.tensor(rp), bidirectional=bidirectional,
+                                                        num_buckets=nb, max_distance=md).numpy()
+            table = t5.relative_position_bucket_table(bidirectional, nb, md)
+            np.testing.assert_array_equal(table[np.clip(rp, -md, md) + md], ref)
+
+
+def test_greedy_generation_matches_hf_generate(pair):
+    _, hf, model = pair
+    ids, mask, _, _ = padded_batch(1)
+    # Random weights rarely emit token 1; take a token the model does emit as EOS so rows stop at
+    # different steps and the loop's early exit and the pad-after-EOS rule are exercised.
+    free, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10)
+    eos = int(free[0, 3])
+    ours, done = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=eos)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                          max_new_tokens=10, eos_token_id=eos, pad_token_id=0, decoder_start_token_id=0).numpy()
+    assert ref[:, 0].tolist() == [0, 0, 0]
+    n = ref.shape[1] - 1
+    np.testing.assert_array_equal(ours[:, :n], ref[:, 1:])
+    assert (ours[:, n:] == 0).all()
+    assert done[0] and done.tolist() == [eos in row for row in ours.tolist()]
+
+
+def test_cached_decoding_equals_full_recomputation(pair):
+    _, _, model = pair
+    ids, mask, dec, _ = padded_batch(2)
+    graphdef, state = nnx.split(model)
+    full, cross = _full_and_cross(graphdef, state, ids, mask, dec)
+    full = np.asarray(full)
+    cache, steps = model.init_cache(3, 16), []
+    for i in range(dec.shape[1]):
+        logits, cache = _step(graphdef, state, dec[:, i:i + 1], i, cache, cross, mask)
+        steps.append(np.asarray(logits[:, 0]))
+    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5, rtol=0)
+    # a multi-token chunk after a prefix lands in the same cache slots
+    _, cache = _step(graphdef, state, dec[:, :4], 0, model.init_cache(3, 16), cross, mask)
+    chunk, _ = _step(graphdef, state, dec[:, 4:8], 4, cache, cross, mask)
+    np.testing.assert_allclose(np.asarray(chunk), full[:, 4:8], atol=1e-5, rtol=0)
+
+
+def test_export_round_trip_into_pytorch(pair, tmp_path):
+    variant, hf, model = pair
+    batch = padded_batch(3)
+    tensors = t5.params_to_hf(model)
+    fresh = transformers.T5ForConditionalGeneration(hf_config(variant)).eval()
+    if variant == "v1.0":
+        missing, unexpected = fresh.load_state_dict({k: torch.tensor(v) for k, v in tensors.items()}, strict=False)
+        assert not unexpected
+        assert set(missing) <= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
+        assert "lm_head.weight" not in tensors
+    else:
+        # The untied head must survive the way users load exports: config.json + safetensors.
+        from safetensors.numpy import save_file
+
+        assert "lm_head.weight" in tensors and not np.array_equal(tensors["lm_head.weight"], tensors["shared.weight"])
+        save_file(tensors, str(tmp_path / "model.safetensors"))
+        (tmp_path / "config.json").write_text(json.dumps(model.config.to_hf_config()))
+        fresh = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+        assert fresh.lm_head.weight.data_ptr() != fresh.shared.weight.data_ptr()
+    np.testing.assert_allclose(hf_logits(fresh, *batch), our_logits(model, *batch), atol=1e-4, rtol=0)
+    # and back: HF names -> our params reproduce the same model
+    again = nnx.eval_shape(lambda: t5.Model(model.config))
+    nnx.update(again, jax.tree.map(jnp.asarray, t5.params_from_hf(model.config, tensors)))
+    np.testing.assert_array_equal(our_logits(again, *batch), our_logits(model, *batch))
+
+
+def test_checkpoint_errors_name_the_tensor(pair):
+    _, hf, model = pair
+    tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    name = "decoder.block.1.layer.1.EncDecAttention.k.weight"
+    with pytest.raises(KeyError, match=name.replace(".", r"\.")):
+        t5.params_from_hf(model.config, {k: v for k, v in tensors.items() if k != name})
+    bad = dict(tensors)
+    bad["encoder.block.0.layer.1.DenseReluDense.wo.weight"] = np.zeros((32, 47), np.float32)
+    with pytest.raises(ValueError, match=r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wo\.weight.*\(32, 47\)"):
+        t5.params_from_hf(model.config, bad)
+    no_shared = {k: v for k, v in tensors.items() if "embed_tokens" not in k and k != "shared.weight"}
+    with pytest.raises(KeyError, match="shared.weight"):
+        t5.params_from_hf(model.config, no_shared)
+
+
+def test_config_from_and_to_hf():
+    flan_v4 = {"model_type": "t5", "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_heads": 4,
+               "vocab_size": V, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
+    cfg = t5.Config.from_hf_config(flan_v4)
+    assert not cfg.tie_word_embeddings and not cfg.scale_decoder_outputs and cfg.num_decoder_layers == 2
+    assert cfg.is_encoder_decoder and cfg.activation == "gelu_new"
+    assert t5.Config.from_hf_config(cfg.to_hf_config()) == cfg
+    hf = transformers.T5Config(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
+    assert hf.scale_decoder_outputs is False and hf.feed_forward_proj == "gated-gelu"
+    v10 = t5.Config.from_hf_config({"model_type": "t5", "vocab_size": V})
+    assert v10.tie_word_embeddings and v10.scale_decoder_outputs and v10.feed_forward_proj == "relu"
+    with pytest.raises(ValueError, match="umt5"):
+        t5.Config.from_hf_config({"model_type": "umt5"})
+    with pytest.raises(ValueError, match="feed_forward_proj 'gated-swish'"):
+        t5.Config.from_hf_config({"model_type": "t5", "feed_forward_proj": "gated-swish"})
+    with pytest.raises(ValueError, match="decoder_input_ids_BxT"):
+        nnx.eval_shape(lambda: t5.Model(t5.Config(vocab_size=V, d_model=8, d_kv=2, d_ff=8, num_layers=1,
+                                                  num_heads=2)))(jnp.ones((1, 3), jnp.int32))
+
+
+def test_params_carry_logical_axis_names():
+    model = nnx.eval_shape(lambda: t5.Model(t5.Config(vocab_size=V, d_model=8, d_kv=2, d_ff=8, num_layers=1,
+                                                      num_heads=2, feed_forward_proj="gated-gelu",
+                                                      tie_word_embeddings=False)))
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert leaves
+    for v in leaves:
+        names = v.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == v.get_value().ndim
+
+
+class CharTokenizer:
+    """Enough of a HF tokenizer for generate(): chars -> ids 2.., EOS (1) appended, pad 0."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [2 + (ord(c) % (V - 2)) for c in text] + ([1] if add_special_tokens else [])}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + (i - 2) % 26) for i in ids if i > 1 or not skip_special_tokens)
+
+
+def test_text_generate_keeps_order_and_matches_token_level(pair):
+    _, _, model = pair
+    tok = CharTokenizer()
+    # all prompts fit the 16-token bucket, so every call below reuses one compiled (2 x 16) shape
+    prompts = ["a longer prompt", "hi", "medium prompt"]
+    gens = decode_encdec.generate(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    for p, g in zip(prompts, gens):
+        ids = np.zeros((2, 16), np.int32)
+        mask = np.zeros((2, 16), np.int32)
+        enc = tok(p)["input_ids"]
+        ids[0, :len(enc)], mask[0, :len(enc)], mask[1, 0] = enc, 1, 1
+        ref, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=6)
+        row = ref[0].tolist()
+        row = row[:row.index(1)] if 1 in row else row
+        assert g.token_ids == row and g.text == tok.decode(row)
+        assert g.finish_reason == ("stop" if len(row) < 6 else "length")
+    # a stop string cuts the text and stops there
+    first = gens[0]
+    stop = first.text[2:4]
+    cut = decode_encdec.generate(model, tok, prompts[:2], max_new_tokens=6, batch_size=2, stop=[stop])[0]
+    assert cut.finish_reason == "stop" and cut.text == first.text[:first.text.find(stop)]
+    assert len(cut.token_ids) <= 4
+
+
+def test_sampling_is_keyed_and_top_k_1_is_greedy(pair):
+    _, _, model = pair
+    ids, mask, _, _ = padded_batch(4)
+    greedy, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5)
+    k1, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=0.7, top_k=1,
+                                       rng=jax.random.key(0))
+    np.testing.assert_array_equal(k1, greedy)
+    a, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.5, top_p=0.9,
+                                      rng=jax.random.key(3))
+    b, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.5, top_p=0.9,
+                                      rng=jax.random.key(3))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="PRNG key"):
+        decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.0)
+
+
+def test_top_p_filter_keeps_smallest_nucleus():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = np.isfinite(np.asarray(decode_encdec._filter_logits(logits, 1.0, 0, 0.75)))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = np.isfinite(np.asarray(decode_encdec._filter_logits(logits, 1.0, 0, 0.85)))
+    assert kept.tolist() == [[True, True, True, False]]
+    kept = np.isfinite(np.asarray(decode_encdec._filter_logits(logits, 1.0, 3, 1.0)))
+    assert kept.tolist() == [[True, True, True, False]]
