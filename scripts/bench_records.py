@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -39,39 +40,37 @@ def measure(n: int, workdir: Path, fsync: bool = False) -> dict:
     if fsync:
         cache._ensure_dir()
         cache._writer = records.RecordWriter(cache._new_record_file(), fsync=True)
-    t0 = time.perf_counter()
-    for r in recs:
-        cache.append(r)
-    cache.close()
-    t_write = time.perf_counter() - t0
+    rates = {}
+
+    def timed(name, fn):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        rates[name] = (round(n / wall), round(n / max(cpu, 1e-9)), wall)
+        return out
+
+    def write_all():
+        for r in recs:
+            cache.append(r)
+        cache.close()
+
+    timed("write", write_all)
     (path,) = cache.record_files()
-
-    t0 = time.perf_counter()
-    raw = sum(1 for _ in records.read_records(path))
-    t_raw = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    decoded = [record_from_example(d) for d in records.read_records(path)]
-    t_decode = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    done = cache.done_keys()
-    t_done = time.perf_counter() - t0
+    raw = timed("read_raw", lambda: sum(1 for _ in records.read_records(path)))
+    decoded = timed("read_decode", lambda: [record_from_example(d) for d in records.read_records(path)])
+    done = timed("done_keys", cache.done_keys)
 
     assert raw == len(decoded) == len(done) == n
     assert abs(decoded[7].timestamp - recs[7].timestamp) < 1e-6  # stored with microsecond resolution
     assert dataclasses.replace(decoded[7], timestamp=recs[7].timestamp) == recs[7]
     size = path.stat().st_size
-    return {
-        "records": n,
-        "bytes_per_record": round(size / n),
-        "write_records_per_s": round(n / t_write),
-        "write_fsync": fsync,
-        "read_raw_records_per_s": round(n / t_raw),
-        "read_raw_MB_per_s": round(size / t_raw / 1e6, 1),
-        "read_decode_records_per_s": round(n / t_decode),
-        "done_keys_records_per_s": round(n / t_done),
-    }
+    out = {"records": n, "bytes_per_record": round(size / n), "write_fsync": fsync,
+           "load_average_1min": round(os.getloadavg()[0], 1)}
+    for name, (wall_rate, cpu_rate, _) in rates.items():
+        out[f"{name}_records_per_s"] = wall_rate
+        out[f"{name}_records_per_cpu_s"] = cpu_rate  # less sensitive to other processes on the machine
+    out["read_raw_MB_per_s"] = round(size / rates["read_raw"][2] / 1e6, 1)
+    return out
 
 
 def main(argv=None) -> int:
