@@ -14,7 +14,6 @@ Sample files (curate writes them, the trainer reads them) hold one `FinetuneSamp
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import struct
@@ -25,6 +24,11 @@ from typing import Iterable, Iterator
 
 import google_crc32c
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+try:  # POSIX advisory locks guard files of live writers from repair_tail; elsewhere there are none
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
@@ -65,7 +69,7 @@ class RecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "ab" if append else "wb")
         self._fsync = fsync
-        if lock:  # advisory: tells repair_tail that a live process owns this file
+        if lock and fcntl is not None:  # advisory: tells repair_tail that a live process owns this file
             try:
                 fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -152,7 +156,8 @@ def repair_tail(path) -> int:
     Skips (returns 0) a file another process holds with RecordWriter(lock=True)."""
     with open(path, "r+b") as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return 0
         try:
