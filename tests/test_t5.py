@@ -111,15 +111,52 @@ def test_logits_match_hf_on_padded_batch(pair):
     assert np.abs(out - ref).max() <= 1e-4
 
 
-def test_unequal_encoder_and_decoder_depths():
+def test_unequal_depths_and_bf16_compute():
     torch.manual_seed(1)
     hf = transformers.T5ForConditionalGeneration(hf_config("v1.0", 1, 3)).eval()
     cfg = t5.Config.from_hf_config(hf.config.to_dict())
     assert (cfg.num_layers, cfg.num_decoder_layers) == (1, 3)
+    tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
+    model = nnx.eval_shape(lambda: t5.Model(cfg))
+    nnx.update(model, t5.params_from_hf(cfg, tensors))
+    batch = padded_batch(5)
+    ref = hf_logits(hf, *batch)
+    assert np.abs(our_logits(model, *batch) - ref).max() <= 1e-4
+    # dtype switches the compute only: params stay fp32, logits come back fp32
+    m16 = nnx.eval_shape(lambda: t5.Model(cfg, dtype=jnp.bfloat16))
+    nnx.update(m16, t5.params_from_hf(cfg, tensors))
+    assert m16.shared[...].dtype == jnp.float32
+    out16 = our_logits(m16, *batch)
+    assert out16.dtype == np.float32 and np.abs(out16 - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_mt5_logits_match_hf():
+    torch.manual_seed(2)
+    hc = transformers.MT5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+                                relative_attention_num_buckets=8, relative_attention_max_distance=12,
+                                dropout_rate=0.0, decoder_start_token_id=0)
+    hf = transformers.MT5ForConditionalGeneration(hc).eval()
+    cfg = t5.Config.from_hf_config(hc.to_dict())
+    assert cfg.model_type == "mt5" and not cfg.tie_word_embeddings and not cfg.scale_decoder_outputs
     model = nnx.eval_shape(lambda: t5.Model(cfg))
     nnx.update(model, t5.params_from_hf(cfg, {k: v.numpy() for k, v in hf.state_dict().items()}))
-    batch = padded_batch(5)
+    batch = padded_batch(6)
     assert np.abs(our_logits(model, *batch) - hf_logits(hf, *batch)).max() <= 1e-4
+
+
+def test_sharding_rules_cover_every_t5_param():
+    from jax.sharding import PartitionSpec as P
+
+    from ftcot_jax.models import sharding
+
+    model = nnx.eval_shape(lambda: t5.Model(t5.Config(vocab_size=96, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                                      num_heads=4, feed_forward_proj="gated-gelu",
+                                                      tie_word_embeddings=False)))
+    shardings = sharding.logical_to_sharding(nnx.state(model, nnx.Param), sharding.make_mesh(2, 2, 2))
+    assert shardings["shared"].get_value().spec == P("tensor", "fsdp")
+    assert shardings["lm_head"].get_value().spec == P("fsdp", "tensor")
+    q = shardings["decoder"]["blocks"][0]["cross_attn"]["q"].get_value().spec
+    assert q == P("fsdp", "tensor", None)
 
 
 def test_relative_position_buckets_match_hf():
@@ -221,6 +258,10 @@ def test_config_from_and_to_hf():
     assert hf.scale_decoder_outputs is False and hf.feed_forward_proj == "gated-gelu"
     v10 = t5.Config.from_hf_config({"model_type": "t5", "vocab_size": V})
     assert v10.tie_word_embeddings and v10.scale_decoder_outputs and v10.feed_forward_proj == "relu"
+    labels = np.array([[5, 6, 1, -100], [7, 1, -100, -100]])
+    hf_model = transformers.T5ForConditionalGeneration(hf_config("v1.0", 1, 1))
+    np.testing.assert_array_equal(np.asarray(t5.shift_right(jnp.asarray(labels), 0, 0)),
+                                  hf_model._shift_right(torch.tensor(labels)).numpy())
     with pytest.raises(ValueError, match="umt5"):
         t5.Config.from_hf_config({"model_type": "umt5"})
     with pytest.raises(ValueError, match="feed_forward_proj 'gated-swish'"):

@@ -67,6 +67,8 @@ class Config:
             raise ValueError(f"t5 config: model_type '{self.model_type}' is not supported; expected one of: "
                              f"{', '.join(HF_MODEL_TYPES)}")
         self.activation  # validates feed_forward_proj
+        if self.model_type == "mt5" and (self.tie_word_embeddings or self.scale_decoder_outputs):
+            raise ValueError("t5 config: mt5 has an untied, unscaled head; set tie_word_embeddings=False")
         if self.relative_attention_num_buckets < 4:
             raise ValueError("t5 config: relative_attention_num_buckets must be >= 4, got "
                              f"{self.relative_attention_num_buckets}")
@@ -107,6 +109,10 @@ class Config:
             tie = tie and scale
         else:
             scale = tie
+        if mt == "mt5":
+            # transformers v5 forces tie_word_embeddings=true for mT5 but never scales, and the checkpoints
+            # have their own lm_head: mT5 is always untied and unscaled.
+            tie = scale = False
         if "decoder_start_token_id" not in kw:
             kw["decoder_start_token_id"] = kw.get("pad_token_id", 0)  # T5 starts decoding with pad
         return cls(**kw, tie_word_embeddings=tie, scale_decoder_outputs=scale)
@@ -149,6 +155,13 @@ def position_bias_1xHxTxS(rel_bias_NxH, table: np.ndarray, max_distance: int, q_
     rp_TxS = jnp.clip(k_pos_S[None, :] - q_pos_T[:, None], -max_distance, max_distance) + max_distance
     bucket_TxS = jnp.asarray(table)[rp_TxS]
     return jnp.take(rel_bias_NxH, bucket_TxS, axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)
+
+
+def shift_right(labels_BxT, decoder_start_token_id: int, pad_token_id: int = 0):
+    """Teacher-forcing decoder inputs from labels (HF `_shift_right`): start token, then labels[:-1];
+    -100 (ignored label) becomes pad."""
+    shifted = jnp.concatenate([jnp.full_like(labels_BxT[:, :1], decoder_start_token_id), labels_BxT[:, :-1]], 1)
+    return jnp.where(shifted == -100, pad_token_id, shifted)
 
 
 def _dropout(x, rate: float, rng):
