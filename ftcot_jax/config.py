@@ -31,14 +31,21 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    num_devices: int = 0   # 0 = every device; N = only the first N (single-device tests and benchmarks)
 
     def __post_init__(self):
+        if self.num_devices < 0:
+            raise ValueError(f"mesh.num_devices must be >= 0, got {self.num_devices}")
         sizes = (self.data, self.fsdp, self.tensor)
         if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
             raise ValueError(f"mesh: axis sizes must be positive (at most one -1 = 'the rest'), got {sizes}")
 
     def resolve(self, n_devices: int) -> tuple[int, int, int]:
         """Concrete (data, fsdp, tensor) for `n_devices`; a clear error when it cannot fit."""
+        if self.num_devices:
+            if self.num_devices > n_devices:
+                raise ValueError(f"mesh.num_devices={self.num_devices} but only {n_devices} devices are available")
+            n_devices = self.num_devices
         sizes = [self.data, self.fsdp, self.tensor]
         known = 1
         for s in sizes:
@@ -118,6 +125,7 @@ class TrainConfig:
     max_length: int = 512            # prompt and label are each truncated to this (reference); counted
     bucket: int = 64                 # sequence lengths are padded up to a multiple of this
     precision: str = "fp32"          # fp32 | bf16 (bf16 compute; fp32 params, optimizer, logits, loss)
+    dropout: bool = True             # the model's own dropout in training (reference: train mode; T5 has it)
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()

@@ -1,4 +1,7 @@
-"""Training metrics: a JSONL log, TensorBoard event files (tensorboardX, no TensorFlow), a tqdm bar, MFU.
+"""Training metrics: a JSONL log, TensorBoard event files, a tqdm bar, MFU.
+
+The event files are written here directly (TFRecord framing from records.py + three hand-encoded
+protobuf messages), because tensorboardX imports torch at start-up (~8 s) and TensorFlow is huge.
 
 Only process 0 writes; the other hosts get a logger whose methods do nothing.
 MFU = 6 * N_params * tokens/s / (peak FLOP/s per device * devices): the usual dense-transformer model
@@ -12,6 +15,10 @@ import json
 import math
 import time
 from pathlib import Path
+
+import os
+import socket
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +76,53 @@ def mfu(n_params: int, tokens_per_s: float, peak_flops_total: float) -> float:
     return 6.0 * n_params * tokens_per_s / peak_flops_total
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1  # negative int64 steps are two's complement, like protobuf
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _len_field(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
+                 scalars: dict[str, float] | None = None) -> bytes:
+    """tensorflow.Event {1: wall_time double, 2: step int64, 3: file_version, 5: Summary}.
+    Summary {1: repeated Value}; Value {1: tag string, 2: simple_value float}."""
+    out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
+    if file_version is not None:
+        out += _len_field(3, file_version.encode())
+    if scalars:
+        values = b"".join(_len_field(1, _len_field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", v))
+                          for tag, v in scalars.items())
+        out += _len_field(5, values)
+    return out
+
+
+class EventWriter:
+    """Scalars into `<logdir>/events.out.tfevents.<time>.<host>`, readable by TensorBoard."""
+
+    def __init__(self, logdir: str | Path):
+        from ftcot_jax.records import RecordWriter
+
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self.path = Path(logdir) / name
+        self._w = RecordWriter(self.path, append=False)
+        self._w.write(encode_event(time.time(), 0, file_version="brain.Event:2"))
+
+    def scalars(self, step: int, values: dict[str, float]):
+        self._w.write(encode_event(time.time(), int(step), scalars=values))
+
+    def close(self):
+        self._w.close()
+
+
 class MetricsLogger:
     """JSONL (`metrics.jsonl`) + TensorBoard (`tensorboard/`) + tqdm bar, on process 0 only."""
 
@@ -82,9 +136,7 @@ class MetricsLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable while running
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = EventWriter(run_dir / "tensorboard")
         if progress:
             from tqdm.auto import tqdm
 
@@ -97,13 +149,8 @@ class MetricsLogger:
         clean = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in metrics.items()}
         self.jsonl.write(json.dumps({"kind": kind, "step": int(step), "time": time.time(), **clean}) + "\n")
         if self.tb is not None:
-            for k, v in clean.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(f"{kind}/{k}", v, int(step))
-
-    def text(self, tag: str, text: str, step: int):
-        if self.enabled and self.tb is not None:
-            self.tb.add_text(tag, text, int(step))
+            self.tb.scalars(step, {f"{kind}/{k}": float(v) for k, v in clean.items()
+                                   if isinstance(v, (int, float)) and math.isfinite(v)})
 
     def progress(self, step: int, **postfix):
         if self.bar is not None:

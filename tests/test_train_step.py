@@ -1,0 +1,117 @@
+"""The jitted train step: same result on any mesh, grad accumulation == one big batch, loss on labels only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ftcot_jax import data as data_lib
+from ftcot_jax import train as T
+from ftcot_jax.config import TrainConfig, from_dict
+from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
+
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+
+
+def _cfg(mesh, **kw):
+    m = {"data": mesh[0], "fsdp": mesh[1], "tensor": mesh[2], "num_devices": mesh[0] * mesh[1] * mesh[2]}
+    return from_dict(TrainConfig, dict(run_dir="unused", from_scratch=True,
+                                       model_config=tiny_gpt2_config(n_embd=32, n_head=4), mesh=m,
+                                       **kw))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def encoded(tok):
+    # ft_cot labels vary a lot in length, so micro-batches carry different label-token counts.
+    samples = [s if i % 2 else dataclasses.replace(s, rationale=s.rationale[:4])
+               for i, s in enumerate(last_letter_samples(8, seed=1, method="ft_cot"))]
+    return data_lib.encode_samples(samples, tok, model_type="decoder", max_length=128)
+
+
+def _run(cfg, tok, encoded, accum=1):
+    st = T.setup(cfg, tokenizer=tok)
+    state = st.init_state()
+    params0 = jax.device_get(state["params"])
+    b = data_lib.Batcher(encoded, 8, accum, seed=0, bucket=16, pad_id=0)
+    state, m = st.run_step(state, b.batch(0, 0))
+    return params0, jax.device_get(state["params"]), jax.device_get(m), st
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_same_loss_and_params_on_every_mesh(tok, encoded):
+    p0_ref, p1_ref, m_ref, _ = _run(_cfg((1, 1, 1)), tok, encoded)
+    assert _max_diff(p0_ref, p1_ref) > 1e-4  # the step really moved the params
+    for mesh in MESHES:
+        p0, p1, m, st = _run(_cfg(mesh), tok, encoded)
+        assert dict(st.mesh.shape) == dict(zip(("data", "fsdp", "tensor"), mesh))
+        assert _max_diff(p0, p0_ref) == 0.0, mesh  # same init whatever the sharding
+        assert abs(float(m["loss"]) - float(m_ref["loss"])) <= 1e-5, mesh
+        assert _max_diff(p1, p1_ref) <= 1e-5, mesh
+
+
+def test_params_and_optimizer_are_sharded_by_the_rules(tok):
+    st = T.setup(_cfg((2, 2, 2)), tokenizer=tok)
+    state = st.init_state()
+    wte = state["params"]["wte"]  # ("vocab", "embed") -> ("tensor", "fsdp")
+    assert wte.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    mu = [x for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "shape", None) == wte.shape]
+    assert mu and all(x.sharding.spec == wte.sharding.spec for x in mu)
+    assert len(wte.addressable_shards) == 8 and wte.addressable_shards[0].data.shape == (wte.shape[0] // 2, 16)
+
+
+def test_grad_accumulation_equals_one_big_batch(tok, encoded):
+    cfg1 = _cfg((1, 1, 1))
+    cfg4 = _cfg((1, 1, 1), grad_accum=4)
+    _, p_big, m_big, _ = _run(cfg1, tok, encoded, accum=1)
+    _, p_acc, m_acc, _ = _run(cfg4, tok, encoded, accum=4)
+    assert abs(float(m_big["loss"]) - float(m_acc["loss"])) <= 1e-5
+    assert float(m_big["label_tokens"]) == float(m_acc["label_tokens"])
+    assert _max_diff(p_big, p_acc) <= 1e-5
+    # The test has teeth: a mean of per-micro-batch means would be a different loss here.
+    b = data_lib.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    st = T.setup(cfg1, tokenizer=tok)
+    loss_fn = T.make_loss_fn(st.student, use_dropout=False)
+    params = st.init_state()["params"]
+    per_micro = [loss_fn(params, {k: v[i] for k, v in b.items()}, None) for i in range(4)]
+    mean_of_means = np.mean([float(s / n) for s, n in per_micro])
+    assert abs(mean_of_means - float(sum(s for s, _ in per_micro) / sum(n for _, n in per_micro))) > 1e-3
+
+
+def test_loss_counts_exactly_the_label_tokens(tok, encoded):
+    """The trainer's loss equals a hand-computed CE over the label+EOS positions, and changing the
+    logits of prompt/padding positions does not change it."""
+    st = T.setup(_cfg((1, 1, 1)), tokenizer=tok)
+    params = st.init_state()["params"]
+    b = data_lib.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
+    loss_sum, n = T.make_loss_fn(st.student, use_dropout=False)(params, mb, None)
+    from flax import nnx
+
+    model = nnx.merge(st.student.graphdef, params)
+    logits = np.asarray(model(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
+                              positions_BxL=mb["positions"]))
+    logp = np.asarray(jax.nn.log_softmax(logits))
+    want, count = 0.0, 0
+    for r in range(8):
+        i = int(data_lib.Batcher(encoded, 8, 1, seed=0).rows(0, 0)[0, r])
+        p, t = encoded.source[i], encoded.target[i]
+        seq = p + t
+        for j in range(len(p) - 1, len(seq) - 1):  # position j predicts label token seq[j+1]
+            want -= logp[r, j, seq[j + 1]]
+            count += 1
+    assert int(n) == count == sum(len(encoded.target[i]) for i in range(8))
+    np.testing.assert_allclose(float(loss_sum), want, rtol=1e-5)
