@@ -263,11 +263,12 @@ def teacher_hash(cfg: RunConfig, task: str, kind: str) -> str:
 
 
 def train_hash(cfg: RunConfig, train_cfg: TrainConfig, curate_h: str) -> str:
+    """Covers the resolved TrainConfig (minus how-to-run keys), the student section and the samples' curation."""
     d = config_lib.to_dict(train_cfg)
     for k in NON_SEMANTIC_TRAIN_FIELDS:
         d.pop(k, None)
     d["samples"] = [Path(s).name for s in d["samples"]]  # the file's content is covered by curate_h
-    return config_hash("train", d, curate_h)
+    return config_hash("train", d, _section(cfg.student), curate_h)
 
 
 # ----------------------------------------------------------------------------- stage bookkeeping
@@ -404,9 +405,35 @@ def curate(cfg: RunConfig, task: str, method: Method, out: Path, log) -> Path:
     return out
 
 
+def needs_conversion(cfg: RunConfig) -> bool:
+    """GGUF students are dequantised once into an HF dir (loading that takes seconds, a GGUF a minute)."""
+    s = cfg.student
+    return not s.from_scratch and (s.model == "smollm2-135m-instruct" or s.model.endswith(".gguf"))
+
+
+def student_path(cfg: RunConfig) -> str:
+    return str(Path(cfg.run_dir) / "student") if needs_conversion(cfg) else cfg.student.model
+
+
+def prepare_student(cfg: RunConfig, out: Path, log) -> Path:
+    from ftcot_jax import models
+
+    t0 = time.time()
+    model, tok = models.load(cfg.student.model)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    models.save_hf(model, tok, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    log(f"  student {cfg.student.model} -> {out} (HF format, {time.time() - t0:.0f}s)")
+    return out / "config.json"
+
+
 def train_config(cfg: RunConfig, task: str, method: Method, samples_path: Path) -> TrainConfig:
     s, e = cfg.student, cfg.eval
-    changes = {"run_dir": str(Path(cfg.run_dir) / "train" / task / method.key), "model": s.model,
+    changes = {"run_dir": str(Path(cfg.run_dir) / "train" / task / method.key), "model": student_path(cfg),
                "tokenizer": s.tokenizer, "from_scratch": s.from_scratch, "model_config": s.model_config,
                "precision": s.precision, "task": task, "method": method.train_method,
                "samples": [str(samples_path)], "split_name": cfg.split_name, "eval_limit": e.limit,
@@ -430,7 +457,7 @@ def load_student(cfg: RunConfig):
             hf = json.loads((Path(s.model) / "config.json").read_text())
         tok = AutoTokenizer.from_pretrained(s.tokenizer or s.model)
         return models.from_config(hf, seed=cfg.train.seed), tok
-    return models.load(s.model)
+    return models.load(student_path(cfg))
 
 
 def zero_shot(cfg: RunConfig, task: str, student, out: Path, log) -> Path:
@@ -539,6 +566,10 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
         _log(f"run {run_dir}: tasks {', '.join(cfg.tasks)}; methods {', '.join(m.key for m in methods)}; "
              f"student {cfg.student.display_name}; teacher {cfg.teacher.model}")
         student_h = config_hash(_section(cfg.student), cfg.train.seed)
+        if needs_conversion(cfg):
+            out = run_dir / "student"
+            state.run("prepare/student", config_hash("student", _section(cfg.student)),
+                      lambda: [prepare_student(cfg, out, _log)], clean=[out])
         eval_outputs: list[Path] = []
         for task in cfg.tasks:
             # --- teach (once per teacher kind the methods need)
