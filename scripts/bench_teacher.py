@@ -2,9 +2,9 @@
 (xllamacpp, SmolLM2-135M-Instruct GGUF) at concurrency 1/4/16, plus teacher-cache write/read
 records/s (scripts/bench_records.py's measure()).
 
-    /work/venv/bin/python scripts/bench_teacher.py [--threads 2] [--max-tokens 16] [--out bench_teacher.json]
+    /work/venv/bin/python scripts/bench_teacher.py [--threads 1] [--max-tokens 16] [--out bench_teacher.json]
 
-Each level teaches max(4, 2 x concurrency) fresh questions (capped by --max-questions), one
+Each level teaches max(4, concurrency) fresh questions (capped by --max-questions), one
 sample each (2 requests per question: rationale + answer) into a throwaway cache.
 Prints a table and writes the numbers as JSON.
 """
@@ -55,7 +55,7 @@ def bench_server(base_url: str, concurrency: int, questions: list, max_tokens: i
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: the machine is shared; spinning threads collapse under contention)")
     ap.add_argument("--levels", default="1,4,16", help="concurrency levels")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--max-questions", type=int, default=32)
@@ -74,12 +74,12 @@ def main(argv=None) -> int:
         if why:
             print(f"skipping the server benchmark: {why}", file=sys.stderr)
         else:
-            pool = select_items(args.task, "train", limit=sum(min(args.max_questions, max(4, 2 * c)) for c in levels))
+            pool = select_items(args.task, "train", limit=sum(min(args.max_questions, max(4, c)) for c in levels))
             rows, start = [], 0
             with llamacpp.LlamaCppServer(threads=args.threads, parallel=max(levels), ctx=256 * max(levels)) as srv:
                 bench_server(srv.base_url, 1, pool[:1], args.max_tokens, args.protocol, tmp / "warmup")
                 for c in levels:
-                    k = min(args.max_questions, max(4, 2 * c))
+                    k = min(args.max_questions, max(4, c))
                     rows.append(bench_server(srv.base_url, c, pool[start:start + k], args.max_tokens, args.protocol, tmp))
                     start += k
                     print(f"  concurrency {c}: {rows[-1]['requests_per_s']} req/s", file=sys.stderr)

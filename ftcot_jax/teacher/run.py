@@ -273,6 +273,10 @@ def teach_command(args) -> int:
             report = _teach(args, backend, cache, items, cost_fn)
         except TeacherError as e:  # fatal (bad key, unknown model) or a batch still pending
             raise ValueError(f"teacher: {e} (answers so far are in {cache.path})") from None
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: answers so far are in {cache.path}; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
         print(report.summary())
         if report.cost is None and not free:
             print(f"(no price for {backend.model!r} in the table: pass --prices FILE for a cost estimate)")
