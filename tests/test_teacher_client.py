@@ -188,6 +188,13 @@ def test_api_key_never_leaks(tmp_path, keyed_env, capsys):
     assert [f["sample_index"] for f in failed] == [items[1].sample_index]
     assert "HTTP 500" in failed[0]["error"] and "***" in failed[0]["error"]
     assert KEY not in out.out + out.err + json.dumps(failed)
+    # Exports and reports of the cache (records helper's `ftcot cache`) carry no key either.
+    root = str(tmp_path / "cache")
+    assert main(["cache", "export", "--cache-dir", root, "--out", str(tmp_path / "export")]) == 0
+    assert main(["cache", "inspect", "--cache-dir", root]) == 0
+    assert any((tmp_path / "export").rglob("*.json"))
+    out = capsys.readouterr()
+    assert KEY not in out.out + out.err
     assert _grep_tree(tmp_path, KEY) == []
     assert _grep_tree(tmp_path, KEY[10:30]) == []
     # A wrong key is fatal: one clear line, no traceback, and the key is not in it.

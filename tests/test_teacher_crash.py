@@ -18,7 +18,7 @@ from ftcot_jax.records import RecordCorruptError, read_records
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.run import select_items
 
-TASK, N, CONCURRENCY, KILLS = "single_eq", 40, 4, 3
+TASK, N, CONCURRENCY, KILLS = "single_eq", 32, 4, 3
 
 
 def _cmd(cache_dir):
