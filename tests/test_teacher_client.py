@@ -221,13 +221,22 @@ def _batch(fake, root, items, *, samples=2, temperature=0.7, max_wait=None):
     return asyncio.run(go()), cache
 
 
-def test_batch_mode_via_cli(tmp_path, keyed_env, capsys):
+@pytest.mark.parametrize("protocol", ["completions", "chat"])
+def test_batch_mode_via_cli(tmp_path, keyed_env, capsys, protocol):
+    url = "/v1/completions" if protocol == "completions" else "/v1/chat/completions"
     with FakeOpenAI(api_key=KEY) as fake:
-        assert _teach(fake, tmp_path, "--batch", "--poll-interval", "0.01", "--split", "train",
+        assert _teach(fake, tmp_path, "--batch", "--poll-interval", "0.01", "--split", "train", "--protocol", protocol,
                       "--limit", "5", "--samples", "2", "--temperature", "0.7") == 0
         assert fake.batch_creates == 2  # reasoning, then answers
-        lines = [json.loads(x) for x in fake.files[fake.batches["batch-2"]["input_file_id"]].decode().splitlines()]
-        assert {x["url"] for x in lines} == {"/v1/completions"} and all(x["body"]["n"] == 2 for x in lines)
+        assert {b["endpoint"] for b in fake.batches.values()} == {url}
+        reasoning, answer = sorted(fake.batches.values(), key=lambda b: int(b["id"].split("-")[1]))
+        lines = [json.loads(x) for x in fake.files[reasoning["input_file_id"]].decode().splitlines()]
+        assert {x["url"] for x in lines} == {url} and all(x["body"]["n"] == 2 for x in lines)
+        assert all(x["body"]["temperature"] == 0.7 for x in lines)
+        lines = [json.loads(x) for x in fake.files[answer["input_file_id"]].decode().splitlines()]
+        assert len(lines) == 10 and all(x["body"]["temperature"] == 0.0 and x["body"]["n"] == 1 for x in lines)
+        if protocol == "chat":
+            assert all([m["role"] for m in x["body"]["messages"]] == ["user", "assistant", "user"] for x in lines)
     recs = _cache(tmp_path / "cache").records()
     assert len(recs) == 10 and {r.protocol for r in recs} == {"batch"}
     assert all(r.answer_prompt == formats.zs_cot_step2_prompt(r.reasoning_prompt, r.rationale) for r in recs)

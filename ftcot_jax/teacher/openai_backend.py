@@ -324,11 +324,11 @@ class OpenAIBackend:
     async def _post(self, what: str, body: dict) -> tuple[list[Choice], int, int]:
         last = "no attempt made"
         for attempt in range(self.retry.max_attempts):
-            wait = self._pause_until - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
             try:
                 async with self._sem:
+                    # Checked after getting a slot: a 429 seen while we queued pauses us too.
+                    while (wait := self._pause_until - time.monotonic()) > 0:
+                        await asyncio.sleep(wait)
                     return await self._attempt(body)
             except _Retryable as e:
                 self.usage.errors[e.reason] += 1
@@ -354,8 +354,8 @@ class OpenAIBackend:
         )
         choices, pt, ct = await self._post(f"{item.task}#{item.sample_index} reasoning", body)
         choices = choices[:n]
-        if n > 1 and self.n_supported is None:
-            self.n_supported = len(choices) >= n
+        if n > 1 and self.n_supported is None and len(choices) in (1, n):
+            self.n_supported = len(choices) == n  # 1 of n: the server ignores n (other counts: a glitch)
         pts, cts = _split(pt, len(choices)), _split(ct, len(choices))
         return {
             c: (ch, pts[i], cts[i], -1 if seed is None else seed) for i, (c, ch) in enumerate(zip(indices, choices))
