@@ -144,3 +144,18 @@ def test_fatal_error_stops_the_run(tmp_path):
         assert getattr(e.value, "fatal", False)
         assert len(fake.log) <= 2  # stopped at once, not 20 identical failures
         assert "sk-wrong-key-123" not in str(e.value)
+
+
+def test_dead_server_stops_the_run_early(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    items = select_items(TASK, "train", limit=40)
+    backend = OpenAIBackend("fake-teacher", base_url=f"http://127.0.0.1:{port}/v1", retry=FAST, timeout=0.3)
+    with pytest.raises(Exception, match="questions failed in a row; last error: .*connection error"):
+        run_teach(backend, _cache(tmp_path), items, samples=1, temperature=0.7, concurrency=2, progress=False,
+                  max_failed_in_a_row=6)
+    failed = _cache(tmp_path).failed()
+    assert 6 <= len(failed) <= 8  # the streak, plus what the other worker had in flight; the rest untouched

@@ -118,12 +118,18 @@ async def run_teach_async(
     rounds: int = 3,
     progress: bool = True,
     cost_fn: Callable[[int, int], float | None] | None = None,
+    max_failed_in_a_row: int | None = None,
 ) -> TeachReport:
+    """Teach `items` (D=`samples` each) into `cache`. After `max_failed_in_a_row` questions failed
+    in a row (default max(10, 2 x concurrency)) the run stops with TeacherError: a dead server or a
+    wrong URL should not cost hours of retries (everything answered so far stays cached)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     cost_fn = cost_fn or (lambda pt, ct: None)
+    limit = max_failed_in_a_row or max(10, 2 * concurrency)
+    streak = [0]  # questions failed in a row
     t0 = time.perf_counter()
     done = cache.done_keys()
     report = TeachReport(items=len(items), pairs=len(items) * samples)
@@ -179,6 +185,12 @@ async def run_teach_async(
                 break
         if remaining:
             fail(item, remaining, message)
+        if len(remaining) == len(missing):
+            streak[0] += 1
+            if streak[0] >= limit:
+                raise TeacherError(f"stopped: {streak[0]} questions failed in a row; last error: {message}")
+        else:
+            streak[0] = 0
 
     async def worker() -> None:
         while queue:
