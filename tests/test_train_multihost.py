@@ -1,0 +1,42 @@
+"""Two processes joined by jax.distributed on 127.0.0.1 (4 CPU devices each) train the same steps, with
+the same losses, as one process with 8 devices (same global mesh, same global batches)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from train_subprocess import env, free_port, losses, make_inputs, run, train_cmd, write_config
+
+pytestmark = pytest.mark.slow
+
+COMMON = dict(epochs=2, mesh={"data": 4, "fsdp": 2, "tensor": 1})  # 16 steps
+
+
+def test_two_processes_match_one(tmp_path):
+    tok, samples = make_inputs(tmp_path)
+    single = tmp_path / "single"
+    run(train_cmd(write_config(tmp_path / "single.yaml", single, tok, samples, **COMMON)), env(8))
+    ref = losses(single)
+    assert sorted(ref) == list(range(1, 17))
+
+    multi = tmp_path / "multi"
+    port = free_port()
+    cfg = write_config(tmp_path / "multi.yaml", multi, tok, samples, export=True, **COMMON)
+    procs = []
+    for pid in range(2):
+        cmd = train_cmd(cfg, "--set", "distributed.enabled=true", "--set",
+                        f"distributed.coordinator_address=127.0.0.1:{port}", "--set", "distributed.num_processes=2",
+                        "--set", f"distributed.process_id={pid}")
+        procs.append(subprocess.Popen(cmd, env=env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, f"stdout:\n{o[-2000:]}\nstderr:\n{e[-3000:]}"
+    got = losses(multi)  # written by process 0 only
+    assert sorted(got) == sorted(ref)
+    for s in ref:
+        assert abs(got[s] - ref[s]) <= 1e-5, (s, got[s], ref[s])
+    assert '"steps": 16' in outs[0][0] and '"steps"' not in outs[1][0]  # only process 0 prints/logs
+    assert (multi / "export" / "model.safetensors").is_file()
+    assert (multi / "checkpoints" / "16").is_dir()
