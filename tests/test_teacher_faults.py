@@ -135,6 +135,14 @@ def test_persistent_failures_go_to_failed_list_and_are_retried_next_run(tmp_path
     assert len(done) == 24 and not failed and _cache(tmp_path).failed() == []
 
 
+def test_insufficient_quota_is_fatal_not_retried(tmp_path):
+    items = select_items(TASK, "train", limit=10)
+    with FakeOpenAI(faults=lambda kind, q, attempt: "quota") as fake:
+        with pytest.raises(Exception, match="HTTP 429.*insufficient_quota"):
+            _run(fake, tmp_path, items, samples=1, concurrency=1)
+        assert len(fake.log) == 1
+
+
 def test_fatal_error_stops_the_run(tmp_path):
     items = select_items(TASK, "train", limit=20)
     with FakeOpenAI(api_key="sk-expected") as fake:

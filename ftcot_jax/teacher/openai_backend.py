@@ -295,6 +295,8 @@ class OpenAIBackend:
             status, h = e.status_code, e.response.headers
             detail = e.response.text[:300].replace("\n", " ")
             msg = f"HTTP {status}: {detail}"
+            if status == 429 and "insufficient_quota" in detail:  # billing, not a rate limit: no retry helps
+                raise TeacherFatalError(self.redact(msg)) from None
             if status == 429 or status in (408, 409) or status >= 500:
                 wait = retry_after_seconds(h)
                 if wait is None and status == 429:

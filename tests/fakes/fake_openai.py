@@ -8,7 +8,8 @@ Faults are chosen by `faults(kind, question, attempt) -> str | None`, where kind
   client's timeout), "reset" (TCP RST, no response), "malformed" (200 with broken JSON),
   "no_choices" (200 with an empty list), "few" (1 choice whatever n is), "echo_auth"
   (500 whose body echoes the Authorization header: tests that we redact it),
-  "ratelimit" (200 with x-ratelimit-remaining-requests: 0, reset 300ms).
+  "ratelimit" (200 with x-ratelimit-remaining-requests: 0, reset 300ms), "quota" (429
+  insufficient_quota: billing, must not be retried).
 Every request is logged (`log`), with `sent=True` once a 200 was written and flushed.
 Standard library only; runs in a daemon thread; bounded by the test that starts it.
 """
@@ -265,6 +266,9 @@ class FakeOpenAI:
                     time.sleep(fake.delay)
                 if fault == "429":
                     return self._send(429, {"error": {"message": "rate limited"}}, {"retry-after-ms": "150"})
+                if fault == "quota":
+                    return self._send(429, {"error": {"message": "You exceeded your current quota",
+                                                      "type": "insufficient_quota", "code": "insufficient_quota"}})
                 if fault == "429s":
                     return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"})
                 if fault in ("500", "503"):
