@@ -38,11 +38,11 @@ def hf_config(variant, num_layers=2, num_decoder_layers=2):
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **VARIANTS[variant])
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def pair(request):
+@functools.lru_cache(maxsize=None)
+def build(variant):
     """(variant, HF torch model, our model with the HF weights)."""
     torch.manual_seed(0)
-    hc = hf_config(request.param)
+    hc = hf_config(variant)
     hf = transformers.T5ForConditionalGeneration(hc).eval()
     if not hc.scale_decoder_outputs:
         # transformers v5 ties lm_head to shared at random init; give v1.1 a head of its own
@@ -51,11 +51,22 @@ def pair(request):
         hf.lm_head.weight = torch.nn.Parameter(torch.randn(V, 32))
         assert hf.lm_head.weight.data_ptr() != hf.shared.weight.data_ptr()
     cfg = t5.Config.from_hf_config(hc.to_dict())
-    assert cfg.tie_word_embeddings == (request.param == "v1.0")
+    assert cfg.tie_word_embeddings == (variant == "v1.0")
     model = nnx.eval_shape(lambda: t5.Model(cfg))  # structure only; the HF weights fill it
     tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     nnx.update(model, jax.tree.map(jnp.asarray, t5.params_from_hf(cfg, tensors)))
-    return request.param, hf, model
+    return variant, hf, model
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request):
+    return build(request.param)
+
+
+@pytest.fixture(scope="module")
+def v10():
+    # Decoding-loop features that don't depend on the variant run once (each compile costs seconds).
+    return build("v1.0")
 
 
 def padded_batch(seed=0):
@@ -292,8 +303,8 @@ class CharTokenizer:
         return "".join(chr(ord("a") + (i - 2) % 26) for i in ids if i > 1 or not skip_special_tokens)
 
 
-def test_text_generate_keeps_order_and_matches_token_level(pair):
-    _, _, model = pair
+def test_text_generate_keeps_order_and_matches_token_level(v10):
+    _, _, model = v10
     tok = CharTokenizer()
     # all prompts fit the 16-token bucket, so every call below reuses one compiled (2 x 16) shape
     prompts = ["a longer prompt", "hi", "medium prompt"]
@@ -316,8 +327,8 @@ def test_text_generate_keeps_order_and_matches_token_level(pair):
     assert len(cut.token_ids) <= 4
 
 
-def test_sampling_is_keyed_and_top_k_1_is_greedy(pair):
-    _, _, model = pair
+def test_sampling_is_keyed_and_top_k_1_is_greedy(v10):
+    _, _, model = v10
     ids, mask, _, _ = padded_batch(4)
     greedy, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5)
     k1, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=0.7, top_k=1,
