@@ -20,7 +20,7 @@ FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
 
 def _backend(fake, **kw):
     kw.setdefault("retry", FAST)
-    return OpenAIBackend("fake-teacher", base_url=fake.base_url, timeout=0.3, rng=random.Random(0), **kw)
+    return OpenAIBackend("fake-teacher", base_url=fake.base_url, timeout=0.8, rng=random.Random(0), **kw)
 
 
 def _cache(root):
@@ -59,7 +59,7 @@ def test_transient_faults_all_recover(tmp_path):
         seq = schedule.get((kind, q.index(question)), [])
         return seq[attempt] if attempt < len(seq) else None
 
-    with FakeOpenAI(faults=faults, stall_seconds=1.0) as fake:
+    with FakeOpenAI(faults=faults, stall_seconds=1.5) as fake:
         backend, report = _run(fake, tmp_path, items, samples=2)
         log = list(fake.log)
     assert report.answered == 24 and report.failed == 0
@@ -112,7 +112,7 @@ def test_persistent_failures_go_to_failed_list_and_are_retried_next_run(tmp_path
             return "503"
         return None
 
-    with FakeOpenAI(faults=faults, stall_seconds=1.0) as fake:
+    with FakeOpenAI(faults=faults, stall_seconds=1.5) as fake:
         _, report = _run(fake, tmp_path, items, samples=3)
     assert report.failed == 3 * 3 + 1 and report.answered == 24 - 10
     done, failed = _accounted(tmp_path, items, 3)
@@ -121,7 +121,7 @@ def test_persistent_failures_go_to_failed_list_and_are_retried_next_run(tmp_path
     errors = {f["sample_index"]: f["error"] for f in _cache(tmp_path).failed()}
     assert "failed after 4 attempts" in errors[items[1].sample_index] and "HTTP 500" in errors[items[1].sample_index]
     assert "malformed JSON" in errors[items[3].sample_index]
-    assert "no response within 0.3s" in errors[items[5].sample_index]
+    assert "no response within 0.8s" in errors[items[5].sample_index]
     assert "HTTP 503" in errors[items[partial].sample_index]
     # Next run, healthy server: only the failed pairs are requested; the failed list empties.
     with FakeOpenAI() as fake:
