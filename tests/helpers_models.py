@@ -77,3 +77,21 @@ def ours_from_torch(tmodel, hf_config: dict, dtype=jnp.float32):
 def max_diff_on_real(a, b, mask):
     m = mask.astype(bool)
     return float(np.abs(np.asarray(a)[m] - np.asarray(b)[m]).max())
+
+
+
+def forward(model, ids, mask):
+    """Jitted forward (one compile) instead of eager op-by-op dispatch, which compiles every op shape."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return _forward_jit(graphdef, state, jnp.asarray(ids), jnp.asarray(mask))
+
+
+def _forward(graphdef, state, ids, mask):
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(ids, attention_mask_BxL=mask)
+
+
+_forward_jit = jax.jit(_forward, static_argnums=0)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from ftcot_jax import models
 from ftcot_jax.models import gpt2, sharding
-from tests.helpers_models import (TINY_GPT2, max_diff_on_real, ours_from_torch, padded_batch, torch_logits,
+from tests.helpers_models import (forward, TINY_GPT2, max_diff_on_real, ours_from_torch, padded_batch, torch_logits,
                                   torch_model, torch_tensors)
 
 
@@ -22,7 +22,7 @@ def test_logits_match_torch_on_left_padded_batch(pair):
     tm, ours = pair
     ids, mask = padded_batch(TINY_GPT2["vocab_size"])
     ref = torch_logits(tm, ids, mask)
-    got = ours(jnp.asarray(ids), attention_mask_BxL=jnp.asarray(mask))
+    got = forward(ours, ids, mask)
     assert got.dtype == jnp.float32
     assert max_diff_on_real(got, ref, mask) <= 1e-4
 
@@ -32,7 +32,7 @@ def test_bf16_compute_keeps_fp32_params_and_logits(pair):
     ours = ours_from_torch(tm, TINY_GPT2, dtype=jnp.bfloat16)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(ours, nnx.Param)))
     ids, mask = padded_batch(TINY_GPT2["vocab_size"])
-    got = ours(jnp.asarray(ids), attention_mask_BxL=jnp.asarray(mask))
+    got = forward(ours, ids, mask)
     assert got.dtype == jnp.float32
     assert max_diff_on_real(got, torch_logits(tm, ids, mask), mask) < 0.1
 
@@ -61,7 +61,7 @@ def test_sharded_forward_matches_unsharded(pair):
 
     with jax.set_mesh(mesh):
         got = fwd(state_sh, jnp.asarray(ids), jnp.asarray(mask))
-    want = ours(jnp.asarray(ids), attention_mask_BxL=jnp.asarray(mask))
+    want = forward(ours, ids, mask)
     assert max_diff_on_real(got, want, mask) <= 1e-5
 
 

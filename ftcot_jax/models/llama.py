@@ -34,7 +34,8 @@ class Config:
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None      # {"rope_type": "linear"|"llama3", "factor": ..., ...}; None = default
+    # (("factor", 8.0), ("rope_type", "llama3"), ...) sorted items, hashable (the config is static under jit)
+    rope_scaling: tuple | None = None
     tie_word_embeddings: bool = False
     qkv_bias: bool = False                # Qwen2: True; Llama: attention_bias
     o_bias: bool = False                  # Llama attention_bias also biases o_proj
@@ -42,11 +43,15 @@ class Config:
     hidden_act: str = "silu"
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
-    eos_token_id: int | list | None = 2
+    eos_token_id: int | tuple | None = 2
     pad_token_id: int | None = None
     is_encoder_decoder: bool = False
 
     def __post_init__(self):
+        if isinstance(self.rope_scaling, Mapping):
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.model_type not in HF_MODEL_TYPES:
             raise ValueError(f"llama.Config: model_type '{self.model_type}' not in {HF_MODEL_TYPES}")
         if self.num_key_value_heads is None:
@@ -58,7 +63,7 @@ class Config:
                              f"multiple of num_key_value_heads={self.num_key_value_heads}")
         if self.hidden_act != "silu":
             raise ValueError(f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; expected 'silu'")
-        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        rope_type = self.rope.get("rope_type", "default")
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"{self.model_type} config: rope_type '{rope_type}' is not supported; "
                              f"expected one of: {', '.join(ROPE_TYPES)}")
@@ -66,6 +71,11 @@ class Config:
     @property
     def num_layers(self) -> int:
         return self.num_hidden_layers
+
+    @property
+    def rope(self) -> dict:
+        """rope_scaling as a dict ({} = default RoPE)."""
+        return dict(self.rope_scaling or ())
 
     @classmethod
     def from_hf_config(cls, hf: Mapping) -> Config:
@@ -102,7 +112,9 @@ class Config:
         d = dataclasses.asdict(self)
         for k in ("qkv_bias", "o_bias", "rope_scaling", "is_encoder_decoder"):
             d.pop(k)
-        rope = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
+        if isinstance(d["eos_token_id"], tuple):
+            d["eos_token_id"] = list(d["eos_token_id"])
+        rope = {"rope_type": "default", **self.rope, "rope_theta": self.rope_theta}
         out = {"architectures": [_ARCH[self.model_type]], **d, "rope_parameters": rope,
                "is_encoder_decoder": False}
         if self.model_type == "llama":
@@ -118,7 +130,7 @@ def rope_inv_freq(cfg: Config) -> np.ndarray:
     """Inverse frequencies (K/2,) for the config's RoPE type, as transformers computes them."""
     K = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, K, 2, dtype=np.int64).astype(np.float32) / K))
-    s = cfg.rope_scaling or {}
+    s = cfg.rope
     rope_type = s.get("rope_type", "default")
     if rope_type == "linear":
         inv = inv / s["factor"]

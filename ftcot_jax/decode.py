@@ -1,0 +1,262 @@
+"""Batched generation for decoder-only students: a jitted prefill plus a `lax.while_loop` over a fixed-size
+KV cache. Encoder-decoder models (T5) dispatch to `ftcot_jax.decode_encdec`.
+
+Layout of one batch (B rows, prompt bucket P, generation bucket N, cache S = P + N slots):
+
+    slot:  0 ........ P-1 | P ...... P+N-1
+           pad pad p p p  | g g g g ...          kv_mask_BxS: 1 where a real token sits
+
+Prompts are left-padded so every row's next token goes to the same slot; position ids skip padding
+(cumsum of the mask), as HF generate does. Batch, prompt and generation lengths are rounded up to powers of
+two, and everything else (max_new_tokens, temperature, top-k, top-p, EOS ids) is a traced value, so a run
+compiles a bounded number of shapes. Params are passed to the jitted function as arguments (nnx.split),
+never closed over. The cache is allocated once per call inside the jitted function and updated in place
+by the loop.
+
+    gens = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=8)   # list of Generation
+    tokens_BxN, finished_B = generate_ids(model, ids_BxL, mask_BxL, max_new_tokens=64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+MIN_PROMPT_BUCKET = 16
+MIN_NEW_BUCKET = 16
+MAX_EOS = 4  # EOS ids are passed as a fixed-size (padded with -1) array
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    text: str                 # completion text (stop string and EOS excluded)
+    token_ids: list[int]      # completion tokens (EOS excluded; up to the token completing a stop string)
+    finish_reason: str        # "stop" (EOS or stop string) | "length" (max_new_tokens reached)
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+def filter_logits(logits_BxV, temperature, top_k, top_p):
+    """HF order: temperature, then top-k (0 = off), then top-p (smallest set of most likely tokens whose
+    mass reaches top_p; the most likely token always stays). Traced scalars: no recompiles."""
+    logits_BxV = logits_BxV / temperature
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+    rank_V = jnp.arange(sorted_BxV.shape[-1])
+    keep_BxV = (top_k <= 0) | (rank_V < top_k)
+    probs_BxV = jax.nn.softmax(jnp.where(keep_BxV, sorted_BxV, -jnp.inf), axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_BxV = (keep_BxV & (mass_before_BxV < top_p)) | (rank_V == 0)
+    cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+
+
+def next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
+    if greedy:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits_BxV, temperature, top_k, top_p)).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket", "greedy"))
+def _generate_jit(graphdef, state, ids_BxP, mask_BxP, max_new_tokens, rng, temperature, top_k, top_p, eos_E,
+                  pad_id, *, new_bucket: int, greedy: bool):
+    model = nnx.merge(graphdef, state)
+    B, P = ids_BxP.shape
+    S = P + new_bucket
+    cache = model.init_cache(B, S)
+    kv_mask_BxS = jnp.concatenate([mask_BxP, jnp.zeros((B, new_bucket), mask_BxP.dtype)], axis=1)
+
+    def pick(x_BxTxD, rng):
+        logits_BxV = model.logits(x_BxTxD[:, -1:])[:, 0]
+        return next_token(logits_BxV, rng, temperature, top_k, top_p, greedy=greedy)
+
+    # prefill: all prompt slots at once; the first new token comes from the last prompt slot
+    rng, sub = jax.random.split(rng)
+    x_BxPxD, cache = model.features(ids_BxP, attention_mask_BxL=kv_mask_BxS, cache=cache, cache_index=0)
+    tok_B = pick(x_BxPxD, sub)
+    tokens_BxN = jnp.full((B, new_bucket), pad_id, jnp.int32).at[:, 0].set(tok_B)
+    done_B = jnp.isin(tok_B, eos_E)
+
+    def cond(carry):
+        step, _, _, _, _, done_B, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(carry):
+        step, tok_B, cache, kv_mask_BxS, tokens_BxN, done_B, rng = carry
+        slot = P + step - 1  # where the previous token goes
+        kv_mask_BxS = jax.lax.dynamic_update_slice(kv_mask_BxS, jnp.ones((B, 1), kv_mask_BxS.dtype), (0, slot))
+        rng, sub = jax.random.split(rng)
+        x_Bx1xD, cache = model.features(tok_B[:, None], attention_mask_BxL=kv_mask_BxS, cache=cache,
+                                        cache_index=slot)
+        nxt_B = jnp.where(done_B, pad_id, pick(x_Bx1xD, sub))  # finished rows emit padding, as HF does
+        tokens_BxN = jax.lax.dynamic_update_slice(tokens_BxN, nxt_B[:, None], (0, step))
+        return step + 1, nxt_B, cache, kv_mask_BxS, tokens_BxN, done_B | jnp.isin(nxt_B, eos_E), rng
+
+    carry = (jnp.int32(1), tok_B, cache, kv_mask_BxS, tokens_BxN, done_B, rng)
+    _, _, _, _, tokens_BxN, done_B, _ = jax.lax.while_loop(cond, body, carry)
+    return tokens_BxN, done_B
+
+
+def _eos_ids(model, tokenizer=None, eos_token_id=None) -> list[int]:
+    ids = []
+    for e in (eos_token_id if eos_token_id is not None else model.config.eos_token_id,
+              None if tokenizer is None or eos_token_id is not None else tokenizer.eos_token_id):
+        for i in (e if isinstance(e, (list, tuple)) else [e]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if len(ids) > MAX_EOS:
+        raise ValueError(f"at most {MAX_EOS} EOS token ids are supported, got {ids}")
+    return ids
+
+
+def _pad_id(model, tokenizer=None) -> int:
+    for p in (getattr(model.config, "pad_token_id", None), None if tokenizer is None else tokenizer.pad_token_id,
+              *_eos_ids(model, tokenizer)):
+        if p is not None:
+            return int(p)
+    return 0
+
+
+def _check_options(max_new_tokens, temperature, top_k, top_p, rng):
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+        raise ValueError(f"bad sampling options: temperature={temperature} (>= 0), top_k={top_k} (>= 0), "
+                         f"top_p={top_p} (in (0, 1])")
+    if temperature > 0 and rng is None:
+        raise ValueError("sampling (temperature > 0) needs an explicit PRNG key: rng=jax.random.key(seed)")
+
+
+def _max_positions(config) -> int | None:
+    for k in ("n_positions", "max_position_embeddings"):
+        v = getattr(config, k, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def left_align(ids_BxL: np.ndarray, mask_BxL: np.ndarray, pad_id: int, length: int):
+    """Rows rewritten as left-padded (real tokens flush right) in a (B, length) array."""
+    B = ids_BxL.shape[0]
+    ids = np.full((B, length), pad_id, np.int32)
+    mask = np.zeros((B, length), np.int32)
+    for r in range(B):
+        real = ids_BxL[r][mask_BxL[r] > 0]
+        if len(real):
+            ids[r, length - len(real):], mask[r, length - len(real):] = real, 1
+    return ids, mask
+
+
+def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id=None, pad_token_id=None):
+    """Token-level generation for one batch. Returns (tokens BxN int32 numpy, finished_B bool numpy) with
+    N = max_new_tokens; each row holds its tokens up to and including EOS, then padding. Rows may be left-
+    or right-padded (they are left-aligned here); the prompt length is bucketed, the batch is used as given."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        from ftcot_jax import decode_encdec
+
+        return decode_encdec.generate_ids(model, input_ids_BxL, attention_mask_BxL, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
+                                          eos_token_id=eos_token_id)
+    _check_options(max_new_tokens, temperature, top_k, top_p, rng)
+    ids = np.asarray(input_ids_BxL)
+    mask = np.ones_like(ids) if attention_mask_BxL is None else np.asarray(attention_mask_BxL)
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same (B, L) shape")
+    lengths = mask.sum(1)
+    if (lengths == 0).any():
+        raise ValueError(f"prompt rows {np.flatnonzero(lengths == 0).tolist()} are empty (no real tokens)")
+    limit = _max_positions(model.config)
+    if limit is not None and lengths.max() + max_new_tokens > limit:
+        raise ValueError(f"prompt of {int(lengths.max())} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                         f"model's {limit} positions")
+    pad = _pad_id(model) if pad_token_id is None else int(pad_token_id)
+    eos = _eos_ids(model, eos_token_id=eos_token_id)
+    ids, mask = left_align(ids, mask, pad, bucket(lengths.max(), MIN_PROMPT_BUCKET))
+    greedy = temperature == 0.0
+    graphdef, state = nnx.split(model)
+    tokens, done = _generate_jit(
+        graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.int32(max_new_tokens),
+        jax.random.key(0) if rng is None else rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k),
+        jnp.float32(top_p), jnp.asarray(eos + [-1] * (MAX_EOS - len(eos)), jnp.int32), jnp.int32(pad),
+        new_bucket=bucket(max_new_tokens, MIN_NEW_BUCKET), greedy=greedy)
+    return np.asarray(tokens)[:, :max_new_tokens], np.asarray(done)
+
+
+# ---------------------------------------------------------------------------------------------- text level
+
+def cut_at_stop(tokenizer, token_ids: list[int], stop: list[str]):
+    """(text, token_ids, stopped): text before the first stop string; tokens up to the one completing it."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if not hits:
+        return text, token_ids, False
+    cut = min(hits)
+    for k in range(1, len(token_ids) + 1):  # first prefix whose text reaches past the cut
+        if any(s in tokenizer.decode(token_ids[:k], skip_special_tokens=True) for s in stop):
+            return text[:cut], token_ids[:k], True
+    return text[:cut], token_ids, True
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+             stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             rng=None) -> list[Generation]:
+    """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
+    `batch_size` rows (batch padded to a power of two). finish_reason: "stop" (EOS or a stop string; the
+    stop string is not part of the text) or "length"."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        from ftcot_jax import decode_encdec
+
+        return decode_encdec.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, stop=stop, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, rng=rng)
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_options(max_new_tokens, temperature, top_k, top_p, rng)
+    if not prompts:
+        return []
+    stop = [s for s in (stop or []) if s]
+    eos = _eos_ids(model, tokenizer)
+    pad = _pad_id(model, tokenizer)
+    enc = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    for i, e in enumerate(enc):
+        if not e:
+            raise ValueError(f"prompt {i} encodes to no tokens; a decoder needs at least one prompt token")
+    order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
+    B = min(bucket(batch_size), bucket(len(prompts)))
+    out: list[Generation | None] = [None] * len(prompts)
+    for n_batch, start in enumerate(range(0, len(order), batch_size)):
+        rows = order[start:start + batch_size]
+        L = max(len(enc[i]) for i in rows)
+        ids = np.full((B, L), pad, np.int32)
+        mask = np.zeros((B, L), np.int32)
+        for r, i in enumerate(rows):
+            ids[r, L - len(enc[i]):], mask[r, L - len(enc[i]):] = enc[i], 1
+        mask[len(rows):, -1] = 1  # filler rows: one real (pad) token, output discarded
+        key = None if rng is None else jax.random.fold_in(rng, n_batch)
+        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, rng=key, eos_token_id=eos, pad_token_id=pad)
+        for r, i in enumerate(rows):
+            row = tokens[r].tolist()
+            ends = [row.index(e) for e in eos if e in row]
+            hit_eos = bool(ends)
+            row = row[: min(ends)] if hit_eos else row
+            if stop:
+                text, row, stopped = cut_at_stop(tokenizer, row, stop)
+            else:
+                text, stopped = tokenizer.decode(row, skip_special_tokens=True), False
+            out[i] = Generation(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
+    return out

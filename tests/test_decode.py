@@ -1,0 +1,127 @@
+"""Decoding: greedy tokens identical to HF generate on left-padded batches; cached decoding equals full
+recomputation; sampling reproducible per key; bucketing bounds compiles; text-level stop handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ftcot_jax import decode, models
+from tests.helpers_models import TINY_GPT2, TINY_LLAMA, forward, ours_from_torch, padded_batch, torch_model
+
+N_NEW = 12
+
+
+def hf_greedy(tm, ids, mask, n_new, eos):
+    import torch
+
+    with torch.no_grad():
+        out = tm.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                          max_new_tokens=n_new, min_new_tokens=n_new if eos is None else 0, pad_token_id=0,
+                          eos_token_id=eos)
+    return out[:, ids.shape[1]:].numpy()
+
+
+@pytest.mark.parametrize("hf_config", [TINY_GPT2, TINY_LLAMA], ids=["gpt2", "llama"])
+def test_greedy_matches_hf_generate_left_padded(hf_config):
+    tm = torch_model(hf_config)
+    ours = ours_from_torch(tm, hf_config)
+    ids, mask = padded_batch(hf_config["vocab_size"], lengths=(9, 5, 2))
+    # no EOS: full length comparison
+    want = hf_greedy(tm, ids, mask, N_NEW, eos=None)
+    got, done = decode.generate_ids(ours, ids, mask, max_new_tokens=N_NEW, eos_token_id=[])
+    np.testing.assert_array_equal(got, want)
+    assert not done.any()
+    # with an EOS that the model emits: rows stop there and are padded afterwards, like HF
+    eos = int(want[0, 3])
+    want = hf_greedy(tm, ids, mask, N_NEW, eos=eos)
+    got, done = decode.generate_ids(ours, ids, mask, max_new_tokens=N_NEW, eos_token_id=eos, pad_token_id=0)
+    want = np.pad(want, ((0, 0), (0, N_NEW - want.shape[1])))
+    np.testing.assert_array_equal(got, want)
+    assert done[0]
+
+
+def test_cached_decoding_equals_full_recomputation():
+    model = models.from_config(TINY_LLAMA, seed=3)
+    ids, mask = padded_batch(TINY_LLAMA["vocab_size"], lengths=(6, 3), seed=1)
+    n, P = 8, ids.shape[1]
+    got, _ = decode.generate_ids(model, ids, mask, max_new_tokens=n, eos_token_id=[])
+    # No cache: re-run the whole sequence each step (one fixed-size buffer; unfilled slots masked, and being
+    # later in the sequence they cannot affect earlier positions) and take the argmax.
+    seq = np.concatenate([ids, np.zeros((2, n), ids.dtype)], 1)
+    m = np.concatenate([mask, np.zeros((2, n), mask.dtype)], 1)
+    for t in range(n):
+        nxt = np.asarray(forward(model, seq, m)[:, P + t - 1].argmax(-1))
+        np.testing.assert_array_equal(got[:, t], nxt, err_msg=f"step {t}")
+        seq[:, P + t], m[:, P + t] = nxt, 1
+
+
+def test_right_padding_is_left_aligned():
+    model = models.from_config(TINY_GPT2, seed=2)
+    ids, mask = padded_batch(TINY_GPT2["vocab_size"], lengths=(5, 2), seed=4)
+    left, _ = decode.generate_ids(model, ids, mask, max_new_tokens=4, eos_token_id=[])
+    r_ids, r_mask = np.zeros_like(ids), np.zeros_like(mask)
+    for r in range(len(ids)):
+        real = ids[r][mask[r] > 0]
+        r_ids[r, :len(real)], r_mask[r, :len(real)] = real, 1
+    right, _ = decode.generate_ids(model, r_ids, r_mask, max_new_tokens=4, eos_token_id=[])
+    np.testing.assert_array_equal(left, right)
+
+
+def test_sampling_reproducible_and_filters():
+    model = models.from_config(TINY_GPT2, seed=5)
+    ids, mask = padded_batch(TINY_GPT2["vocab_size"], lengths=(4, 4, 4, 4), seed=2)
+    kw = dict(max_new_tokens=10, temperature=1.5, eos_token_id=[])
+    a, _ = decode.generate_ids(model, ids, mask, rng=jax.random.key(7), **kw)
+    b, _ = decode.generate_ids(model, ids, mask, rng=jax.random.key(7), **kw)
+    c, _ = decode.generate_ids(model, ids, mask, rng=jax.random.key(8), **kw)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    greedy, _ = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=[])
+    top1, _ = decode.generate_ids(model, ids, mask, rng=jax.random.key(9), **dict(kw, top_k=1))
+    np.testing.assert_array_equal(top1, greedy)
+    tiny_p, _ = decode.generate_ids(model, ids, mask, rng=jax.random.key(9), **dict(kw, top_p=1e-6))
+    np.testing.assert_array_equal(tiny_p, greedy)
+    with pytest.raises(ValueError, match="explicit PRNG key"):
+        decode.generate_ids(model, ids, mask, max_new_tokens=2, temperature=1.0)
+
+
+def test_filter_logits_top_k_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda k, p: np.isfinite(np.asarray(decode.filter_logits(logits, 1.0, k, p)))[0].tolist()
+    assert kept(2, 1.0) == [True, True, False, False]
+    assert kept(0, 0.7) == [True, True, False, False]
+    assert kept(0, 0.5) == [True, False, False, False]
+    assert kept(0, 0.81) == [True, True, True, False]
+
+
+class CharTokenizer:
+    """Characters 'a'..'z' and ' ' as ids 3.., 2 = EOS; enough for the text-level path."""
+
+    eos_token_id, pad_token_id = 2, 0
+    chars = "abcdefghijklmnopqrstuvwxyz "
+
+    def __call__(self, text):
+        return {"input_ids": [3 + self.chars.index(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.chars[i - 3] if 3 <= i < 3 + len(self.chars) else "" for i in ids)
+
+
+def test_generate_text_stop_strings_order_and_bounded_compiles():
+    model = models.from_config(dict(TINY_GPT2, vocab_size=30), seed=0)
+    tok = CharTokenizer()
+    prompts = ["hello world", "a", "the quick brown fox", "abc"]
+    gens = decode.generate(model, tok, prompts, max_new_tokens=10, batch_size=2)
+    for p, g in zip(prompts, gens):  # order kept: each equals a single-prompt run
+        single = decode.generate(model, tok, [p], max_new_tokens=10, batch_size=1)[0]
+        assert g == single
+        assert g.finish_reason in ("stop", "length") and len(g.token_ids) <= 10
+    g = gens[2]
+    if len(g.text) >= 3:  # stop string = a piece of the generated text: cut before it
+        s = g.text[1:3]
+        cut = decode.generate(model, tok, [prompts[2]], max_new_tokens=10, batch_size=1, stop=[s])[0]
+        assert cut.text == g.text[: g.text.find(s)] and cut.finish_reason == "stop"
+    n = decode._generate_jit._cache_size()
+    decode.generate(model, tok, ["xy", "hello there"], max_new_tokens=9, batch_size=2)  # same buckets
+    assert decode._generate_jit._cache_size() == n
