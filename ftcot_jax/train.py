@@ -326,8 +326,8 @@ class Setup:
 
 
 def setup(cfg: TrainConfig, *, student: Student | None = None, model=None, tokenizer=None,
-          total_steps: int = 1) -> Setup:
-    mesh = make_mesh(cfg)
+          total_steps: int = 1, mesh=None) -> Setup:
+    mesh = mesh if mesh is not None else make_mesh(cfg)
     student = student or build_student(cfg, model=model, tokenizer=tokenizer)
     schedule = lr_schedule(cfg, total_steps)
     tx = make_optimizer(cfg, schedule)
@@ -435,13 +435,16 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
+    # --- checks that need no data first: mesh vs devices, then the student
+    mesh = make_mesh(cfg)
+    student = build_student(cfg, model=model, tokenizer=tokenizer)
+
     # --- data
     samples = samples if samples is not None else _resolve_samples(cfg, run_dir)
     if not samples:
         raise ValueError("no fine-tune samples to train on")
     task = samples[0].task
     template = data_lib.METHOD_TEMPLATE[samples[0].method]
-    student = build_student(cfg, model=model, tokenizer=tokenizer)
     tok = student.tokenizer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -459,7 +462,7 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
         total_steps = min(total_steps, cfg.max_steps)
 
     # --- mesh, state, step
-    st = setup(cfg, student=student, total_steps=total_steps)
+    st = setup(cfg, student=student, total_steps=total_steps, mesh=mesh)
     dp = st.mesh.shape["data"] * st.mesh.shape["fsdp"]
     if batcher.micro % dp:
         raise ValueError(f"micro-batch of {batcher.micro} rows (batch_size {cfg.batch_size} / grad_accum "
