@@ -4,8 +4,8 @@ Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/c
 plus GET /health and GET /stats (batching counters). Standard library only (ThreadingHTTPServer):
 one thread per connection parses and validates; a single `Engine` worker thread owns the model and
 decodes. Requests that arrive within `batch_window_s` of each other (up to `max_batch` rows) and share
-their decoding parameters are decoded together in one `decode.generate` call, always with
-`batch_size=max_batch` so the jitted shapes do not depend on how many requests happened to arrive.
+their sampling setup are decoded together in one `decode.generate` call, always padded to `max_batch` rows
+so the jitted shapes do not depend on how many requests happened to arrive.
 Validation rules live in serve_schema.py; docs/serve.md is the user-facing description.
 """
 
@@ -66,7 +66,8 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class Params:
-    """Decoding parameters shared by every row of one generate call (the batching key)."""
+    """One request's decoding parameters. Rows of different requests share a decoder call when their
+    temperature, top_p, seed and generation-length bucket agree (see Engine._run)."""
     max_new_tokens: int
     temperature: float
     top_p: float
@@ -101,6 +102,20 @@ class Stats:
     http_5xx: int = 0
 
 
+def finish_row(tokenizer, gen, max_tokens: int, decoded: int, stop: tuple[str, ...], cut_at_stop) -> RowResult:
+    """A row decoded for `decoded` >= max_tokens steps without stop strings -> what decode.generate returns
+    for max_new_tokens=max_tokens and this row's stop strings (greedy tokens are a prefix of the longer run)."""
+    ids, text, finish = list(gen.token_ids), gen.text, gen.finish_reason
+    if decoded > max_tokens and len(ids) >= max_tokens:   # EOS (if any) came after this row's budget
+        ids, finish = ids[:max_tokens], "length"
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+    if stop:
+        cut_text, cut_ids, stopped = cut_at_stop(tokenizer, ids, list(stop))
+        if stopped:
+            text, ids, finish = cut_text, cut_ids, "stop"
+    return RowResult(text=text, completion_tokens=len(ids), finish_reason=finish)
+
+
 def context_length(model) -> int | None:
     """The model's position limit from its HF config (None when the architecture has none, e.g. T5)."""
     config = getattr(model, "config", None)
@@ -121,8 +136,10 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_batch: int = 8, batch_window_s: float = 0.01,
                  max_queue: int = 1024, generate_fn: Callable | None = None):
-        if generate_fn is None:
-            from ftcot_jax.decode import generate as generate_fn
+        from ftcot_jax import decode
+
+        generate_fn = generate_fn or decode.generate
+        self._bucket, self._min_new_bucket, self._cut_at_stop = decode.bucket, decode.MIN_NEW_BUCKET, decode.cut_at_stop
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.batch_window_s = max_batch, batch_window_s
         self._generate = generate_fn
@@ -184,27 +201,38 @@ class Engine:
                 return
 
     def _run(self, jobs: list[_Job]) -> None:
-        groups: dict[Params, list[tuple[_Job, int]]] = {}
+        # Rows share a decoder call when they share the sampling setup and the generation-length bucket
+        # (decode.generate compiles per bucket; max_new_tokens itself is a traced value). Each row's own
+        # max_tokens and stop strings are applied afterwards (`finish_row`), exactly as generate would.
+        groups: dict[tuple, list[tuple[_Job, int]]] = {}
         for job in jobs:
+            p = job.params
+            key = (self._bucket(p.max_new_tokens, self._min_new_bucket), p.temperature, p.top_p, p.seed)
             for i in range(len(job.prompts)):
-                groups.setdefault(job.params, []).append((job, i))
-        for params, rows in groups.items():
+                groups.setdefault(key, []).append((job, i))
+        for rows in groups.values():
             for start in range(0, len(rows), self.max_batch):
-                self._decode(params, rows[start:start + self.max_batch])
+                self._decode(rows[start:start + self.max_batch])
 
-    def _decode(self, params: Params, rows: list[tuple[_Job, int]]) -> None:
+    def _decode(self, rows: list[tuple[_Job, int]]) -> None:
         live = [(j, i) for j, i in rows if not j.future.done()]
         if not live:
             return
+        params = live[0][0].params
+        longest = max(j.params.max_new_tokens for j, _ in live)
         t0 = time.perf_counter()
         try:
+            prompts = [j.prompts[i] for j, i in live]
+            # Filler rows (copies of the first prompt: same length bucket, outputs dropped) keep every call
+            # at max_batch rows, so the decoder compiles one batch shape, not one per power of two below it.
+            prompts += prompts[:1] * (self.max_batch - len(prompts))
             gens = self._generate(
-                self.model, self.tokenizer, [j.prompts[i] for j, i in live],
-                max_new_tokens=params.max_new_tokens, batch_size=self.max_batch,
-                stop=list(params.stop) or None, temperature=params.temperature, top_k=0,
-                top_p=params.top_p, rng=self._rng(params))
-            if len(gens) != len(live):
-                raise RuntimeError(f"decode.generate returned {len(gens)} generations for {len(live)} prompts")
+                self.model, self.tokenizer, prompts, max_new_tokens=longest, batch_size=self.max_batch,
+                stop=None, temperature=params.temperature, top_k=0, top_p=params.top_p, rng=self._rng(params))
+            if len(gens) != len(prompts):
+                raise RuntimeError(f"decode.generate returned {len(gens)} generations for {len(prompts)} prompts")
+            results = [finish_row(self.tokenizer, g, j.params.max_new_tokens, longest, j.params.stop,
+                                  self._cut_at_stop) for (j, _), g in zip(live, gens)]
         except Exception as e:  # noqa: BLE001 -- the worker must survive anything a batch throws
             for j, _ in live:
                 if not j.future.done():
@@ -216,9 +244,8 @@ class Engine:
             self.stats.rows += len(live)
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(live))
             self.stats.decode_seconds += dt
-        for (job, i), g in zip(live, gens):
-            job.results[i] = RowResult(text=g.text, completion_tokens=len(g.token_ids),
-                                       finish_reason=g.finish_reason)
+        for (job, i), r in zip(live, results):
+            job.results[i] = r
             job.remaining -= 1
             if job.remaining == 0 and job.future.set_running_or_notify_cancel():
                 with self._lock:
@@ -465,14 +492,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _guard(self, fn: Callable[[], None]) -> None:
         try:
-            fn()
-        except APIError as e:
-            self._send_error(e)
-        except (BrokenPipeError, ConnectionResetError):
+            try:
+                fn()
+            except APIError as e:
+                self._send_error(e)
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception as e:  # noqa: BLE001 -- never let a request kill the server
+                self.close_connection = True
+                self._send_error(APIError(500, f"Internal server error: {type(e).__name__}: {e}",
+                                          type="server_error"))
+        except OSError:   # the client went away (mid-body or before reading its answer): nothing to tell it
             self.close_connection = True
-        except Exception as e:  # noqa: BLE001 -- never let a request kill the server
-            self.close_connection = True
-            self._send_error(APIError(500, f"Internal server error: {type(e).__name__}: {e}", type="server_error"))
 
     def _read_json(self) -> dict:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -590,6 +621,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256          # listen backlog: the default 5 refuses bursts of concurrent clients
     allow_reuse_address = True
     quiet = False
 

@@ -44,17 +44,16 @@ def build_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
+def student():
     from ftcot_jax import models
 
     tok = build_tokenizer()
     eos = tok.eos_token_id
     cfg = dict(model_type="gpt2", vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
                bos_token_id=eos, eos_token_id=eos)
-    out = tmp_path_factory.mktemp("ckpt") / MODEL_ID
-    models.save_hf(models.from_config(cfg, seed=0), tok, out)
-    model, tokenizer = models.load(str(out))
-    return SimpleNamespace(model=model, tokenizer=tokenizer, path=out)
+    # models.load(save_hf(...)) is what `ftcot serve DIR` does; it is the models helper's tested round trip
+    # and costs ~15 s here, so the server gets the random-init model directly.
+    return SimpleNamespace(model=models.from_config(cfg, seed=0), tokenizer=tok)
 
 
 def start(student, generate_fn=None, **config):
@@ -91,10 +90,15 @@ def client(srv):
 
 
 def reference(student, prompts, max_new_tokens=MAX_TOKENS, stop=None):
+    """decode.generate on `prompts`, greedy. Padded to whole batches of MAX_BATCH rows like the server pads
+    its calls, so both compile the same shapes (keeps the test fast; equality does not depend on it)."""
     from ftcot_jax.decode import generate
 
-    return generate(student.model, student.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
-                    batch_size=MAX_BATCH, stop=stop, temperature=0.0)
+    prompts = list(prompts)
+    filler = (-len(prompts)) % MAX_BATCH
+    gens = generate(student.model, student.tokenizer, prompts + prompts[-1:] * filler,
+                    max_new_tokens=max_new_tokens, batch_size=MAX_BATCH, stop=stop, temperature=0.0)
+    return gens[:len(prompts)]
 
 
 def raw(port, method, path, body=b"", headers=None, conn=None):
@@ -139,7 +143,7 @@ def test_models_endpoint(client):
 
 
 def test_completion_equals_generate(student, client):
-    prompt = "Q: What is 2 + 3?\nA: Let's think step by step."
+    prompt = "Q: What is 2 + 3?\nA:"
     want = reference(student, [prompt])[0]
     r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
     assert r.object == "text_completion" and r.model == MODEL_ID and len(r.choices) == 1
@@ -162,11 +166,11 @@ def test_prompt_list_and_n(student, client):
 
 def test_stop_string_honoured(student, client):
     prompt = "Q: Take the last letters of each word"
-    free = reference(student, [prompt], max_new_tokens=24)[0].text
+    free = reference(student, [prompt], max_new_tokens=16)[0].text
     assert len(free) >= 6, free
     stop_s = free[3:5]                       # occurs in the free-running output: decoding must stop there
-    want = reference(student, [prompt], max_new_tokens=24, stop=[stop_s])[0]
-    r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=24, temperature=0, stop=[stop_s])
+    want = reference(student, [prompt], max_new_tokens=16, stop=[stop_s])[0]
+    r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=16, temperature=0, stop=[stop_s])
     assert r.choices[0].text == want.text
     assert r.choices[0].finish_reason == "stop"
     assert stop_s not in r.choices[0].text
@@ -176,9 +180,9 @@ def test_stop_string_honoured(student, client):
 def test_chat_equals_generate_with_plain_template(student, client):
     from ftcot_jax.serve import render_chat
 
-    messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "What is 2 + 3?"}]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 3?"}]
     rendered = render_chat(student.tokenizer, messages)
-    assert rendered == "System: You are helpful.\n\nUser: What is 2 + 3?\n\nAssistant:"
+    assert rendered == "System: Be brief.\n\nUser: 2 + 3?\n\nAssistant:"
     want = reference(student, [rendered])[0]
     r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
     assert r.object == "chat.completion"
@@ -394,12 +398,21 @@ def test_routing_errors_and_keep_alive(srv):
     assert raw(srv.port, "GET", "/health", headers={})[:2] == (200, {"status": "ok"})
 
 
+def _read_all(s) -> str:
+    chunks = []
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return b"".join(chunks).decode()
+        chunks.append(b)
+
+
 def test_oversized_and_truncated_bodies(srv):
     # Content-Length beyond the limit: 413 without reading the body; the server stays up.
     with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 99999999\r\n\r\n{")
-        head = s.recv(65536).decode()
+        head = _read_all(s)
     assert head.startswith("HTTP/1.1 413") and '"error"' in head
     # a client that announces more than it sends, then hangs up
     with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
@@ -409,7 +422,7 @@ def test_oversized_and_truncated_bodies(srv):
     with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
-        head = s.recv(65536).decode()
+        head = _read_all(s)
     assert head.startswith("HTTP/1.1 411")
     assert raw(srv.port, "POST", C, OK_COMPLETION)[0] == 200
 
