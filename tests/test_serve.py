@@ -180,9 +180,11 @@ def test_stop_string_honoured(student, client):
 def test_chat_equals_generate_with_plain_template(student, client):
     from ftcot_jax.serve import render_chat
 
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 3?"}]
+    two = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 3?", "name": "ann"}]
+    assert render_chat(student.tokenizer, two) == "System: Be brief.\n\nUser (ann): 2 + 3?\n\nAssistant:"
+    messages = [{"role": "user", "content": "2 + 3?"}]   # short: stays in the smallest prompt bucket
     rendered = render_chat(student.tokenizer, messages)
-    assert rendered == "System: Be brief.\n\nUser: 2 + 3?\n\nAssistant:"
+    assert rendered == "User: 2 + 3?\n\nAssistant:"
     want = reference(student, [rendered])[0]
     r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
     assert r.object == "chat.completion"
