@@ -169,12 +169,18 @@ def init_params(student: Student, shardings: dict) -> dict:
     weights placed shard by shard."""
     if student.host_params is not None:
         return jax.device_put(student.host_params, shardings)
+    return _jitted_init(student, shardings)()
 
-    def init():
-        _, params, _ = nnx.split(student.make_model(), nnx.Param, ...)
-        return nnx.to_pure_dict(params)
 
-    return jax.jit(init, out_shardings=shardings)()
+def _jitted_init(student: Student, shardings: dict):
+    key = id(shardings)
+    if key not in student.__dict__.setdefault("_inits", {}):
+        def init():
+            _, params, _ = nnx.split(student.make_model(), nnx.Param, ...)
+            return nnx.to_pure_dict(params)
+
+        student._inits[key] = (shardings, jax.jit(init, out_shardings=shardings))
+    return student._inits[key][1]
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -266,10 +272,14 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
                 g_acc = jax.lax.with_sharding_constraint(g_acc, p_shardings)
             return (g_acc, loss_acc + loss_sum, n_acc + n_tok), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
         accum = jax.tree.leaves(batch)[0].shape[0]
-        (g_sum, loss_sum, n_tok), _ = jax.lax.scan(
-            micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
+        if accum == 1:  # no loop: lets XLA fuse the step as one program
+            (loss_sum, n_tok), g_sum = grad_fn(params, jax.tree.map(lambda x: x[0], batch),
+                                               jax.random.fold_in(base, 0))
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (g_sum, loss_sum, n_tok), _ = jax.lax.scan(
+                micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
         # One normalisation by the label tokens of the whole batch (not a mean of micro-batch means).
         denom = jnp.maximum(n_tok, 1.0)
         grads = jax.tree.map(lambda g: g / denom, g_sum)

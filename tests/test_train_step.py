@@ -38,7 +38,18 @@ def encoded(tok):
     return data_lib.encode_samples(samples, tok, model_type="decoder", max_length=128)
 
 
+_RUNS: dict = {}
+
+
 def _run(cfg, tok, encoded, accum=1):
+    """(initial params, params after one step, metrics, setup); cached per config (compiles are slow)."""
+    key = (repr(cfg), accum)
+    if key not in _RUNS:
+        _RUNS[key] = _run_uncached(cfg, tok, encoded, accum)
+    return _RUNS[key]
+
+
+def _run_uncached(cfg, tok, encoded, accum):
     st = T.setup(cfg, tokenizer=tok)
     state = st.init_state()
     params0 = jax.device_get(state["params"])
@@ -83,7 +94,7 @@ def test_grad_accumulation_equals_one_big_batch(tok, encoded):
     assert _max_diff(p_big, p_acc) <= 1e-5
     # The test has teeth: a mean of per-micro-batch means would be a different loss here.
     b = data_lib.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
-    st = T.setup(cfg1, tokenizer=tok)
+    st = _run(cfg1, tok, encoded)[3]
     loss_fn = T.make_loss_fn(st.student, use_dropout=False)
     params = st.init_state()["params"]
     per_micro = [loss_fn(params, {k: v[i] for k, v in b.items()}, None) for i in range(4)]
@@ -94,7 +105,7 @@ def test_grad_accumulation_equals_one_big_batch(tok, encoded):
 def test_loss_counts_exactly_the_label_tokens(tok, encoded):
     """The trainer's loss equals a hand-computed CE over the label+EOS positions, and changing the
     logits of prompt/padding positions does not change it."""
-    st = T.setup(_cfg((1, 1, 1)), tokenizer=tok)
+    st = _run(_cfg((1, 1, 1)), tok, encoded)[3]
     params = st.init_state()["params"]
     b = data_lib.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
@@ -115,3 +126,50 @@ def test_loss_counts_exactly_the_label_tokens(tok, encoded):
             count += 1
     assert int(n) == count == sum(len(encoded.target[i]) for i in range(8))
     np.testing.assert_allclose(float(loss_sum), want, rtol=1e-5)
+
+
+def _t5_cfg(mesh, **kw):
+    t5 = {"model_type": "t5", "vocab_size": 80, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
+          "num_heads": 4, "dropout_rate": 0.1, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+    m = {"data": mesh[0], "fsdp": mesh[1], "tensor": mesh[2], "num_devices": mesh[0] * mesh[1] * mesh[2]}
+    return from_dict(TrainConfig, dict(run_dir="unused", from_scratch=True, model_config=t5, mesh=m, **kw))
+
+
+def test_encoder_decoder_step_and_loss(tok):
+    samples = last_letter_samples(8, seed=3, method="ft_cot")
+    enc = data_lib.encode_samples(samples, tok, model_type="encoder_decoder", max_length=128)
+    batch = data_lib.Batcher(enc, 8, 1, seed=0, bucket=16, pad_id=0, decoder_start_id=0).batch(0, 0)
+    results = {}
+    for mesh in [(1, 1, 1), (2, 2, 2)]:
+        st = T.setup(_t5_cfg(mesh, dropout=False), tokenizer=tok)
+        state = st.init_state()
+        if mesh == (1, 1, 1):  # the loss is the CE of the target tokens (label + EOS), nothing else
+            params = state["params"]
+            mb = {k: jnp.asarray(v[0]) for k, v in batch.items()}
+            loss_sum, n = T.make_loss_fn(st.student, use_dropout=False)(params, mb, None)
+            from flax import nnx
+
+            logits = nnx.merge(st.student.graphdef, params)(
+                mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
+                decoder_input_ids_BxT=mb["decoder_input_ids"], decoder_attention_mask_BxT=mb["decoder_attention_mask"])
+            logp = np.asarray(jax.nn.log_softmax(logits))
+            rows = data_lib.Batcher(enc, 8, 1, seed=0).rows(0, 0)[0]
+            want = -sum(logp[r, j, t] for r, i in enumerate(rows) for j, t in enumerate(enc.target[i]))
+            assert int(n) == sum(len(enc.target[i]) for i in rows)
+            np.testing.assert_allclose(float(loss_sum), want, rtol=1e-5)
+        state, m = st.run_step(state, batch)
+        results[mesh] = (float(m["loss"]), jax.device_get(state["params"]))
+    assert abs(results[(1, 1, 1)][0] - results[(2, 2, 2)][0]) <= 1e-5
+    assert _max_diff(results[(1, 1, 1)][1], results[(2, 2, 2)][1]) <= 1e-5
+    # dropout (the reference trains in train mode) is wired to the T5 module: it changes the loss
+    st = T.setup(_t5_cfg((1, 1, 1), dropout=True), tokenizer=tok)
+    _, m = st.run_step(st.init_state(), batch)
+    assert abs(float(m["loss"]) - results[(1, 1, 1)][0]) > 1e-4
+
+
+def test_bf16_compute_keeps_fp32_params_and_close_loss(tok, encoded):
+    _, p32, m32, _ = _run(_cfg((1, 1, 1)), tok, encoded)
+    _, p16, m16, _ = _run(_cfg((1, 1, 1), precision="bf16"), tok, encoded)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(p16))
+    assert abs(float(m16["loss"]) - float(m32["loss"])) <= 0.02 * float(m32["loss"])
+    assert float(m16["loss"]) != float(m32["loss"])  # really computed in bf16
