@@ -58,43 +58,51 @@ def _next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
 # The jitted loop
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy"))
-def _generate_jit(graphdef, state, input_ids_BxL, mask_BxL, max_new_tokens, rng, temperature, top_k, top_p,
-                  eos_id, pad_id, start_id, *, cache_len: int, greedy: bool):
-    """Everything that may change between calls is traced; only shapes, the model and greedy-vs-sampling
-    are static."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _start(graphdef, state, input_ids_BxL, mask_BxL, pad_id, start_id, *, cache_len: int):
+    """Encoder and cross-attention keys/values, once per batch; an empty decoder cache of cache_len slots."""
     model = nnx.merge(graphdef, state)
     B = input_ids_BxL.shape[0]
-    enc_BxLxD = model.encode(input_ids_BxL, mask_BxL)
-    cross_kv = model.cross_kv(enc_BxLxD)  # once; every step reuses it
-    cache = model.init_cache(B, cache_len)
-    tokens_BxS = jnp.full((B, cache_len), pad_id, jnp.int32)
-    last_B = jnp.full((B,), start_id, jnp.int32)
-    done_B = jnp.zeros((B,), bool)
-    limit = jnp.minimum(max_new_tokens, cache_len)
+    cross_kv = model.cross_kv(model.encode(input_ids_BxL, mask_BxL))
+    loop = {"step": jnp.int32(0), "last_B": jnp.full((B,), start_id, jnp.int32),
+            "cache": model.init_cache(B, cache_len), "tokens_BxS": jnp.full((B, cache_len), pad_id, jnp.int32),
+            "done_B": jnp.zeros((B,), bool)}
+    return loop, cross_kv
 
-    def cond(carry):
-        step, _, _, _, done_B, _ = carry
-        return (step < limit) & ~jnp.all(done_B)
 
-    def body(carry):
-        step, last_B, cache, tokens_BxS, done_B, rng = carry
-        rng, sub = jax.random.split(rng)
-        logits_Bx1xV, cache = model.decode_step(last_B[:, None], step, cache, cross_kv, mask_BxL)
-        next_B = _next_token(logits_Bx1xV[:, 0], sub, temperature, top_k, top_p, greedy=greedy)
-        next_B = jnp.where(done_B, pad_id, next_B)  # finished rows emit padding, as HF generate does
-        tokens_BxS = jax.lax.dynamic_update_slice(tokens_BxS, next_B[:, None], (0, step))
-        return step + 1, next_B, cache, tokens_BxS, done_B | (next_B == eos_id), rng
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy"), donate_argnames=("loop",))
+def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, rng, temperature, top_k, top_p, eos_id, pad_id,
+              *, greedy: bool):
+    """Decode until step `until` or until every row is done. Everything that may change between calls is
+    traced; only shapes, the model and greedy-vs-sampling are static. The loop state is donated."""
+    model = nnx.merge(graphdef, state)
+    until = jnp.minimum(until, loop["tokens_BxS"].shape[1])
 
-    carry = (jnp.int32(0), last_B, cache, tokens_BxS, done_B, rng)
-    _, _, _, tokens_BxS, done_B, _ = jax.lax.while_loop(cond, body, carry)
-    return tokens_BxS, done_B
+    def cond(c):
+        return (c["step"] < until) & ~jnp.all(c["done_B"])
+
+    def body(c):
+        step = c["step"]
+        logits_Bx1xV, cache = model.decode_step(c["last_B"][:, None], step, c["cache"], cross_kv, mask_BxL)
+        # fold_in(step): the same key gives the same sample whatever the chunking of the loop
+        next_B = _next_token(logits_Bx1xV[:, 0], jax.random.fold_in(rng, step), temperature, top_k, top_p,
+                             greedy=greedy)
+        next_B = jnp.where(c["done_B"], pad_id, next_B)  # finished rows emit padding, as HF generate does
+        tokens_BxS = jax.lax.dynamic_update_slice(c["tokens_BxS"], next_B[:, None], (0, step))
+        return {"step": step + 1, "last_B": next_B, "cache": cache, "tokens_BxS": tokens_BxS,
+                "done_B": c["done_B"] | (next_B == eos_id)}
+
+    return jax.lax.while_loop(cond, body, loop)
 
 
 def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id: int | None = None):
+                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id: int | None = None,
+                 stop_check=None, check_every: int = 32):
     """Token-level generation for one batch. Returns (tokens BxN int32 numpy, finished_B bool numpy):
     N = max_new_tokens; each row holds its tokens up to and including EOS, then pad_token_id.
+
+    `stop_check(tokens_BxN so far) -> bool_B` (e.g. a stop-string test) is called every `check_every`
+    steps; rows it flags stop there (finished_B stays False for them: they did not emit EOS).
     The batch and input length are used as given; `generate` does the bucketing."""
     cfg = model.config
     if not getattr(cfg, "is_encoder_decoder", False):
@@ -114,11 +122,24 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
         rng = jax.random.key(0)  # unused by the greedy path
     graphdef, state = nnx.split(model)
     eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
-    tokens, done = _generate_jit(
-        graphdef, state, ids, mask, jnp.int32(max_new_tokens), rng, jnp.float32(max(temperature, 1e-6)),
-        jnp.int32(top_k), jnp.float32(top_p), jnp.int32(eos), jnp.int32(cfg.pad_token_id),
-        jnp.int32(cfg.decoder_start_token_id), cache_len=bucket(max_new_tokens), greedy=greedy)
-    return np.asarray(tokens)[:, :max_new_tokens], np.asarray(done)
+    pad = jnp.int32(cfg.pad_token_id)
+    loop, cross_kv = _start(graphdef, state, ids, mask, pad, jnp.int32(cfg.decoder_start_token_id),
+                            cache_len=bucket(max_new_tokens))
+    args = (rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p), jnp.int32(eos), pad)
+    step = max_new_tokens if stop_check is None else min(check_every, max_new_tokens)
+    stopped = np.zeros(ids.shape[0], bool)
+    while True:
+        loop = _continue(graphdef, state, loop, cross_kv, mask, jnp.int32(step), *args, greedy=greedy)
+        if step >= max_new_tokens or bool(loop["done_B"].all()):
+            break
+        flags = np.asarray(stop_check(np.asarray(loop["tokens_BxS"])[:, :step]), bool)
+        flags &= ~np.asarray(loop["done_B"])
+        if flags.any():
+            stopped |= flags
+            loop = {**loop, "done_B": loop["done_B"] | jnp.asarray(flags)}
+        step = min(step + check_every, max_new_tokens)
+    done = np.asarray(loop["done_B"]) & ~stopped
+    return np.asarray(loop["tokens_BxS"])[:, :max_new_tokens], done
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,6 +172,18 @@ def _cut_at_stop(tokenizer, token_ids: list[int], stop: list[str]):
         if any(s in partial for s in stop):
             return text[: min(hits)], token_ids[:k], True
     return text[: min(hits)], token_ids, True
+
+
+def _stop_check(tokenizer, stop: list[str], eos: int):
+    def check(tokens_BxN):
+        flags = []
+        for row in tokens_BxN.tolist():
+            row = row[: row.index(eos)] if eos in row else row
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            flags.append(any(s in text for s in stop))
+        return np.array(flags, bool)
+
+    return check
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
@@ -188,7 +221,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         mask[len(rows):, 0] = 1
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
         tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, rng=key)
+                                 top_k=top_k, top_p=top_p, rng=key,
+                                 stop_check=_stop_check(tokenizer, stop, eos) if stop else None)
         for r, i in enumerate(rows):
             row = tokens[r].tolist()
             hit_eos = eos in row

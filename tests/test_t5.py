@@ -237,6 +237,24 @@ def test_greedy_generation_matches_hf_generate(pair):
     assert done[0] and done.tolist() == [eos in row for row in ours.tolist()]
 
 
+def test_stop_check_ends_rows_between_chunks(v10):
+    _, _, model = v10
+    ids, mask, _, _ = padded_batch(1)  # the shapes of the greedy test: no new compile
+    full, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1)
+    calls = []
+
+    def stop_row0(tokens):
+        calls.append(tokens.shape[1])
+        return np.array([True, False, False])
+
+    cut, finished = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1,
+                                               stop_check=stop_row0, check_every=4)
+    assert calls == [4, 8] and not finished.any()
+    np.testing.assert_array_equal(cut[0, :4], full[0, :4])
+    assert (cut[0, 4:] == 0).all()
+    np.testing.assert_array_equal(cut[1:], full[1:])
+
+
 def test_cached_decoding_equals_full_recomputation(pair):
     _, _, model = pair
     ids, mask, dec, _ = padded_batch(2)
