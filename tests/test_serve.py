@@ -512,3 +512,53 @@ def test_teacher_client_end_to_end(student, srv, tmp_path, protocol):
         g2 = reference(student, [p2], max_new_tokens=16, stop=["END"])[0]
         assert rec.answer_text == g2.text and rec.finish_reason == g2.finish_reason
         assert rec.endpoint == srv.url and rec.prompt_tokens > 0 and rec.completion_tokens > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overload, configuration and the command line (no decoding).
+
+
+def test_full_queue_is_a_503(student):
+    from ftcot_jax.decode import Generation
+
+    release = threading.Event()
+
+    def slow(model, tok, prompts, **kw):
+        release.wait(30)
+        return [Generation(text="x", token_ids=[5], finish_reason="length") for _ in prompts]
+
+    s = start(student, generate_fn=slow, max_queue=1, batch_window_s=0.0)
+    try:
+        with ThreadPoolExecutor(4) as ex:
+            futs = [ex.submit(raw, s.port, "POST", C, OK_COMPLETION) for _ in range(4)]
+            deadline = time.time() + 30
+            while s.app.stats()["http_5xx"] == 0 and time.time() < deadline:
+                time.sleep(0.05)
+            release.set()
+            statuses = sorted(f.result()[0] for f in futs)
+        # at most one decoding and one queued; the rest refused (503, OpenAI error shape)
+        assert set(statuses) == {200, 503} and statuses.count(200) <= 2, statuses
+        status, parsed, _ = raw(s.port, "POST", C, OK_COMPLETION)
+        assert status == 200 and parsed["choices"][0]["text"] == "x"
+    finally:
+        release.set()
+        stop(s)
+
+
+def test_config_and_cli_errors(student, capsys):
+    from ftcot_jax import cli
+    from ftcot_jax.serve import ServeConfig, default_model_id
+
+    for kw, msg in [(dict(max_batch=0), "--max-batch"), (dict(max_n=0), "--max-n"), (dict(port=70000), "--port"),
+                    (dict(api_key=""), "--api-key"), (dict(max_new_tokens_limit=0), "--max-new-tokens-limit")]:
+        with pytest.raises(ValueError, match=msg):
+            ServeConfig(model_id=MODEL_ID, **kw)
+    with pytest.raises(ValueError, match="context length"):
+        start(student, max_prompt_tokens=256)          # the tiny model has 256 positions
+    assert default_model_id("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    args = cli.build_parser().parse_args(["serve", "ckpt", "--port", "0", "--max-batch", "4"])
+    assert (args.command, args.checkpoint, args.host, args.port, args.max_batch) == ("serve", "ckpt", "127.0.0.1", 0, 4)
+    assert cli.main(["serve", "ckpt", "--max-n", "0"]) == 2
+    assert cli.main(["serve", "ckpt", "--batch-window-ms", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-n must be >= 1" in err and "--batch-window-ms" in err
