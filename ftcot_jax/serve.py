@@ -11,6 +11,7 @@ Validation rules live in serve_schema.py; docs/serve.md is the user-facing descr
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 import os
@@ -141,6 +142,7 @@ class Engine:
         generate_fn = generate_fn or decode.generate
         self._bucket, self._min_new_bucket, self._cut_at_stop = decode.bucket, decode.MIN_NEW_BUCKET, decode.cut_at_stop
         self.model, self.tokenizer = model, tokenizer
+        self._http_tokenizer, self._tok_lock = copy.deepcopy(tokenizer), threading.Lock()
         self.max_batch, self.batch_window_s = max_batch, batch_window_s
         self._generate = generate_fn
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
@@ -150,13 +152,17 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="ftcot-serve-engine", daemon=True)
         self._thread.start()
 
-    # -- tokenizer helpers (called from HTTP threads; HF fast tokenizers are thread-safe for encoding) --
+    # -- tokenizer helpers for the HTTP threads. A fast tokenizer must not be called from two threads at
+    # once (transformers reconfigures the shared Rust object on each call: "RuntimeError: Already
+    # borrowed"), so the HTTP threads share a private copy under a lock; the worker owns the original.
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
+        with self._tok_lock:
+            return len(self._http_tokenizer(text)["input_ids"])
 
     def render_chat(self, messages: list[dict]) -> str:
-        return render_chat(self.tokenizer, messages)
+        with self._tok_lock:
+            return render_chat(self._http_tokenizer, messages)
 
     # -- batching --
 
