@@ -13,7 +13,6 @@ compiles a bounded number of shapes.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -21,37 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
+# module lazily, so there is no cycle).
+from ftcot_jax.decode import MAX_EOS, Generation, cut_at_stop, next_token
+
 MIN_BUCKET = 16
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     """Smallest power of two >= max(n, minimum)."""
     return 1 << (max(int(n), minimum, 1) - 1).bit_length()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sampling (HF semantics: temperature, then top-k, then top-p; top-p keeps the smallest set of most likely
-# tokens whose probability reaches top_p, and always the most likely one).
-
-
-def _filter_logits(logits_BxV, temperature, top_k, top_p):
-    """top_k (0 = off) and top_p are traced scalars, so changing them does not recompile."""
-    logits_BxV = logits_BxV / temperature
-    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    V = sorted_BxV.shape[-1]
-    rank_V = jnp.arange(V)
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-    keep_BxV = ((mass_before_BxV < top_p) & ((top_k <= 0) | (rank_V < top_k))) | (rank_V == 0)
-    # the smallest kept logit is the cut-off; ties with it are kept too (as HF's top-k does)
-    cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
-
-
-def _next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
-    if greedy:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, _filter_logits(logits_BxV, temperature, top_k, top_p)).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -71,7 +49,7 @@ def _start(graphdef, state, input_ids_BxL, mask_BxL, pad_id, start_id, *, cache_
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "greedy"), donate_argnames=("loop",))
-def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, rng, temperature, top_k, top_p, eos_id, pad_id,
+def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, rng, temperature, top_k, top_p, eos_E, pad_id,
               *, greedy: bool):
     """Decode until step `until` or until every row is done. Everything that may change between calls is
     traced; only shapes, the model and greedy-vs-sampling are static. The loop state is donated."""
@@ -85,18 +63,18 @@ def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, rng, temperature
         step = c["step"]
         logits_Bx1xV, cache = model.decode_step(c["last_B"][:, None], step, c["cache"], cross_kv, mask_BxL)
         # fold_in(step): the same key gives the same sample whatever the chunking of the loop
-        next_B = _next_token(logits_Bx1xV[:, 0], jax.random.fold_in(rng, step), temperature, top_k, top_p,
+        next_B = next_token(logits_Bx1xV[:, 0], jax.random.fold_in(rng, step), temperature, top_k, top_p,
                              greedy=greedy)
         next_B = jnp.where(c["done_B"], pad_id, next_B)  # finished rows emit padding, as HF generate does
         tokens_BxS = jax.lax.dynamic_update_slice(c["tokens_BxS"], next_B[:, None], (0, step))
         return {"step": step + 1, "last_B": next_B, "cache": cache, "tokens_BxS": tokens_BxS,
-                "done_B": c["done_B"] | (next_B == eos_id)}
+                "done_B": c["done_B"] | jnp.any(next_B[:, None] == eos_E[None, :], axis=1)}
 
     return jax.lax.while_loop(cond, body, loop)
 
 
 def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id: int | None = None,
+                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id: int | list[int] | None = None,
                  stop_check=None, check_every: int = 32):
     """Token-level generation for one batch. Returns (tokens BxN int32 numpy, finished_B bool numpy):
     N = max_new_tokens; each row holds its tokens up to and including EOS, then pad_token_id.
@@ -122,10 +100,14 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
         rng = jax.random.key(0)  # unused by the greedy path
     graphdef, state = nnx.split(model)
     eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
+    eos = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    if not 1 <= len(eos) <= MAX_EOS:
+        raise ValueError(f"eos_token_id: expected 1 to {MAX_EOS} ids, got {eos}")
     pad = jnp.int32(cfg.pad_token_id)
     loop, cross_kv = _start(graphdef, state, ids, mask, pad, jnp.int32(cfg.decoder_start_token_id),
                             cache_len=bucket(max_new_tokens))
-    args = (rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p), jnp.int32(eos), pad)
+    eos_E = jnp.asarray(eos + [-1] * (MAX_EOS - len(eos)), jnp.int32)  # fixed size: no recompiles
+    args = (rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p), eos_E, pad)
     step = max_new_tokens if stop_check is None else min(check_every, max_new_tokens)
     stopped = np.zeros(ids.shape[0], bool)
     while True:
@@ -146,34 +128,6 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
 # Text level
 
 
-@dataclasses.dataclass(frozen=True)
-class _Generation:  # used only if ftcot_jax.decode (which owns Generation) is not importable
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-
-
-def _generation_cls():
-    try:
-        from ftcot_jax.decode import Generation
-    except ImportError:
-        return _Generation
-    return Generation
-
-
-def _cut_at_stop(tokenizer, token_ids: list[int], stop: list[str]):
-    """(text, token_ids, stopped): text before the first stop string, tokens up to the one completing it."""
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    if not hits:
-        return text, token_ids, False
-    for k in range(1, len(token_ids) + 1):
-        partial = tokenizer.decode(token_ids[:k], skip_special_tokens=True)
-        if any(s in partial for s in stop):
-            return text[: min(hits)], token_ids[:k], True
-    return text[: min(hits)], token_ids, True
-
-
 def _stop_check(tokenizer, stop: list[str], eos: int):
     def check(tokens_BxN):
         flags = []
@@ -188,7 +142,7 @@ def _stop_check(tokenizer, stop: list[str], eos: int):
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
              stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             rng=None, max_input_length: int | None = None) -> list:
+             rng=None, max_input_length: int | None = None) -> list[Generation]:
     """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
     `batch_size` rows, padded to power-of-two batch and input lengths. finish_reason: "stop" (EOS or a
     stop string; the stop string is not part of the text) or "length". token_ids exclude EOS."""
@@ -209,8 +163,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
             enc[i] = [eos]  # an empty prompt still needs one real encoder position
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
     B = min(bucket(batch_size, 1), bucket(len(prompts), 1))
-    Gen = _generation_cls()
-    out: list = [None] * len(prompts)
+    out: list[Generation | None] = [None] * len(prompts)
     for n_batch, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start:start + batch_size]
         L = bucket(max(len(enc[i]) for i in rows))
@@ -227,7 +180,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
             row = tokens[r].tolist()
             hit_eos = eos in row
             row = row[: row.index(eos)] if hit_eos else row
-            text, row, stopped = _cut_at_stop(tokenizer, row, stop) if stop else (
+            text, row, stopped = cut_at_stop(tokenizer, row, stop) if stop else (
                 tokenizer.decode(row, skip_special_tokens=True), row, False)
-            out[i] = Gen(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
+            out[i] = Generation(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
     return out

@@ -374,6 +374,10 @@ def test_text_generate_keeps_order_and_matches_token_level(v10):
         row = row[:row.index(1)] if 1 in row else row
         assert g.token_ids == row and g.text == tok.decode(row)
         assert g.finish_reason == ("stop" if len(row) < 6 else "length")
+    # ftcot_jax.decode dispatches encoder-decoder models here
+    from ftcot_jax import decode
+
+    assert decode.generate(model, tok, prompts, max_new_tokens=6, batch_size=2) == gens
     # a stop string cuts the text and stops there
     first = gens[0]
     stop = first.text[2:4]
@@ -396,13 +400,3 @@ def test_sampling_is_keyed_and_top_k_1_is_greedy(v10):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="PRNG key"):
         decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.0)
-
-
-def test_top_p_filter_keeps_smallest_nucleus():
-    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-    kept = np.isfinite(np.asarray(decode_encdec._filter_logits(logits, 1.0, 0, 0.75)))
-    assert kept.tolist() == [[True, True, False, False]]
-    kept = np.isfinite(np.asarray(decode_encdec._filter_logits(logits, 1.0, 0, 0.85)))
-    assert kept.tolist() == [[True, True, True, False]]
-    kept = np.isfinite(np.asarray(decode_encdec._filter_logits(logits, 1.0, 3, 1.0)))
-    assert kept.tolist() == [[True, True, True, False]]
