@@ -676,7 +676,7 @@ def run_command(args) -> int:
         return 0
     if not args.config:
         raise ValueError("ftcot run needs CONFIG (a YAML file), e.g. configs/quickstart.yaml")
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + list(getattr(args, "set_overrides", []) or [])
     if args.paper_cell:
         overrides = paper_cell(args.paper_cell) + overrides
     if args.run_dir:

@@ -99,6 +99,17 @@ def _student_name(cfg: dict) -> str:
     return f"{(s.get('model_config') or {}).get('model_type', 'model')}-from-scratch"
 
 
+def _method_keys(cfg: dict, where: Path) -> list[str]:
+    from ftcot_jax import config as config_lib
+    from ftcot_jax.pipeline import RunConfig, methods_of
+
+    try:
+        run_cfg = config_lib.from_dict(RunConfig, cfg)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where} is not a valid run config ({e})") from None
+    return (["zero_shot"] if run_cfg.eval.zero_shot else []) + [m.key for m in methods_of(run_cfg)]
+
+
 def read_run(run_dir: str | Path) -> list[Cell]:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -106,10 +117,12 @@ def read_run(run_dir: str | Path) -> list[Cell]:
         raise FileNotFoundError(f"{cfg_path} does not exist; expected a run directory made by `ftcot run`")
     cfg = json.loads(cfg_path.read_text())
     student = _student_name(cfg)
+    keys = _method_keys(cfg, cfg_path)
     cells = []
     for task in cfg.get("tasks", []):
         d = run_dir / "eval" / task
-        for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        # only the methods of the run's current config: results another config left behind are not shown
+        for f in [d / f"{k}.json" for k in keys if (d / f"{k}.json").is_file()]:
             try:
                 r = json.loads(f.read_text())
             except json.JSONDecodeError as e:
