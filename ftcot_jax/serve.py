@@ -23,6 +23,7 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -611,6 +612,29 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (malformed request line, oversized headers, unknown method) in the
+        OpenAI error shape instead of an HTML page."""
+        self.close_connection = True
+        try:
+            err = APIError(code, message or HTTPStatus(code).phrase,
+                           type="server_error" if code >= 500 else "invalid_request_error")
+            with self.app.engine._lock:
+                if code >= 500:
+                    self.app.engine.stats.http_5xx += 1
+                else:
+                    self.app.engine.stats.http_4xx += 1
+            data = json.dumps(err.body()).encode()
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if getattr(self, "command", None) != "HEAD":
+                self.wfile.write(data)
+        except OSError:
+            pass
+
     def do_PUT(self):
         self._guard(lambda: self._other("PUT"))
 
@@ -619,6 +643,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self):
         self._guard(lambda: self._other("PATCH"))
+
+    def do_OPTIONS(self):
+        self._guard(lambda: self._other("OPTIONS"))
 
     def _other(self, method: str):
         self._drain()

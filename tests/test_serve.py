@@ -426,6 +426,15 @@ def test_oversized_and_truncated_bodies(srv):
                   b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
         head = _read_all(s)
     assert head.startswith("HTTP/1.1 411")
+    # garbage instead of HTTP, and a method http.server does not know: JSON errors, not HTML pages
+    for junk in (b"GET /v1/models x HTTP/1.1\r\n\r\n", b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(junk)
+            resp = _read_all(s)
+        head, _, body = resp.partition("\r\n\r\n")
+        assert head.split()[1] in ("400", "501"), resp
+        assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+    assert_openai_error(*raw(srv.port, "OPTIONS", C), 405)
     assert raw(srv.port, "POST", C, OK_COMPLETION)[0] == 200
 
 
