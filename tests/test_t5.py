@@ -6,7 +6,6 @@ HF generate, cached decoding vs full recomputation, HF export round trips, and b
 
 import dataclasses
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -283,14 +282,17 @@ def test_export_round_trip_into_pytorch(pair, tmp_path):
         assert set(missing) <= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
         assert "lm_head.weight" not in tensors
     else:
-        # The untied head must survive the way users load exports: config.json + safetensors.
-        from safetensors.numpy import save_file
+        # The untied head must survive the way users load exports: models.save_hf -> from_pretrained.
+        from ftcot_jax.models import hf_io, save_hf
 
         assert "lm_head.weight" in tensors and not np.array_equal(tensors["lm_head.weight"], tensors["shared.weight"])
-        save_file(tensors, str(tmp_path / "model.safetensors"))
-        (tmp_path / "config.json").write_text(json.dumps(model.config.to_hf_config()))
+        save_hf(model, None, tmp_path)
         fresh = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
         assert fresh.lm_head.weight.data_ptr() != fresh.shared.weight.data_ptr()
+        with pytest.warns(UserWarning, match="no tokenizer files"):
+            loaded, _ = hf_io.load_dir(tmp_path)
+        assert loaded.config == model.config
+        np.testing.assert_array_equal(our_logits(loaded, *batch), our_logits(model, *batch))
     np.testing.assert_allclose(hf_logits(fresh, *batch), our_logits(model, *batch), atol=1e-4, rtol=0)
     # and back: HF names -> our params reproduce the same model
     again = nnx.eval_shape(lambda: t5.Model(model.config))

@@ -417,10 +417,7 @@ class Model(nnx.Module):
 # ----------------------------------------------------------------------------------------------------------
 # HF tensors <-> our params. nn.Linear weights are [out, in]: transpose.
 
-_ATTN = {"self_attn": "SelfAttention", "cross_attn": "EncDecAttention"}
-
-
-def _hf_block_names(stack: str, i: int, decoder: bool, gated: bool) -> dict:
+def _hf_block_names(stack: str, i: int, decoder: bool) -> dict:
     b = f"{stack}.block.{i}.layer."
     ff = f"{b}{2 if decoder else 1}."
     names = {"self_norm": f"{b}0.layer_norm.weight", "self_attn": f"{b}0.SelfAttention.",
@@ -465,7 +462,7 @@ def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
     def stack(name, n, decoder):
         blocks = {}
         for i in range(n):
-            hf = _hf_block_names(name, i, decoder, c.is_gated)
+            hf = _hf_block_names(name, i, decoder)
             blk = {"self_norm": {"scale": t.get(hf["self_norm"], (D,))}, "self_attn": attn(hf["self_attn"]),
                    "ff_norm": {"scale": t.get(hf["ff_norm"], (D,))}, "ff": ff(hf["ff"])}
             if decoder:
@@ -506,7 +503,7 @@ def params_to_hf(model: Model) -> dict[str, np.ndarray]:
         out[f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = g(st.rel_bias)
         out[f"{name}.final_layer_norm.weight"] = g(st.final_norm.scale)
         for i, blk in enumerate(st.blocks):
-            hf = _hf_block_names(name, i, decoder, c.is_gated)
+            hf = _hf_block_names(name, i, decoder)
             for part in ("self_norm", "ff_norm") + (("cross_norm",) if decoder else ()):
                 out[hf[part]] = g(getattr(blk, part).scale)
             for part in ("self_attn",) + (("cross_attn",) if decoder else ()):
