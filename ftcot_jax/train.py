@@ -514,7 +514,7 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
                           "truncated_labels": encoded.truncated_labels, "samples": len(encoded)}, kind="data")
 
     losses: dict[int, float] = {}
-    pending = None  # (step, metrics future, tokens, t_dispatch) of the previous step: fetched after the next dispatch
+    pending = None  # (step, metrics on device, tokens) of the last step: fetched after the next dispatch
     t_last = None
 
     def flush(p):
@@ -542,6 +542,13 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
         return {"epoch": e, "batch": i, "step": step, "steps_per_epoch": steps_per_epoch, "history": history}
 
     resumed_from = latest
+    last_saved = latest
+
+    def save(metrics=None):
+        nonlocal last_saved
+        ckpt.save(step, state, position(epoch, index), metrics=metrics)
+        last_saved = step
+
     try:
         while step < total_steps and epoch < cfg.epochs:
             local = batcher.batch(epoch, index)
@@ -571,14 +578,14 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
                     logger.log(step, {k: v for k, v in summary.items() if k not in ("epoch", "step")}, kind="eval")
                     logger.write(f"epoch {e_done}: accuracy {summary['accuracy']:.4f} (n={summary['n']})")
                     t_last = None  # evaluation time is not training throughput
-                ckpt.save(step, state, position(epoch, index), metrics=metrics)
+                save(metrics)
             elif cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                ckpt.save(step, state, position(epoch, index))
+                save()
         if pending is not None:
             flush(pending)
             pending = None
-            if ckpt.latest_step() != step:
-                ckpt.save(step, state, position(epoch, index))
+        if last_saved != step:  # stopped by max_steps between saves
+            save()
         ckpt.wait()
     finally:
         logger.close()
