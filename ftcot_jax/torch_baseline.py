@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ftcot_jax.compare import (IGNORE, count_generated, hash_arrays, load_batches, peak_rss_mb, pin_threads,
-                               rss_mb, worker_main)
+                               rss_mb, too_slow, worker_main)
 
 
 def to_torch_batch(b: dict[str, np.ndarray], model_type: str, device) -> dict:
@@ -45,7 +45,7 @@ def to_torch_batch(b: dict[str, np.ndarray], model_type: str, device) -> dict:
             "labels": labels}
 
 
-def measure_matmul_flops(torch, device, dtype, n: int = 2048, repeats: int = 5) -> float:
+def measure_matmul_flops(torch, device, dtype, n: int = 1024, repeats: int = 5) -> float:
     a = torch.ones((n, n), dtype=dtype, device=device) * 0.5
     a @ a
     best = float("inf")
@@ -74,6 +74,10 @@ def run(job: dict) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(job["out_dir"])
     base_rss = rss_mb()
+    bf16 = job["precision"] == "bf16"
+    flops = measure_matmul_flops(torch, device, torch.bfloat16 if bf16 else torch.float32)
+    if skip := too_slow(job, flops):
+        return skip
     batches = load_batches(out_dir / "batches.npz")
     init = str(out_dir / "init")
     t0 = time.perf_counter()
@@ -85,7 +89,6 @@ def run(job: dict) -> dict:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=job["lr"])
     fwd = torch.compile(model) if job["mode"] == "compile" else model
-    bf16 = job["precision"] == "bf16"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -108,11 +111,14 @@ def run(job: dict) -> dict:
            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     if device.type == "cuda":
         res["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    res["matmul_flops"] = measure_matmul_flops(torch, device, torch.bfloat16 if bf16 else torch.float32)
+    res["matmul_flops"] = flops
     items = json.loads((out_dir / "eval.json").read_text())
     if items and job.get("eval", True):
         model.eval()
-        res["eval"] = hf_eval(torch, model, tok, items, job, device, bf16)
+        try:
+            res["eval"] = hf_eval(torch, model, tok, items, job, device, bf16)
+        except Exception as e:  # a failed evaluation must not hide the training numbers
+            res["eval_error"] = f"{type(e).__name__}: {e}"[:500]
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
