@@ -52,6 +52,12 @@ class ServeConfig:
         for name in ("max_batch", "max_new_tokens_limit", "max_n", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_prompt_tokens", "max_prompt_chars"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_window_s < 0 or self.request_timeout_s <= 0:
+            raise ValueError(f"batch window ({self.batch_window_s}s) must be >= 0 and the request timeout "
+                             f"({self.request_timeout_s}s) > 0")
         if self.max_batch > MAX_MAX_BATCH:
             raise ValueError(f"--max-batch must be <= {MAX_MAX_BATCH}, got {self.max_batch}")
         if not 0 <= self.port <= 65535:

@@ -257,6 +257,26 @@ def test_50_concurrent_requests_are_batched(student, srv, client):
           f"{batches} batches, largest {after['max_batch_rows']} rows")
 
 
+def test_mixed_max_tokens_and_stops_share_batches(student, srv):
+    """Rows with different max_tokens / stop strings are decoded together and cut per row afterwards:
+    each answer still equals decode.generate for that row's own settings."""
+    prompt = "Question 3: apples"
+    free = reference(student, [prompt], max_new_tokens=16)[0].text
+    assert len(free) >= 6, free
+    cases = [dict(max_tokens=m) for m in (1, 3, 7, 16)] + [dict(max_tokens=16, stop=[free[2:4]]),
+                                                           dict(max_tokens=5, stop=[free[4:6], "zzz"])]
+    want = [reference(student, [prompt], max_new_tokens=c["max_tokens"], stop=c.get("stop"))[0] for c in cases]
+    before = srv.app.stats()
+    with ThreadPoolExecutor(len(cases)) as ex:
+        got = list(ex.map(lambda c: raw(srv.port, "POST", C, _c(prompt=prompt, **c))[1], cases))
+    after = srv.app.stats()
+    for c, w, g in zip(cases, want, got):
+        ch = g["choices"][0]
+        assert (ch["text"], ch["finish_reason"], g["usage"]["completion_tokens"]) == \
+            (w.text, w.finish_reason, len(w.token_ids)), c
+    assert after["batches"] - before["batches"] < len(cases)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Malformed requests: a 4xx in OpenAI's error shape, and the server keeps serving after each.
 
@@ -559,7 +579,8 @@ def test_config_and_cli_errors(student, capsys):
     from ftcot_jax.serve import ServeConfig, default_model_id
 
     for kw, msg in [(dict(max_batch=0), "--max-batch"), (dict(max_n=0), "--max-n"), (dict(port=70000), "--port"),
-                    (dict(api_key=""), "--api-key"), (dict(max_new_tokens_limit=0), "--max-new-tokens-limit")]:
+                    (dict(api_key=""), "--api-key"), (dict(max_new_tokens_limit=0), "--max-new-tokens-limit"),
+                    (dict(max_prompt_chars=0), "--max-prompt-chars"), (dict(batch_window_s=-1), "batch window")]:
         with pytest.raises(ValueError, match=msg):
             ServeConfig(model_id=MODEL_ID, **kw)
     with pytest.raises(ValueError, match="context length"):
