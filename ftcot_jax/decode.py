@@ -71,6 +71,9 @@ def next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
 @functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket", "greedy"))
 def _generate_jit(graphdef, state, ids_BxP, mask_BxP, max_new_tokens, rng, temperature, top_k, top_p, eos_E,
                   pad_id, *, new_bucket: int, greedy: bool):
+    dtype = getattr(nnx.merge(graphdef, state), "dtype", jnp.float32)
+    if dtype != jnp.float32:  # cast weights to the compute dtype once, not in every loop step
+        state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
     model = nnx.merge(graphdef, state)
     B, P = ids_BxP.shape
     S = P + new_bucket

@@ -158,7 +158,7 @@ class Model(nnx.Module):
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
-        shape = (batch, length, self.config.n_head, self.config.head_dim)
+        shape = (batch, self.config.n_head, length, self.config.head_dim)  # B G S K
         dt = dtype or self.dtype
         return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.n_layer)]
 

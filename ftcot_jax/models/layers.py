@@ -62,25 +62,28 @@ def attention_mask_BxTxS(kv_mask_BxS, q_slot_BxT):
     return (kv_mask_BxS[:, None, :] > 0) & (s_S[None, None, :] <= q_slot_BxT[:, :, None])
 
 
-def dot_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, scale: float, dtype):
-    """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32."""
+def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype):
+    """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32.
+    Keys/values are [B, G, S, K] (the cache layout): both dots then read them without a transpose."""
     B, T, H, K = q_BxTxHxK.shape
-    G = k_BxSxGxK.shape[2]
-    q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K).astype(dtype)
-    logits_BxGxRxTxS = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK.astype(dtype),
+    G = k_BxGxSxK.shape[1]
+    q_BxGxRxTxK = q_BxTxHxK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4).astype(dtype)
+    logits_BxGxRxTxS = jnp.einsum("bgrtk,bgsk->bgrts", q_BxGxRxTxK, k_BxGxSxK.astype(dtype),
                                   preferred_element_type=jnp.float32) * scale
     logits_BxGxRxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxGxRxTxS, NEG_INF)
     probs = jax.nn.softmax(logits_BxGxRxTxS, axis=-1).astype(dtype)
-    out_BxTxGxRxK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK.astype(dtype))
-    return out_BxTxGxRxK.reshape(B, T, H, K)
+    out_BxGxRxTxK = jnp.einsum("bgrts,bgsk->bgrtk", probs, v_BxGxSxK.astype(dtype))
+    return out_BxGxRxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
 
 
 def update_cache(cache: dict | None, k_BxTxGxK, v_BxTxGxK, index):
-    """Write this step's keys/values at slot `index` of a fixed-size cache; return (k, v, new cache)."""
+    """Keys/values as [B, G, S, K]; with a fixed-size cache, this step's are written at slot `index`.
+    Returns (k, v, new cache)."""
+    k_BxGxTxK, v_BxGxTxK = k_BxTxGxK.transpose(0, 2, 1, 3), v_BxTxGxK.transpose(0, 2, 1, 3)
     if cache is None:
-        return k_BxTxGxK, v_BxTxGxK, None
-    k = jax.lax.dynamic_update_slice(cache["k"], k_BxTxGxK.astype(cache["k"].dtype), (0, index, 0, 0))
-    v = jax.lax.dynamic_update_slice(cache["v"], v_BxTxGxK.astype(cache["v"].dtype), (0, index, 0, 0))
+        return k_BxGxTxK, v_BxGxTxK, None
+    k = jax.lax.dynamic_update_slice(cache["k"], k_BxGxTxK.astype(cache["k"].dtype), (0, 0, index, 0))
+    v = jax.lax.dynamic_update_slice(cache["v"], v_BxGxTxK.astype(cache["v"].dtype), (0, 0, index, 0))
     return k, v, {"k": k, "v": v}
 
 

@@ -240,7 +240,7 @@ class Model(nnx.Module):
         self.inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))  # static, not a parameter
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
-        shape = (batch, length, self.config.num_key_value_heads, self.config.head_dim)
+        shape = (batch, self.config.num_key_value_heads, length, self.config.head_dim)  # B G S K
         dt = dtype or self.dtype
         return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.num_hidden_layers)]
 
