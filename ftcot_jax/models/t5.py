@@ -100,6 +100,8 @@ class Config:
         kw = {k: hf[k] for k in names if hf.get(k) is not None}
         for k in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
             if isinstance(kw.get(k), list):  # HF allows a list of eos ids; T5 checkpoints use one
+                if len(kw[k]) > 1:
+                    warnings.warn(f"t5 config: {k}={kw[k]}; using the first id ({kw[k][0]})", stacklevel=2)
                 kw[k] = kw[k][0]
         tie = bool(hf.get("tie_word_embeddings", True))
         if "scale_decoder_outputs" in hf:
@@ -120,7 +122,7 @@ class Config:
     def to_hf_config(self) -> dict:
         d = dataclasses.asdict(self)
         arch = "MT5ForConditionalGeneration" if self.model_type == "mt5" else "T5ForConditionalGeneration"
-        return {**d, "architectures": [arch], "is_encoder_decoder": True, "num_heads": self.num_heads,
+        return {**d, "architectures": [arch], "is_encoder_decoder": True,
                 "dense_act_fn": self.activation, "is_gated_act": self.is_gated}
 
 
