@@ -36,10 +36,18 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
 # The jitted loop
 
 
+def _compute_model(graphdef, state):
+    """The model with its weights cast to the compute dtype once, outside the loop (not in every step)."""
+    dtype = getattr(nnx.merge(graphdef, state), "dtype", jnp.float32)
+    if dtype != jnp.float32:
+        state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+    return nnx.merge(graphdef, state)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
 def _start(graphdef, state, input_ids_BxL, mask_BxL, pad_id, start_id, *, cache_len: int):
     """Encoder and cross-attention keys/values, once per batch; an empty decoder cache of cache_len slots."""
-    model = nnx.merge(graphdef, state)
+    model = _compute_model(graphdef, state)
     B = input_ids_BxL.shape[0]
     cross_kv = model.cross_kv(model.encode(input_ids_BxL, mask_BxL))
     loop = {"step": jnp.int32(0), "last_B": jnp.full((B,), start_id, jnp.int32),
@@ -53,7 +61,7 @@ def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, rng, temperature
               *, greedy: bool):
     """Decode until step `until` or until every row is done. Everything that may change between calls is
     traced; only shapes, the model and greedy-vs-sampling are static. The loop state is donated."""
-    model = nnx.merge(graphdef, state)
+    model = _compute_model(graphdef, state)
     until = jnp.minimum(until, loop["tokens_BxS"].shape[1])
 
     def cond(c):

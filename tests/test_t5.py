@@ -139,6 +139,10 @@ def test_unequal_depths_and_bf16_compute():
     assert m16.shared[...].dtype == jnp.float32
     out16 = our_logits(m16, *batch)
     assert out16.dtype == np.float32 and np.abs(out16 - ref).max() <= 0.05 * np.abs(ref).max()
+    # bf16 generation (weights cast once inside the jitted loop) starts like fp32 generation
+    # (decoder inputs start with the start token, so HF's first-position argmax is the first greedy token)
+    gen16, _ = decode_encdec.generate_ids(m16, batch[0], batch[1], max_new_tokens=4)
+    np.testing.assert_array_equal(gen16[:, 0], ref[:, 0].argmax(-1))
 
 
 def test_mt5_logits_match_hf():
