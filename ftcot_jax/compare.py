@@ -551,6 +551,10 @@ def run_compare(spec: CompareSpec, *, samples=None, eval_examples=None, log=prin
             log(f"  {name}: {res['tokens_per_s']:.0f} tok/s, step {res['step_time_s']:.3f}s, "
                 f"final loss {res['losses'][-1]:.4f}, wall {res['wall_s']:.0f}s")
         runs.append(res)
+        try:  # a partial report after every run: a long comparison stopped early still leaves its numbers
+            write_report(out, summarize(spec, manifest, runs))
+        except Exception as e:  # noqa: BLE001 (the final summary below raises if it is really broken)
+            log(f"  (partial report not written: {type(e).__name__}: {e})")
     report = summarize(spec, manifest, runs)
     write_report(out, report)
     log(report["table"])
