@@ -111,7 +111,7 @@ class CharTokenizer:
 def test_generate_text_stop_strings_order_and_bounded_compiles():
     model = models.from_config(dict(TINY_GPT2, vocab_size=30), seed=0)
     tok = CharTokenizer()
-    prompts = ["hello world", "a", "the quick brown fox", "abc"]
+    prompts = ["hello world", "a", "the quick fox", "abc"]  # all in the 16-token prompt bucket
     gens = decode.generate(model, tok, prompts, max_new_tokens=10, batch_size=2)
     for p, g in zip(prompts, gens):  # order kept: each equals a single-prompt run
         single = decode.generate(model, tok, [p], max_new_tokens=10, batch_size=1)[0]
@@ -125,3 +125,19 @@ def test_generate_text_stop_strings_order_and_bounded_compiles():
     n = decode._generate_jit._cache_size()
     decode.generate(model, tok, ["xy", "hello there"], max_new_tokens=9, batch_size=2)  # same buckets
     assert decode._generate_jit._cache_size() == n
+
+
+def test_generate_under_a_mesh_with_sharded_params():
+    from flax import nnx
+
+    from ftcot_jax.models import sharding
+
+    model = models.from_config(TINY_LLAMA, seed=4)
+    ids, mask = padded_batch(TINY_LLAMA["vocab_size"], lengths=(5, 3, 2, 4), seed=3)
+    want, _ = decode.generate_ids(model, ids, mask, max_new_tokens=6, eos_token_id=[])
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    graphdef, state = nnx.split(model)
+    sharded = nnx.merge(graphdef, jax.device_put(state, sharding.logical_to_sharding(state, mesh)))
+    with jax.set_mesh(mesh):
+        got, _ = decode.generate_ids(sharded, ids, mask, max_new_tokens=6, eos_token_id=[])
+    np.testing.assert_array_equal(got, want)
