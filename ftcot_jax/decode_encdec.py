@@ -45,14 +45,15 @@ def _compute_model(graphdef, state):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
-def _start(graphdef, state, input_ids_BxL, mask_BxL, pad_id, start_id, *, cache_len: int):
-    """Encoder and cross-attention keys/values, once per batch; an empty decoder cache of cache_len slots."""
+def _start(graphdef, state, input_ids_BxL, mask_BxL, empty_B, pad_id, start_id, *, cache_len: int):
+    """Encoder and cross-attention keys/values, once per batch; an empty decoder cache of cache_len slots.
+    Empty rows (batch filler) start out done so they never hold the loop open."""
     model = _compute_model(graphdef, state)
     B = input_ids_BxL.shape[0]
     cross_kv = model.cross_kv(model.encode(input_ids_BxL, mask_BxL))
     loop = {"step": jnp.int32(0), "last_B": jnp.full((B,), start_id, jnp.int32),
             "cache": model.init_cache(B, cache_len), "tokens_BxS": jnp.full((B, cache_len), pad_id, jnp.int32),
-            "done_B": jnp.zeros((B,), bool)}
+            "done_B": empty_B}
     return loop, cross_kv
 
 
@@ -89,6 +90,8 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
 
     `stop_check(tokens_BxN so far) -> bool_B` (e.g. a stop-string test) is called every `check_every`
     steps; rows it flags stop there (finished_B stays False for them: they did not emit EOS).
+    Rows whose attention mask is all zero are batch filler: they produce only padding and don't keep the
+    loop running.
     The batch and input length are used as given; `generate` does the bucketing."""
     cfg = model.config
     if not getattr(cfg, "is_encoder_decoder", False):
@@ -100,7 +103,12 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
         raise ValueError(f"bad sampling options: temperature={temperature} (>= 0), top_k={top_k} (>= 0), "
                          f"top_p={top_p} (in (0, 1])")
     ids = jnp.asarray(input_ids_BxL, jnp.int32)
-    mask = jnp.ones_like(ids) if attention_mask_BxL is None else jnp.asarray(attention_mask_BxL, jnp.int32)
+    mask = np.ones(ids.shape, np.int32) if attention_mask_BxL is None else np.array(attention_mask_BxL, np.int32)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    empty = mask.sum(1) == 0
+    mask[empty, 0] = 1  # one real position keeps the filler rows' attention well defined
+    mask = jnp.asarray(mask)
     greedy = temperature == 0.0
     if rng is None:
         if not greedy:
@@ -112,12 +120,12 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
     if not 1 <= len(eos) <= MAX_EOS:
         raise ValueError(f"eos_token_id: expected 1 to {MAX_EOS} ids, got {eos}")
     pad = jnp.int32(cfg.pad_token_id)
-    loop, cross_kv = _start(graphdef, state, ids, mask, pad, jnp.int32(cfg.decoder_start_token_id),
-                            cache_len=bucket(max_new_tokens))
+    loop, cross_kv = _start(graphdef, state, ids, mask, jnp.asarray(empty), pad,
+                            jnp.int32(cfg.decoder_start_token_id), cache_len=bucket(max_new_tokens))
     eos_E = jnp.asarray(eos + [-1] * (MAX_EOS - len(eos)), jnp.int32)  # fixed size: no recompiles
     args = (rng, jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p), eos_E, pad)
     step = max_new_tokens if stop_check is None else min(check_every, max_new_tokens)
-    stopped = np.zeros(ids.shape[0], bool)
+    stopped = empty.copy()
     while True:
         loop = _continue(graphdef, state, loop, cross_kv, mask, jnp.int32(step), *args, greedy=greedy)
         if step >= max_new_tokens or bool(loop["done_B"].all()):
@@ -177,9 +185,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         L = bucket(max(len(enc[i]) for i in rows))
         ids = np.full((B, L), pad, np.int32)
         mask = np.zeros((B, L), np.int32)
-        for r, i in enumerate(rows):  # T5 is trained with right padding; filler rows get one real token
+        for r, i in enumerate(rows):  # T5 is trained with right padding; filler rows keep an all-zero mask
             ids[r, :len(enc[i])], mask[r, :len(enc[i])] = enc[i], 1
-        mask[len(rows):, 0] = 1
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
         tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, rng=key,

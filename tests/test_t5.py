@@ -258,6 +258,23 @@ def test_stop_check_ends_rows_between_chunks(v10):
     np.testing.assert_array_equal(cut[1:], full[1:])
 
 
+def test_filler_rows_do_not_hold_the_loop_open(v10):
+    _, _, model = v10
+    ids, mask, _, _ = padded_batch(1)
+    mask[1:] = 0  # rows 1, 2: batch filler
+    first, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1)
+    calls = []
+
+    def never(tokens):
+        calls.append(tokens.shape[1])
+        return np.zeros(3, bool)
+
+    out, finished = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=int(first[0, 0]),
+                                               stop_check=never, check_every=2)
+    assert calls == [] and finished.tolist() == [True, False, False]  # row 0 hit EOS at step 1: loop over
+    assert (first[1:] == 0).all() and out[0, 0] == first[0, 0] and (out[:, 1:] == 0).all()
+
+
 def test_cached_decoding_equals_full_recomputation(pair):
     _, _, model = pair
     ids, mask, dec, _ = padded_batch(2)
@@ -374,7 +391,7 @@ def test_text_generate_keeps_order_and_matches_token_level(v10):
         ids = np.zeros((2, 16), np.int32)
         mask = np.zeros((2, 16), np.int32)
         enc = tok(p)["input_ids"]
-        ids[0, :len(enc)], mask[0, :len(enc)], mask[1, 0] = enc, 1, 1
+        ids[0, :len(enc)], mask[0, :len(enc)] = enc, 1  # row 1: filler
         ref, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=6)
         row = ref[0].tolist()
         row = row[:row.index(1)] if 1 in row else row
