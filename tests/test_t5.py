@@ -355,6 +355,8 @@ def test_config_from_and_to_hf():
         t5.Config.from_hf_config({"model_type": "umt5"})
     with pytest.raises(ValueError, match="feed_forward_proj 'gated-swish'"):
         t5.Config.from_hf_config({"model_type": "t5", "feed_forward_proj": "gated-swish"})
+    with pytest.raises(ValueError, match="float16"):
+        nnx.eval_shape(lambda: t5.Model(v10, dtype=jnp.float16))
     with pytest.raises(ValueError, match="decoder_input_ids_BxT"):
         nnx.eval_shape(lambda: t5.Model(t5.Config(vocab_size=V, d_model=8, d_kv=2, d_ff=8, num_layers=1,
                                                   num_heads=2)))(jnp.ones((1, 3), jnp.int32))

@@ -302,6 +302,8 @@ class Model(nnx.Module):
 
     def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
+        if jnp.dtype(dtype) == jnp.float16:  # T5 activations overflow fp16 (t5 #539, transformers #10956)
+            raise ValueError("t5: dtype float16 is not supported (T5 overflows in fp16); use bfloat16 or float32")
         cfg = self.config = config
         self.dtype = dtype
         self.shared = param(rngs, normal_init(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
