@@ -31,6 +31,11 @@ class Checkpoints:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        # orbax deletes leftover temp dirs in a background future (awaited before its next save); wait
+        # now so that a reopened run directory never shows a half-written step, even before a save.
+        wait_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait_cleanup is not None:
+            wait_cleanup()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
