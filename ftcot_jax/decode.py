@@ -7,8 +7,8 @@ Layout of one batch (B rows, prompt bucket P, generation bucket N, cache S = P +
            pad pad p p p  | g g g g ...          kv_mask_BxS: 1 where a real token sits
 
 Prompts are left-padded so every row's next token goes to the same slot; position ids skip padding
-(cumsum of the mask), as HF generate does. Batch, prompt and generation lengths are rounded up to powers of
-two, and everything else (max_new_tokens, temperature, top-k, top-p, EOS ids) is a traced value, so a run
+(cumsum of the mask), as HF generate does. Batch and generation lengths are rounded up to powers of two,
+prompt lengths to `prompt_bucket` (multiples of 16, then 4 per octave), and everything else (max_new_tokens, temperature, top-k, top-p, EOS ids) is a traced value, so a run
 compiles a bounded number of shapes. Params are passed to the jitted function as arguments (nnx.split),
 never closed over. The cache is allocated once per call inside the jitted function and updated in place
 by the loop.
@@ -42,6 +42,15 @@ class Generation:
 def bucket(n: int, minimum: int = 1) -> int:
     """Smallest power of two >= max(n, minimum)."""
     return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
+
+
+def prompt_bucket(n: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
+    """Prompt-length bucket: multiples of 16 up to 128, then 4 buckets per power of two (<= 25% padding).
+    Prefill cost grows with the padded length, so this is finer than powers of two, yet a run still
+    compiles O(log max_length) prompt shapes."""
+    n = max(int(n), int(minimum), 1)
+    step = 16 if n <= 128 else 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -186,7 +195,7 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
                          f"model's {limit} positions")
     pad = _pad_id(model) if pad_token_id is None else int(pad_token_id)
     eos = _eos_ids(model, eos_token_id=eos_token_id)
-    ids, mask = left_align(ids, mask, pad, bucket(lengths.max(), MIN_PROMPT_BUCKET))
+    ids, mask = left_align(ids, mask, pad, prompt_bucket(lengths.max()))
     greedy = temperature == 0.0
     graphdef, state = nnx.split(model)
     tokens, done = _generate_jit(

@@ -141,3 +141,17 @@ def test_generate_under_a_mesh_with_sharded_params():
     with jax.set_mesh(mesh):
         got, _ = decode.generate_ids(sharded, ids, mask, max_new_tokens=6, eos_token_id=[])
     np.testing.assert_array_equal(got, want)
+
+
+def test_encoder_decoder_models_dispatch_to_the_t5_path():
+    pytest.importorskip("ftcot_jax.models.t5")
+    from ftcot_jax import decode_encdec
+
+    cfg = dict(model_type="t5", vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+               num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
+               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
+    model = models.from_config(cfg, seed=0)
+    ids, mask = np.array([[5, 6, 7, 1]]), np.array([[1, 1, 1, 1]])
+    got = decode.generate_ids(model, ids, mask, max_new_tokens=4)
+    want = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=4)
+    np.testing.assert_array_equal(got[0], want[0])

@@ -84,3 +84,17 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         hf_io.load_dir(tmp_path)
+
+
+def test_cli_generate_and_export(tmp_path, capsys):
+    from ftcot_jax.cli import main
+
+    tm = torch_model(TINY_GPT2)
+    tm.save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    assert main(["generate", str(tmp_path / "src"), "hello world", "world", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("### ") == 2 and "tokens]" in out
+    assert main(["export-hf", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    assert main(["generate", str(tmp_path / "nope"), "x"]) == 2

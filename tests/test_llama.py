@@ -15,7 +15,11 @@ LINEAR_BIASED = dict(TINY_LLAMA, rope_scaling={"rope_type": "linear", "factor": 
                      head_dim=16)
 
 
-@pytest.mark.parametrize("hf_config", [TINY_LLAMA, TINY_QWEN2, LINEAR_BIASED], ids=["llama3", "qwen2", "linear"])
+MISTRAL = dict(TINY_LLAMA, model_type="mistral", sliding_window=None, rope_scaling=None, tie_word_embeddings=False)
+
+
+@pytest.mark.parametrize("hf_config", [TINY_LLAMA, TINY_QWEN2, LINEAR_BIASED, MISTRAL],
+                         ids=["llama3", "qwen2", "linear", "mistral"])
 def test_logits_match_torch_on_left_padded_batch(hf_config):
     tm = torch_model(hf_config)
     ours = ours_from_torch(tm, hf_config)

@@ -157,6 +157,8 @@ def load(name_or_path: str, *, dtype=jnp.float32, revision: str | None = None):
         return load_dir(name, dtype=dtype)
     if os.path.exists(name):
         raise ValueError(f"{name}: expected an HF model directory or a .gguf file")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not an "org/name" hub id
+        raise FileNotFoundError(f"{name}: no such model directory")
     return load_dir(_download(name, revision), dtype=dtype)
 
 
