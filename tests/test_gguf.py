@@ -3,7 +3,6 @@ torch source; SmolLM2-135M-Instruct matches transformers' own GGUF loader (logit
 
 import importlib.util
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

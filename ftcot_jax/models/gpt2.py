@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, LayerNorm, default_positions, dot_attention, normal_init, param,
-                                     prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, normal_init, param, prepare_inputs,
+                                     update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("gpt2",)

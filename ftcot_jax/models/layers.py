@@ -144,7 +144,3 @@ class HFTensors:
             more = f" (+{len(unused) - 5} more)" if len(unused) > 5 else ""
             warnings.warn(f"{self.family}: {len(unused)} checkpoint tensors were not used: "
                           f"{', '.join(unused[:5])}{more}", stacklevel=3)
-
-
-def to_jnp_tree(tree):
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
