@@ -36,7 +36,11 @@ def test_kill_during_training_then_resume(setup):
     root, tok, samples, e, ref = setup
     run_dir = root / "killed"
     cfg = write_config(root / "killed.yaml", run_dir, tok, samples, **COMMON)
-    proc = subprocess.Popen(train_cmd(cfg), env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A short pause per step keeps the run going long enough for this (possibly starved) poller.
+    slow = ("import time, ftcot_jax.train as T\n_run = T.Setup.run_step\n"
+            "T.Setup.run_step = lambda self, s, b: (time.sleep(0.1), _run(self, s, b))[1]")
+    proc = subprocess.Popen(train_cmd(cfg, prelude=slow), env=e, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 600
     killed_at = None

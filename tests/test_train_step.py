@@ -63,6 +63,7 @@ def _max_diff(a, b):
                zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_same_loss_and_params_on_every_mesh(tok, encoded):
     p0_ref, p1_ref, m_ref, _ = _run(_cfg((1, 1, 1)), tok, encoded)
     assert _max_diff(p0_ref, p1_ref) > 1e-4  # the step really moved the params
@@ -135,6 +136,7 @@ def _t5_cfg(mesh, **kw):
     return from_dict(TrainConfig, dict(run_dir="unused", from_scratch=True, model_config=t5, mesh=m, **kw))
 
 
+@pytest.mark.slow
 def test_encoder_decoder_step_and_loss(tok):
     samples = last_letter_samples(8, seed=3, method="ft_cot")
     enc = data_lib.encode_samples(samples, tok, model_type="encoder_decoder", max_length=128)
