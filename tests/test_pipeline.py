@@ -83,7 +83,10 @@ T = "last_letter_concatenation"
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     path = tiny_config(tmp, tmp / "run_a")
-    return tmp, path, run(path)
+    res = run(path)
+    # a snapshot: later tests rerun this run dir with other configs
+    res.evals = {m: json.loads((res.run_dir / "eval" / T / f"{m}.json").read_text()) for m in ("zero_shot", "ft", "ft_cot")}
+    return tmp, path, res
 
 
 def _table_rows(table: str, which: str) -> dict[str, list[str]]:
@@ -143,10 +146,10 @@ def test_rerun_skips_and_train_key_change_reruns_train_only(first_run):
     again = run(path)
     assert ran(again) == {"report"}
     assert again.table == first.table
-    changed = run(path, "train.optim.lr=1e-3")
-    assert ran(changed) == {f"train/{T}/ft", f"train/{T}/ft_cot", f"evaluate/{T}/ft", f"evaluate/{T}/ft_cot",
-                            "report"}
-    assert {f"teach/{T}/greedy", f"curate/{T}/ft", f"curate/{T}/ft_cot", f"evaluate/{T}/zero_shot"} <= skipped(changed)
+    # (Fine-tune-CoT only, to keep the test short: the ft stages are simply not part of this config)
+    changed = run(path, "train.optim.lr=1e-3", "curate.methods=[ft_cot]")
+    assert ran(changed) == {f"train/{T}/ft_cot", f"evaluate/{T}/ft_cot", "report"}
+    assert {f"teach/{T}/greedy", f"curate/{T}/ft_cot", f"evaluate/{T}/zero_shot"} == skipped(changed)
     assert json.loads((changed.run_dir / "config.json").read_text())["train"]["optim"]["lr"] == 1e-3
 
 
@@ -177,7 +180,7 @@ def test_interrupted_training_resumes_to_the_same_result(first_run):
     for which in ("best", "last"):
         assert rows(res, which) == rows(first, which)
     for method in ("ft_cot", "zero_shot"):
-        a = json.loads((first.run_dir / "eval" / T / f"{method}.json").read_text())
+        a = first.evals[method]
         b = json.loads((res.run_dir / "eval" / T / f"{method}.json").read_text())
         assert a["history"] == b["history"] and a["best_over_epochs"] == b["best_over_epochs"]
     # the report shows only the methods of the current config
