@@ -242,6 +242,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = sorted({c.task for c in cells}, key=lambda t: list(TASK_COLUMNS).index(t))
@@ -269,6 +270,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
                 ax.plot([h["epoch"] + 1 for h in c.history], [100 * h["accuracy"] for h in c.history], marker="o",
                         label=name(c, multi))
         ax.set_title(TASK_COLUMNS[t])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
