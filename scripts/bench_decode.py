@@ -95,7 +95,9 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (best is reported)")
     ap.add_argument("--quick", action="store_true", help="batch 1 and 8, 32 new tokens, 1 timed run")
-    ap.add_argument("--torch-threads", type=int, default=0, help="0 = torch default")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="0 = torch default (all cores). On a shared, oversubscribed machine torch's spinning "
+                         "OpenMP threads slow HF down ~10x; --torch-threads 1 gives the fairer baseline there.")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args(argv)
@@ -146,7 +148,13 @@ def main(argv=None):
               f"{r['ours']['compile_s']:>10.1f} {hf.get('tokens_per_s', float('nan')):>10.1f} "
               f"{r.get('speedup', float('nan')):>8.2f} {r.get('greedy_token_agreement', float('nan')):>6.2f}")
     if args.out:
+        torch_threads = None
+        if tm is not None:
+            import torch
+
+            torch_threads = torch.get_num_threads()
         meta = {"model": args.model, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                "torch_threads": torch_threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                 "platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
                 "load_s": load_s, "load_avg": os.getloadavg()}
         with open(args.out, "w") as f:
