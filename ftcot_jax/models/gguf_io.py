@@ -129,11 +129,11 @@ def load_tokenizer(path):
 def cache_dir_for(path) -> Path:
     """Where the converted (HF-format) copy of a GGUF is kept: keyed by absolute path, size and mtime.
     Converting (metadata parse, dequantization, tokenizer build) takes tens of seconds; loading the copy
-    takes a couple. Override the root with $FTCOT_CACHE_DIR."""
+    takes a couple. Override the root with $FTCOT_CACHE."""
     path = Path(path).resolve()
     st = path.stat()
     key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}|v{CONVERTER_VERSION}".encode()).hexdigest()[:12]
-    root = Path(os.environ.get("FTCOT_CACHE_DIR", Path.home() / ".cache" / "ftcot_jax"))
+    root = Path(os.environ.get("FTCOT_CACHE") or (Path.home() / ".cache" / "ftcot_jax"))
     return root / "gguf" / f"{path.stem}-{key}"
 
 
