@@ -237,6 +237,15 @@ def _loss_curve(train_dir: Path | None) -> tuple[list[int], list[float]]:
     return steps, [by_step[s] for s in steps]
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -275,11 +284,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = out_dir / "accuracy_per_epoch.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    written.append(p)
+    written.append(_save(fig, out_dir / "accuracy_per_epoch.png"))
     # loss curves
     fig, axes = grid(len(tasks))
     for ax, t in zip(axes, tasks):
@@ -293,11 +298,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = out_dir / "loss.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    written.append(p)
+    written.append(_save(fig, out_dir / "loss.png"))
     # accuracy vs number of diverse rationales D
     d_tasks = [t for t in tasks if any(c.kind == "diverse" for c in cells if c.task == t)]
     if d_tasks:
@@ -319,11 +320,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
             ax.set_ylabel("best test accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = out_dir / "accuracy_vs_d.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(fig, out_dir / "accuracy_vs_d.png"))
     return written
 
 

@@ -24,14 +24,18 @@ class TaskDataError(ValueError):
 # --- reading files with one-line errors -------------------------------------
 
 
-def read_json(path: Path, task: str, expected: str) -> Any:
-    """json.load with a one-line error naming the task, the file and what it should have held."""
+def _read_text(path: Path, task: str, expected: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TaskDataError(f"task '{task}': data file {path} is missing; expected {expected}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TaskDataError(f"task '{task}': cannot read {path} ({e}); expected {expected}") from None
+
+
+def read_json(path: Path, task: str, expected: str) -> Any:
+    """json.load with a one-line error naming the task, the file and what it should have held."""
+    text = _read_text(path, task, expected)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -43,12 +47,7 @@ def read_json(path: Path, task: str, expected: str) -> Any:
 
 def read_jsonl(path: Path, task: str, expected: str) -> list[Any]:
     """JSON-lines reader (one object per non-empty line) with one-line errors naming the bad line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskDataError(f"task '{task}': data file {path} is missing; expected {expected}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskDataError(f"task '{task}': cannot read {path} ({e}); expected {expected}") from None
+    text = _read_text(path, task, expected)
     rows = []
     # split("\n"), not splitlines(): JSON strings may hold raw U+2028 / U+0085, which splitlines() breaks on.
     for lineno, line in enumerate(text.split("\n"), 1):
