@@ -126,6 +126,9 @@ class TrainConfig:
     bucket: int = 64                 # sequence lengths are padded up to a multiple of this
     precision: str = "fp32"          # fp32 | bf16 (bf16 compute; fp32 params, optimizer, logits, loss)
     dropout: bool = True             # the model's own dropout in training (reference: train mode; T5 has it)
+    # Decoder students: the LM head runs only on label tokens, this many at a time (ftcot_jax/head_loss.py);
+    # 0 = full [B, L, V] logits as the reference computes them. Same loss either way.
+    head_chunk: int = 256
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -147,7 +150,7 @@ class TrainConfig:
                      "eval_max_new_tokens", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every_epochs", "eval_limit", "checkpoint_every_steps", "keep_best"):
+        for name in ("head_chunk", "max_steps", "eval_every_epochs", "eval_limit", "checkpoint_every_steps", "keep_best"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:

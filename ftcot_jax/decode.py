@@ -44,6 +44,13 @@ def bucket(n: int, minimum: int = 1) -> int:
     return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
 
 
+def batch_bucket(n: int) -> int:
+    """Rows per compiled batch: powers of two up to 8, then multiples of 8 (a batch of 50 runs 56 rows, not
+    64). A run compiles at most two batch shapes: full batches and the last one."""
+    n = max(int(n), 1)
+    return bucket(n) if n <= 8 else -(-n // 8) * 8
+
+
 def prompt_bucket(n: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
     """Prompt-length bucket: multiples of 16 up to 128, then 4 buckets per power of two (<= 25% padding).
     Prefill cost grows with the padded length, so this is finer than powers of two, yet a run still
@@ -225,7 +232,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
              stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              rng=None) -> list[Generation]:
     """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
-    `batch_size` rows (batch padded to a power of two). finish_reason: "stop" (EOS or a stop string; the
+    `batch_size` rows (batch padded by `batch_bucket`). finish_reason: "stop" (EOS or a stop string; the
     stop string is not part of the text) or "length"."""
     if getattr(model.config, "is_encoder_decoder", False):
         from ftcot_jax import decode_encdec
@@ -248,7 +255,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         if not e:
             raise ValueError(f"prompt {i} encodes to no tokens; a decoder needs at least one prompt token")
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-    B = min(bucket(batch_size), bucket(len(prompts)))
+    B = batch_bucket(min(batch_size, len(prompts)))
     out: list[Generation | None] = [None] * len(prompts)
     for n_batch, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start:start + batch_size]

@@ -22,7 +22,7 @@ from flax import nnx
 
 # Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
 # module lazily, so there is no cycle).
-from ftcot_jax.decode import MAX_EOS, Generation, cut_at_stop, next_token
+from ftcot_jax.decode import MAX_EOS, Generation, batch_bucket, cut_at_stop, next_token
 
 MIN_BUCKET = 16
 
@@ -178,7 +178,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         if not e:
             enc[i] = [eos]  # an empty prompt still needs one real encoder position
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-    B = min(bucket(batch_size, 1), bucket(len(prompts), 1))
+    B = batch_bucket(min(batch_size, len(prompts)))
     out: list[Generation | None] = [None] * len(prompts)
     for n_batch, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start:start + batch_size]

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ftcot_jax import data as data_lib
+from ftcot_jax import head_loss
 from ftcot_jax.checkpoint import Checkpoints, abstract_like
 from ftcot_jax.config import TrainConfig, save_config, to_dict
 from ftcot_jax.metrics import MetricsLogger, mfu, peak_flops_per_device
@@ -230,16 +231,30 @@ def _accepts(fn, name: str) -> bool:
         return False
 
 
-def make_loss_fn(student: Student, use_dropout: bool):
+def _batch_shards() -> int:
+    """Data-parallel shards of the current mesh (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+
+
+def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
     graphdef = student.graphdef
     decoder = student.model_type == "decoder"
     family_model = student.family.Model
     dropout = use_dropout and _accepts(family_model.__call__, "dropout_rng")
+    label_head = decoder and head_chunk > 0 and hasattr(family_model, "head_VxD") and not dropout
 
     def loss_fn(params, mb, rng):
         """(sum of token cross-entropies over label tokens, number of label tokens), both fp32."""
         model = nnx.merge(graphdef, params)
         extra = {"dropout_rng": rng} if dropout else {}
+        if label_head:  # the head only where the loss is (head_loss.py); same value as the full logits
+            x_BxLxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
+                                        positions_BxL=mb["positions"])
+            return head_loss.label_cross_entropy(x_BxLxD, model.head_VxD(), mb["targets"], mb["loss_mask"],
+                                                 groups=_batch_shards(), chunk=head_chunk)
         if decoder:
             logits_BxLxV = model(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
                                  positions_BxL=mb["positions"], **extra)
@@ -254,9 +269,9 @@ def make_loss_fn(student: Student, use_dropout: bool):
     return loss_fn
 
 
-def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shardings=None):
+def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shardings=None, head_chunk: int = 0):
     """step(state, batch) -> (state, metrics). batch arrays are (accum, micro, length)."""
-    loss_fn = make_loss_fn(student, use_dropout)
+    loss_fn = make_loss_fn(student, use_dropout, head_chunk)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state, batch):
@@ -346,7 +361,8 @@ def setup(cfg: TrainConfig, *, student: Student | None = None, model=None, token
     state_sh = dict(params=p_sh, opt_state=opt_state_shardings(tx, student.abstract_params, p_sh, mesh),
                     step=rep, rng=rep)
     b_sh = batch_sharding(mesh)
-    step = make_train_step(student, tx, schedule, use_dropout=cfg.dropout, p_shardings=p_sh)
+    step = make_train_step(student, tx, schedule, use_dropout=cfg.dropout, p_shardings=p_sh,
+                           head_chunk=cfg.head_chunk)
     step_fn = jax.jit(step, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
     return Setup(cfg, mesh, student, tx, schedule, state_sh, b_sh, step_fn)
 

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, normal_init, param, prepare_inputs,
-                                     update_cache, zeros_init)
+from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, grad_barrier, normal_init, param,
+                                     prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("gpt2",)
@@ -134,6 +134,7 @@ class Block(nnx.Module):
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index):
+        x_BxTxD = grad_barrier(x_BxTxD)
         a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index)
         x_BxTxD = x_BxTxD + a
         x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD))
@@ -176,9 +177,13 @@ class Model(nnx.Module):
             new_cache.append(c)
         return self.ln_f(x_BxTxD), (None if cache is None else new_cache)
 
+    def head_VxD(self):
+        """The LM head as [V, D] (fp32 param): tied to the token embedding."""
+        return self.wte[...]
+
     def logits(self, x_BxTxD):
         # Tied head; fp32 accumulation and output whatever the compute dtype.
-        return jnp.einsum("btd,vd->btv", x_BxTxD, self.wte[...].astype(self.dtype),
+        return jnp.einsum("btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,

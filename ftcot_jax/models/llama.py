@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, normal_init, param, prepare_inputs,
-                                     update_cache, zeros_init)
+from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, grad_barrier, normal_init, param,
+                                     prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -217,6 +217,7 @@ class Block(nnx.Module):
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index):
+        x_BxTxD = grad_barrier(x_BxTxD)
         a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index)
         x_BxTxD = x_BxTxD + a
         x_BxTxD = x_BxTxD + self.mlp(self.post_norm(x_BxTxD))
@@ -259,9 +260,13 @@ class Model(nnx.Module):
             new_cache.append(c)
         return self.norm(x_BxTxD), (None if cache is None else new_cache)
 
+    def head_VxD(self):
+        """The LM head as [V, D] (fp32 param): the embedding when tied."""
+        return self.embed[...] if self.lm_head is None else self.lm_head[...]
+
     def logits(self, x_BxTxD):
-        head_VxD = self.embed[...] if self.lm_head is None else self.lm_head[...]
-        return jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD.astype(self.dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype),
+                          preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
                  cache_index=None, attention_mask=None, positions=None):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import NEG_INF, HFTensors, RMSNorm, normal_init, param
+from ftcot_jax.models.layers import NEG_INF, HFTensors, RMSNorm, grad_barrier, normal_init, param
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
@@ -257,6 +257,7 @@ class Block(nnx.Module):
                  cross_mask_BxTxL=None, rng=lambda: None):
         """Residual stream stays fp32; sublayers compute in the model dtype.
         With `cache` (dict k, v: BxSxHxK) the T new keys/values are written at slot cache_index."""
+        x_BxTxD = grad_barrier(x_BxTxD)
         h = self.self_norm(x_BxTxD)
         k, v = self.self_attn.project_kv(h)
         if cache is not None:
