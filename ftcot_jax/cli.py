@@ -295,7 +295,7 @@ def _run_train(args):
 
 
 def _run_gold_samples(args):
-    from ftcot_jax.data import write_gold_samples
+    from ftcot_jax.batching import write_gold_samples
 
     n = write_gold_samples(args.task, args.method, args.out, args.split_name)
     print(f"wrote {n} {args.method} samples for {args.task} to {args.out}")

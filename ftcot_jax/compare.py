@@ -6,7 +6,7 @@
 Protocol (docs/compare.md):
 1. `prepare` (this process, once): build the student (random init or loaded), export it with
    `models.save_hf` (so PyTorch starts from exactly our weights), tokenise the fine-tune samples with
-   `data.encode_samples` and cut the first `steps` batches with `data.Batcher`; the batches are written
+   `batching.encode_samples` and cut the first `steps` batches with `batching.Batcher`; the batches are written
    to `batches.npz` together with a hash per batch. The eval prompts are written to `eval.json`.
 2. One subprocess per (system, mode, precision) run: ours (`_jax_worker` here, the trainer's own
    `train.setup` step) and the PyTorch baseline (`ftcot_jax.torch_baseline`: HF transformers model,
@@ -259,11 +259,11 @@ def build_student(spec: CompareSpec):
 
 
 def _samples(spec: CompareSpec, samples):
-    from ftcot_jax import data as data_lib
+    from ftcot_jax import batching
 
     if samples is not None:
         return list(samples)
-    return data_lib.gold_samples(spec.task, spec.method)
+    return batching.gold_samples(spec.task, spec.method)
 
 
 def _eval_items(spec: CompareSpec, model_type: str, eval_examples, template: str) -> list[dict]:
@@ -286,7 +286,7 @@ def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -
     """Export the initial weights, cut the batches, write the eval prompts; returns the manifest."""
     import warnings
 
-    from ftcot_jax import data as data_lib
+    from ftcot_jax import batching
     from ftcot_jax import models
 
     out.mkdir(parents=True, exist_ok=True)
@@ -308,11 +308,11 @@ def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -
     del model
 
     samples = _samples(spec, samples)
-    template = data_lib.METHOD_TEMPLATE[samples[0].method]
+    template = batching.METHOD_TEMPLATE[samples[0].method]
     task = samples[0].task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation is counted below instead
-        enc = data_lib.encode_samples(samples, tok, model_type=model_type, max_length=spec.seq_len)
+        enc = batching.encode_samples(samples, tok, model_type=model_type, max_length=spec.seq_len)
     keep = [i for i in range(len(enc)) if _fits(enc, i, spec.seq_len)]
     left_out = len(enc) - len(keep)
     if not keep:
@@ -321,7 +321,7 @@ def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -
                               sample_keys=[enc.sample_keys[i] for i in keep])
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     start = getattr(models.config_from_hf(hf_config), "decoder_start_token_id", None)
-    batcher = data_lib.Batcher(enc, spec.batch_size, 1, spec.seed, spec.seq_len, pad, pad if start is None else start)
+    batcher = batching.Batcher(enc, spec.batch_size, 1, spec.seed, spec.seq_len, pad, pad if start is None else start)
     arrays, hashes, real_tokens, sample_ids = {}, [], [], []
     it = batcher.iterate(epochs=10**6)
     for i in range(spec.steps):

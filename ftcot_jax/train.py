@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ftcot_jax import data as data_lib
+from ftcot_jax import batching
 from ftcot_jax import head_loss
 from ftcot_jax.checkpoint import Checkpoints, abstract_like
 from ftcot_jax.config import TrainConfig, save_config, to_dict
@@ -415,19 +415,19 @@ class TrainResult:
 
 def _resolve_samples(cfg: TrainConfig, run_dir: Path):
     if cfg.samples:
-        return data_lib.load_samples(list(cfg.samples))
+        return batching.load_samples(list(cfg.samples))
     if not cfg.task:
         raise ValueError("no training data: set `samples` (fine-tune sample files) or `task` (to build them "
                          "from the dataset's gold answers/rationales)")
     path = run_dir / "samples" / f"gold_{cfg.task}_{cfg.method}.tfrecord"
     if jax.process_index() == 0:
-        n = data_lib.write_gold_samples(cfg.task, cfg.method, path, cfg.split_name)
+        n = batching.write_gold_samples(cfg.task, cfg.method, path, cfg.split_name)
         print(f"built {n} {cfg.method} samples for {cfg.task} from the dataset -> {path}", flush=True)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("gold samples written")
-    return data_lib.load_samples([path])
+    return batching.load_samples([path])
 
 
 def _eval_examples(cfg: TrainConfig, task: str):
@@ -470,17 +470,17 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
     if not samples:
         raise ValueError("no fine-tune samples to train on")
     task = samples[0].task
-    template = data_lib.METHOD_TEMPLATE[samples[0].method]
+    template = batching.METHOD_TEMPLATE[samples[0].method]
     tok = student.tokenizer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        encoded = data_lib.encode_samples(samples, tok, model_type=student.model_type, max_length=cfg.max_length)
+        encoded = batching.encode_samples(samples, tok, model_type=student.model_type, max_length=cfg.max_length)
     for w in caught:
         if is_main:
             print(f"warning: {w.message}", flush=True)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     start_id = getattr(student.config, "decoder_start_token_id", None)
-    batcher = data_lib.Batcher(encoded, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.bucket, pad_id,
+    batcher = batching.Batcher(encoded, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.bucket, pad_id,
                                pad_id if start_id is None else start_id, jax.process_index(), jax.process_count())
     steps_per_epoch = batcher.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch

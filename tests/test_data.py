@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ftcot_jax import data as D
+from ftcot_jax import batching as D
 from ftcot_jax.records import FinetuneSample, read_samples, write_samples
 from train_helpers import char_tokenizer, last_letter_samples
 

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from ftcot_jax import data as data_lib
+from ftcot_jax import batching as data_lib
 from ftcot_jax import train as T
 from ftcot_jax.config import TrainConfig, from_dict
 from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
