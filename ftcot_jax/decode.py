@@ -46,7 +46,7 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 def batch_bucket(n: int) -> int:
     """Rows per compiled batch: powers of two up to 8, then multiples of 8 (a batch of 50 runs 56 rows, not
-    64). A run compiles at most two batch shapes: full batches and the last one."""
+    64). `generate` pads every batch of a call, the last one included, to this one size."""
     n = max(int(n), 1)
     return bucket(n) if n <= 8 else -(-n // 8) * 8
 

@@ -22,14 +22,14 @@ from flax import nnx
 
 # Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
 # module lazily, so there is no cycle).
+from ftcot_jax import decode
 from ftcot_jax.decode import MAX_EOS, Generation, batch_bucket, cut_at_stop, next_token
 
 MIN_BUCKET = 16
 
 
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """Smallest power of two >= max(n, minimum)."""
-    return 1 << (max(int(n), minimum, 1) - 1).bit_length()
+def bucket(n: int) -> int:
+    return decode.bucket(n, MIN_BUCKET)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -75,14 +75,14 @@ def label_cross_entropy(x_BxLxD, head_VxD, targets_BxL, weights_BxL, *, groups: 
     w_GxM = weights_BxL.astype(jnp.float32).reshape(G, M)
     # stable argsort of "is not a label": label positions first, each group on its own
     order_GxM = jnp.argsort(w_GxM <= 0, axis=1, stable=True)
-    take = lambda a: jnp.take_along_axis(a, order_GxM, axis=1)
-    h_GxMxD = jnp.take_along_axis(x_BxLxD.reshape(G, M, D), order_GxM[..., None], axis=1)
-    t_GxM, w_GxM_sorted = take(targets_BxL.astype(jnp.int32).reshape(G, M)), take(w_GxM)
-    if M_pad != M:
-        pad = M_pad - M
-        h_GxMxD = jnp.pad(h_GxMxD, ((0, 0), (0, pad), (0, 0)))
-        t_GxM = jnp.pad(t_GxM, ((0, 0), (0, pad)))
-        w_GxM_sorted = jnp.pad(w_GxM_sorted, ((0, 0), (0, pad)))
+
+    def pack(a_GxMx_):  # gather in that order, then zero-pad the position axis to whole chunks (weight 0)
+        extra = a_GxMx_.ndim - 2
+        a_GxMx_ = jnp.take_along_axis(a_GxMx_, order_GxM.reshape(order_GxM.shape + (1,) * extra), axis=1)
+        return jnp.pad(a_GxMx_, [(0, 0), (0, M_pad - M)] + [(0, 0)] * extra)
+
+    h_GxMxD = pack(x_BxLxD.reshape(G, M, D))
+    t_GxM, w_GxM_sorted = pack(targets_BxL.astype(jnp.int32).reshape(G, M)), pack(w_GxM)
     n_labels_G = jnp.sum(w_GxM > 0, axis=1)
     n_chunks = (jnp.max(n_labels_G) + chunk - 1) // chunk
     loss = _chunked_xent(h_GxMxD, head_VxD, t_GxM, w_GxM_sorted, n_chunks, chunk)
