@@ -23,7 +23,8 @@ from flax import nnx
 # Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
 # module lazily, so there is no cycle).
 from ftcot_jax import decode
-from ftcot_jax.decode import MAX_EOS, Generation, batch_bucket, cut_at_stop, next_token
+from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, cut_at_stop, next_token,
+                             stop_string_check)
 
 MIN_BUCKET = 16
 
@@ -34,14 +35,6 @@ def bucket(n: int) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # The jitted loop
-
-
-def _compute_model(graphdef, state):
-    """The model with its weights cast to the compute dtype once, outside the loop (not in every step)."""
-    dtype = getattr(nnx.merge(graphdef, state), "dtype", jnp.float32)
-    if dtype != jnp.float32:
-        state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
-    return nnx.merge(graphdef, state)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
@@ -144,18 +137,6 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
 # Text level
 
 
-def _stop_check(tokenizer, stop: list[str], eos: int):
-    def check(tokens_BxN):
-        flags = []
-        for row in tokens_BxN.tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            flags.append(any(s in text for s in stop))
-        return np.array(flags, bool)
-
-    return check
-
-
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
              stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              rng=None, max_input_length: int | None = None) -> list[Generation]:
@@ -190,7 +171,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
         tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, rng=key,
-                                 stop_check=_stop_check(tokenizer, stop, eos) if stop else None)
+                                 stop_check=stop_string_check(tokenizer, stop, [eos]) if stop else None)
         for r, i in enumerate(rows):
             row = tokens[r].tolist()
             hit_eos = eos in row

@@ -71,6 +71,7 @@ def label_cross_entropy(x_BxLxD, head_VxD, targets_BxL, weights_BxL, *, groups: 
     B, L, D = x_BxLxD.shape
     G = groups if groups >= 1 and B % groups == 0 else 1
     M = (B // G) * L
+    chunk = min(chunk, -(-M // 8) * 8)  # a batch smaller than one chunk runs one chunk of its own size
     M_pad = -(-M // chunk) * chunk
     w_GxM = weights_BxL.astype(jnp.float32).reshape(G, M)
     # stable argsort of "is not a label": label positions first, each group on its own

@@ -67,6 +67,46 @@ def bench_ours(model, ids, mask, n_new, repeats):
                  "tokens_per_s": ids.shape[0] * n_new / best}
 
 
+def matmul_floor(model, batch: int, repeats: int = 10) -> dict:
+    """The weight products of one decode step and nothing else: a jitted chain of [batch, in] x [in, out]
+    matmuls over every kernel of the model, then the LM head, each input depending on the previous output
+    (as in the real step). Its time is a floor for our per-token time with XLA's dot kernels at M = batch
+    rows; `ceiling_vs_hf` = the speedup over HF we would have if everything else in the step were free."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    kernels = []
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        names = var.get_metadata().get("out_sharding") or ()
+        if str(path[-1]).endswith("kernel") and len(names) >= 2:
+            n_in = 1 if names[0] == "embed" else len(names) - 1  # reads / writes the residual stream
+            w = var[...]
+            kernels.append(w.reshape(math.prod(w.shape[:n_in]), -1))
+    head_VxD = model.head_VxD()
+    width = max(max(w.shape[0] for w in kernels), head_VxD.shape[1])
+    x_BxW = jnp.asarray(np.random.default_rng(0).standard_normal((batch, width), dtype=np.float32))
+
+    @jax.jit
+    def chain(kernels, head_VxD, x_BxW):
+        s_Bx1 = jnp.zeros((batch, 1), jnp.float32)
+        for w in kernels:
+            s_Bx1 = jnp.mean((x_BxW[:, :w.shape[0]] + s_Bx1) @ w, axis=-1, keepdims=True)
+        return ((x_BxW[:, :head_VxD.shape[1]] + s_Bx1) @ head_VxD.T).max()
+
+    jax.block_until_ready(chain(kernels, head_VxD, x_BxW))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(chain(kernels, head_VxD, x_BxW))
+        best = min(best, time.perf_counter() - t)
+    n_bytes = sum(w.size * w.dtype.itemsize for w in kernels) + head_VxD.size * head_VxD.dtype.itemsize
+    return {"step_s": best, "tokens_per_s": batch / best, "weight_gb_per_s": n_bytes / best / 1e9}
+
+
 def bench_hf(tm, ids, mask, n_new, repeats, pad_id):
     import torch
 
@@ -129,24 +169,29 @@ def main(argv=None):
     for B in batch_sizes:
         ids, mask = left_pad(tok, prompts_for(B))
         ours_tok, ours = bench_ours(model, ids, mask, args.new_tokens, args.repeats)
-        row = {"batch": B, "prompt_len": int(ids.shape[1]), "new_tokens": args.new_tokens, "ours": ours}
+        row = {"batch": B, "prompt_len": int(ids.shape[1]), "new_tokens": args.new_tokens, "ours": ours,
+               "matmul_floor": matmul_floor(model, B)}
         if tm is not None:
             hf_tok, hf = bench_hf(tm, ids, mask, args.new_tokens, args.repeats, pad_id)
             row["hf"] = hf
             row["speedup"] = ours["tokens_per_s"] / hf["tokens_per_s"]
             row["greedy_token_agreement"] = float((ours_tok == hf_tok).mean())
+            row["matmul_floor"]["ceiling_vs_hf"] = row["matmul_floor"]["tokens_per_s"] / hf["tokens_per_s"]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     print(f"\nmodel={args.model}  new_tokens={args.new_tokens}  device={jax.devices()[0].platform}  "
           f"cpus={os.cpu_count()}  load_s={load_s:.1f}")
     print(f"{'batch':>5} {'prompt':>6} {'ours tok/s':>11} {'compile s':>10} {'HF tok/s':>10} {'speedup':>8} "
-          f"{'agree':>6}")
+          f"{'agree':>6} | {'matmul floor tok/s':>18} {'GB/s':>5} {'ceiling vs HF':>13}")
     for r in rows:
-        hf = r.get("hf", {})
+        hf, fl = r.get("hf", {}), r["matmul_floor"]
         print(f"{r['batch']:>5} {r['prompt_len']:>6} {r['ours']['tokens_per_s']:>11.1f} "
               f"{r['ours']['compile_s']:>10.1f} {hf.get('tokens_per_s', float('nan')):>10.1f} "
-              f"{r.get('speedup', float('nan')):>8.2f} {r.get('greedy_token_agreement', float('nan')):>6.2f}")
+              f"{r.get('speedup', float('nan')):>8.2f} {r.get('greedy_token_agreement', float('nan')):>6.2f} | "
+              f"{fl['tokens_per_s']:>18.1f} {fl['weight_gb_per_s']:>5.1f} {fl.get('ceiling_vs_hf', float('nan')):>13.2f}")
+    print("matmul floor: only the step's weight products (every kernel + LM head at M = batch rows), jitted; "
+          "ceiling = floor / HF, the most a step that did nothing else could reach")
     if args.out:
         torch_threads = None
         if tm is not None:

@@ -1,13 +1,24 @@
-"""Throughput of our jitted train step: tokens/s and MFU for GPT-2 small (124M, random init).
+"""Throughput of our jitted train step: tokens/s and MFU for GPT-2 small (124M, random init), beside the
+same step in PyTorch eager (HF transformers) and in HF's own Flax GPT-2, measured in one run.
 
     python scripts/bench_train.py                     # batch 8 x 256, fp32 and bf16, 3 timed steps each
     python scripts/bench_train.py --steps 5 --precisions fp32 --out bench_train.json
+    python scripts/bench_train.py --precisions fp32 --batch 4 --baselines torch,hf-flax \
+        --hf-flax-python /tmp/hfflax/bin/python   # a venv with transformers<5, jax, flax, optax
 
 Every row of the batch is a full 256-token sequence with the loss on every position, so tokens/s counts
 exactly batch x length tokens per step. Compilation (the first call) is timed separately and left out
 of the throughput. MFU = 6 * N_params * tokens/s / peak, with the peak of the device from the table in
 ftcot_jax/metrics.py, or for a CPU a jitted matmul measured in the same process (so on a CPU the MFU is
 "fraction of what XLA's own matmul reaches", not of the vendor's number).
+
+Baselines (fp32 only, each in its own process, alternated with ours `--repeats` times; the headline is the
+ratio within each repeat, as these machines are noisy):
+- `torch`: HF `GPT2LMHeadModel` (same config, dropout 0, train mode), `labels=input_ids`,
+  `torch.optim.AdamW`, eager; needs the `torch` extra.
+- `hf-flax`: HF's `FlaxGPT2LMHeadModel` with a jitted value_and_grad + optax AdamW step and donated
+  state (the shape of HF's run_clm_flax example). transformers v5 dropped the Flax models, so this runs
+  in another interpreter given by `--hf-flax-python` (a venv with `transformers<5`, jax, flax, optax).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -75,6 +87,93 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
             "first_loss": first_loss, "last_loss": float(m["loss"])}
 
 
+def _gpt2_config(layers: int) -> dict:
+    return {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": layers, "n_head": 12,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def _tokens(batch: int, length: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 50257, (batch, length), dtype=np.int64)
+
+
+def worker_torch(batch: int, length: int, steps: int, layers: int) -> dict:
+    """HF GPT-2 in PyTorch eager, fp32: the reference trainer's inner loop on an all-label batch."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**_gpt2_config(layers))).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    ids = torch.from_numpy(_tokens(batch, length))
+    times, losses = [], []
+    for i in range(steps + 1):  # the first step is warm-up
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.item()))
+        if i:
+            times.append(time.perf_counter() - t)
+    return {"system": "torch eager", "version": f"torch {torch.__version__}, transformers {transformers.__version__}",
+            "compile_s": 0.0, "step_s_all": times, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def worker_hf_flax(batch: int, length: int, steps: int, layers: int) -> dict:
+    """HF's FlaxGPT2LMHeadModel, fp32: jitted value_and_grad + optax AdamW, state donated."""
+    import functools
+
+    import jax
+    import optax
+    import transformers
+
+    model = transformers.FlaxGPT2LMHeadModel(transformers.GPT2Config(**_gpt2_config(layers)), seed=0)
+    tx = optax.adamw(3e-4)
+    params = model.params
+    opt_state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, ids):
+        def loss_fn(p):
+            logits = model(ids, params=p, train=True, dropout_rng=jax.random.key(0)).logits
+            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    ids = jax.numpy.asarray(_tokens(batch, length).astype(np.int32))
+    t = time.perf_counter()
+    compiled = step.lower(params, opt_state, ids).compile()
+    compile_s = time.perf_counter() - t
+    times, losses = [], []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        params, opt_state, loss = compiled(params, opt_state, ids)
+        losses.append(float(loss))
+        if i:
+            times.append(time.perf_counter() - t)
+    return {"system": "HF Flax", "version": f"transformers {transformers.__version__}, jax {jax.__version__}",
+            "compile_s": compile_s, "step_s_all": times, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+WORKERS = {"torch": worker_torch, "hf-flax": worker_hf_flax}
+
+
+def run_baseline(name: str, python: str, args) -> dict:
+    """One baseline in a fresh process (`python` interpreter), its JSON result with tokens/s added."""
+    cmd = [python, os.path.abspath(__file__), "--worker", name, "--batch", str(args.batch), "--length",
+           str(args.length), "--steps", str(args.steps), "--layers", str(args.layers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"baseline '{name}' failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["step_s_median"] = statistics.median(res["step_s_all"])
+    res["tokens_per_s"] = args.batch * args.length / res["step_s_median"]
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
@@ -83,14 +182,36 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--layers", type=int, default=12, help="GPT-2 small has 12")
     p.add_argument("--out", default="bench_train.json")
+    p.add_argument("--baselines", default="", help="comma list of: torch, hf-flax (fp32, side by side)")
+    p.add_argument("--repeats", type=int, default=1, help="alternating rounds of ours and each baseline")
+    p.add_argument("--hf-flax-python", default=None,
+                   help="interpreter of a venv with transformers<5 + jax + flax + optax (for hf-flax)")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:  # inside a baseline's own process
+        print(json.dumps(WORKERS[args.worker](args.batch, args.length, args.steps, args.layers)))
+        return 0
+    baselines = [b for b in args.baselines.split(",") if b]
+    for b in baselines:
+        if b not in WORKERS:
+            raise SystemExit(f"--baselines: unknown baseline '{b}'; expected one of: {', '.join(sorted(WORKERS))}")
+    if "hf-flax" in baselines and not args.hf_flax_python:
+        raise SystemExit("--baselines hf-flax needs --hf-flax-python: the python of a venv with transformers<5, "
+                         "e.g. python -m venv /tmp/hfflax && /tmp/hfflax/bin/pip install 'transformers<5' "
+                         "jax flax optax")
 
     import jax
 
-    rows = []
-    for prec in [x for x in args.precisions.split(",") if x]:
-        print(f"benchmarking {prec} ...", file=sys.stderr, flush=True)
-        rows.append(bench(prec, args.batch, args.length, args.steps, args.layers))
+    rows, side = [], []
+    precisions = [x for x in args.precisions.split(",") if x]
+    for rep in range(max(args.repeats, 1)):
+        for prec in precisions:
+            print(f"[{rep + 1}/{args.repeats}] ours {prec} ...", file=sys.stderr, flush=True)
+            rows.append(bench(prec, args.batch, args.length, args.steps, args.layers) | {"repeat": rep})
+        for b in baselines:
+            print(f"[{rep + 1}/{args.repeats}] {b} ...", file=sys.stderr, flush=True)
+            python = args.hf_flax_python if b == "hf-flax" else sys.executable
+            side.append(run_baseline(b, python, args) | {"repeat": rep, "baseline": b})
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
             "n_devices_used": 1, "cpu_count": os.cpu_count(), "loadavg_at_end": load,
@@ -103,8 +224,18 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['precision']:>9} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | "
               f"{r['model_tflops_per_s']:7.3f} | {r['mfu']:6.1%}")
+    if side:
+        print(f"\n{'system':>24} | {'repeat':>6} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | ours / it")
+        print("-" * 80)
+        for r in side:
+            ours = next(o for o in rows if o["repeat"] == r["repeat"] and o["precision"] == "fp32")
+            r["ours_over_it"] = ours["tokens_per_s"] / r["tokens_per_s"]
+            print(f"{'ftcot-jax fp32':>24} | {r['repeat'] + 1:>6} | {ours['compile_s']:9.1f} | "
+                  f"{ours['step_s_median']:7.2f} | {ours['tokens_per_s']:8.1f} |")
+            print(f"{r['system'] + ' fp32':>24} | {r['repeat'] + 1:>6} | {r['compile_s']:9.1f} | "
+                  f"{r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | {r['ours_over_it']:.2f}x")
     with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=2)
+        json.dump({"meta": meta, "results": rows, "baselines": side}, f, indent=2)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -122,9 +122,71 @@ def test_generate_text_stop_strings_order_and_bounded_compiles():
         s = g.text[1:3]
         cut = decode.generate(model, tok, [prompts[2]], max_new_tokens=10, batch_size=1, stop=[s])[0]
         assert cut.text == g.text[: g.text.find(s)] and cut.finish_reason == "stop"
-    n = decode._generate_jit._cache_size()
+    n = decode._prefill._cache_size(), decode._continue._cache_size()
     decode.generate(model, tok, ["xy", "hello there"], max_new_tokens=9, batch_size=2)  # same buckets
-    assert decode._generate_jit._cache_size() == n
+    assert (decode._prefill._cache_size(), decode._continue._cache_size()) == n
+
+
+def test_stop_check_ends_rows_between_chunks_and_ends_the_loop():
+    model = models.from_config(TINY_GPT2, seed=1)
+    ids, mask = padded_batch(TINY_GPT2["vocab_size"], lengths=(6, 3, 4), seed=2)
+    kw = dict(max_new_tokens=10, eos_token_id=[], pad_token_id=0)
+    full, _ = decode.generate_ids(model, ids, mask, **kw)
+    calls = []
+
+    def stop_row0(tokens):
+        calls.append(tokens.shape[1])
+        return np.array([True, False, False])
+
+    cut, finished = decode.generate_ids(model, ids, mask, stop_check=stop_row0, check_every=4, **kw)
+    assert calls == [4, 8] and not finished.any()
+    np.testing.assert_array_equal(cut[0, :4], full[0, :4])
+    assert (cut[0, 4:] == 0).all()  # stopped rows emit padding from the check on
+    np.testing.assert_array_equal(cut[1:], full[1:])
+
+    calls.clear()
+    stop_all = lambda tokens: calls.append(tokens.shape[1]) or np.ones(3, bool)  # noqa: E731
+    cut, _ = decode.generate_ids(model, ids, mask, stop_check=stop_all, check_every=4, **kw)
+    assert calls == [4]  # every row stopped: no further chunk runs
+    np.testing.assert_array_equal(cut[:, :4], full[:, :4])
+    assert (cut[:, 4:] == 0).all()
+
+
+def test_filler_rows_emit_padding_and_do_not_hold_the_loop_open():
+    model = models.from_config(TINY_GPT2, seed=1)
+    ids, mask = padded_batch(TINY_GPT2["vocab_size"], lengths=(6, 3, 4), seed=2)
+    first, _ = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=[], pad_token_id=0)
+    calls = []
+
+    def never(tokens):
+        calls.append(tokens.shape[1])
+        return np.zeros(3, bool)
+
+    # row 0's first token is its EOS: with rows 1, 2 as filler the loop is over after the prefill
+    out, finished = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=[int(first[0, 0])],
+                                        pad_token_id=0, stop_check=never, check_every=2,
+                                        filler_B=[False, True, True])
+    assert calls == [] and finished.tolist() == [True, False, False]
+    assert out[0, 0] == first[0, 0] and (out[0, 1:] == 0).all() and (out[1:] == 0).all()
+
+
+def test_generate_stops_at_a_stop_string_without_running_to_max_new_tokens(monkeypatch):
+    model = models.from_config(dict(TINY_GPT2, vocab_size=30), seed=0)
+    tok = CharTokenizer()
+    free = decode.generate(model, tok, ["hello world"], max_new_tokens=40, batch_size=1)[0]
+    if len(free.text) < 4 or free.finish_reason != "length":
+        pytest.skip("this random model ends too early for the test")
+    seen = []
+    real = decode.stop_string_check(tok, [free.text[1:3]], [tok.eos_token_id])
+
+    def spy(tokens):
+        seen.append(tokens.shape[1])
+        return real(tokens)
+
+    monkeypatch.setattr(decode, "stop_string_check", lambda *a: spy)
+    cut = decode.generate(model, tok, ["hello world"], max_new_tokens=40, batch_size=1, stop=[free.text[1:3]])[0]
+    assert cut.text == free.text[: free.text.find(free.text[1:3])] and cut.finish_reason == "stop"
+    assert seen == [16]  # the string shows up in the first 16 tokens: one check, then the loop ends
 
 
 def test_generate_under_a_mesh_with_sharded_params():

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from ftcot_jax import batching as data_lib
+from ftcot_jax import batching
 from ftcot_jax import train as T
 from ftcot_jax.config import TrainConfig, from_dict
 from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
@@ -35,7 +35,7 @@ def encoded(tok):
     # ft_cot labels vary a lot in length, so micro-batches carry different label-token counts.
     samples = [s if i % 2 else dataclasses.replace(s, rationale=s.rationale[:4])
                for i, s in enumerate(last_letter_samples(8, seed=1, method="ft_cot"))]
-    return data_lib.encode_samples(samples, tok, model_type="decoder", max_length=128)
+    return batching.encode_samples(samples, tok, model_type="decoder", max_length=128)
 
 
 _RUNS: dict = {}
@@ -53,7 +53,7 @@ def _run_uncached(cfg, tok, encoded, accum):
     st = T.setup(cfg, tokenizer=tok)
     state = st.init_state()
     params0 = jax.device_get(state["params"])
-    b = data_lib.Batcher(encoded, 8, accum, seed=0, bucket=16, pad_id=0)
+    b = batching.Batcher(encoded, 8, accum, seed=0, bucket=16, pad_id=0)
     state, m = st.run_step(state, b.batch(0, 0))
     return params0, jax.device_get(state["params"]), jax.device_get(m), st
 
@@ -94,7 +94,7 @@ def test_grad_accumulation_equals_one_big_batch(tok, encoded):
     assert float(m_big["label_tokens"]) == float(m_acc["label_tokens"])
     assert _max_diff(p_big, p_acc) <= 1e-5
     # The test has teeth: a mean of per-micro-batch means would be a different loss here.
-    b = data_lib.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    b = batching.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
     st = _run(cfg1, tok, encoded)[3]
     loss_fn = T.make_loss_fn(st.student, use_dropout=False)
     params = st.init_state()["params"]
@@ -108,7 +108,7 @@ def test_loss_counts_exactly_the_label_tokens(tok, encoded):
     logits of prompt/padding positions does not change it."""
     st = _run(_cfg((1, 1, 1)), tok, encoded)[3]
     params = st.init_state()["params"]
-    b = data_lib.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    b = batching.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
     loss_sum, n = T.make_loss_fn(st.student, use_dropout=False)(params, mb, None)
     from flax import nnx
@@ -119,7 +119,7 @@ def test_loss_counts_exactly_the_label_tokens(tok, encoded):
     logp = np.asarray(jax.nn.log_softmax(logits))
     want, count = 0.0, 0
     for r in range(8):
-        i = int(data_lib.Batcher(encoded, 8, 1, seed=0).rows(0, 0)[0, r])
+        i = int(batching.Batcher(encoded, 8, 1, seed=0).rows(0, 0)[0, r])
         p, t = encoded.source[i], encoded.target[i]
         seq = p + t
         for j in range(len(p) - 1, len(seq) - 1):  # position j predicts label token seq[j+1]
@@ -139,8 +139,8 @@ def _t5_cfg(mesh, **kw):
 @pytest.mark.slow
 def test_encoder_decoder_step_and_loss(tok):
     samples = last_letter_samples(8, seed=3, method="ft_cot")
-    enc = data_lib.encode_samples(samples, tok, model_type="encoder_decoder", max_length=128)
-    batch = data_lib.Batcher(enc, 8, 1, seed=0, bucket=16, pad_id=0, decoder_start_id=0).batch(0, 0)
+    enc = batching.encode_samples(samples, tok, model_type="encoder_decoder", max_length=128)
+    batch = batching.Batcher(enc, 8, 1, seed=0, bucket=16, pad_id=0, decoder_start_id=0).batch(0, 0)
     results = {}
     for mesh in [(1, 1, 1), (2, 2, 2)]:
         st = T.setup(_t5_cfg(mesh, dropout=False), tokenizer=tok)
@@ -155,7 +155,7 @@ def test_encoder_decoder_step_and_loss(tok):
                 mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
                 decoder_input_ids_BxT=mb["decoder_input_ids"], decoder_attention_mask_BxT=mb["decoder_attention_mask"])
             logp = np.asarray(jax.nn.log_softmax(logits))
-            rows = data_lib.Batcher(enc, 8, 1, seed=0).rows(0, 0)[0]
+            rows = batching.Batcher(enc, 8, 1, seed=0).rows(0, 0)[0]
             want = -sum(logp[r, j, t] for r, i in enumerate(rows) for j, t in enumerate(enc.target[i]))
             assert int(n) == sum(len(enc.target[i]) for i in rows)
             np.testing.assert_allclose(float(loss_sum), want, rtol=1e-5)

@@ -1,0 +1,53 @@
+"""The benchmark scripts run end to end on tiny settings and write what their tables print."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_train_side_by_side_with_torch(tmp_path, capsys):
+    pytest.importorskip("torch")
+    bench = load("bench_train")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--layers", "1", "--batch", "1", "--length", "16", "--steps", "1", "--precisions", "fp32",
+                       "--baselines", "torch", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ours, (torch_row,) = res["results"][0], res["baselines"]
+    assert ours["tokens_per_s"] > 0 and torch_row["system"] == "torch eager"
+    assert torch_row["tokens_per_s"] == pytest.approx(16 / torch_row["step_s_median"])
+    assert torch_row["ours_over_it"] == pytest.approx(ours["tokens_per_s"] / torch_row["tokens_per_s"])
+    assert "torch eager fp32" in capsys.readouterr().out
+
+
+def test_bench_train_rejects_unknown_baselines_and_a_missing_hf_flax_python():
+    bench = load("bench_train")
+    with pytest.raises(SystemExit, match="unknown baseline 'jax'"):
+        bench.main(["--baselines", "jax"])
+    with pytest.raises(SystemExit, match="--hf-flax-python"):
+        bench.main(["--baselines", "hf-flax"])
+
+
+def test_decode_matmul_floor_reads_every_kernel_and_the_head():
+    from ftcot_jax import models
+    from tests.helpers_models import TINY_LLAMA
+
+    model = models.from_config(TINY_LLAMA, seed=0)
+    floor = load("bench_decode").matmul_floor(model, batch=2, repeats=2)
+    c = model.config
+    kernels = c.num_hidden_layers * (c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads)
+                                     * c.head_dim + c.num_attention_heads * c.head_dim * c.hidden_size
+                                     + 3 * c.hidden_size * c.intermediate_size)
+    n_bytes = 4 * (kernels + c.vocab_size * c.hidden_size)
+    assert floor["tokens_per_s"] == pytest.approx(2 / floor["step_s"])
+    assert floor["weight_gb_per_s"] == pytest.approx(n_bytes / floor["step_s"] / 1e9)
