@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, grad_barrier, normal_init, param,
+from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, grad_barrier, linear, normal_init, param,
                                      prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
@@ -105,7 +105,7 @@ class Attention(nnx.Module):
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k, v, cache_index)
         out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt)
-        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.out_kernel[...].astype(dt))
+        y_BxTxD = linear(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2)
         return y_BxTxD + self.out_bias[...].astype(dt), cache
 
 
@@ -121,9 +121,9 @@ class Mlp(nnx.Module):
 
     def __call__(self, x_BxTxD):
         dt = self.dtype
-        h_BxTxF = self.act(x_BxTxD @ self.fc_kernel[...].astype(dt) + self.fc_bias[...].astype(dt))
+        h_BxTxF = self.act(linear(x_BxTxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        return h_BxTxF @ self.proj_kernel[...].astype(dt) + self.proj_bias[...].astype(dt)
+        return linear(h_BxTxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
 
 
 class Block(nnx.Module):

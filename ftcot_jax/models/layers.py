@@ -7,6 +7,7 @@ R = H // G, K head dim, F mlp, V vocab.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -51,6 +52,36 @@ def _materialise(g):
 
 
 grad_barrier.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
+
+
+@jax.custom_vjp
+def _dense(x_MxK, w_KxN):
+    return x_MxK @ w_KxN
+
+
+def _dense_fwd(x_MxK, w_KxN):
+    return x_MxK @ w_KxN, (x_MxK, w_KxN)
+
+
+def _dense_bwd(res, g_MxN):
+    x_MxK, w_KxN = res
+    return g_MxN @ w_KxN.T, x_MxK.T @ g_MxN
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def linear(x, w, n_in: int = 1):
+    """x[..., in...] @ w[in..., out...] (the `n_in` leading axes of w contracted) as one 2-D matmul with a
+    hand-written backward (dx = g w^T, dw = x^T g). Same values as the einsum and its autodiff; a GPT-2-small
+    train step on CPU was 5-9% faster with it (medians of two in-process runs of 6 and 10 alternating step
+    pairs; why XLA:CPU runs autodiff's form of these dots slower is not established). Callers keep the
+    sharded one of the merged axes most major (heads, kv_heads), so the 2-D view splits evenly on a mesh;
+    GPT-2's fused qkv kernel (D, 3, H, K) would not, and stays an einsum."""
+    in_size, out_shape = math.prod(w.shape[:n_in]), w.shape[n_in:]
+    lead = x.shape[:x.ndim - n_in]
+    y = _dense(x.reshape(math.prod(lead), in_size), w.reshape(in_size, math.prod(out_shape)))
+    return y.reshape(*lead, *out_shape)
 
 
 class LayerNorm(nnx.Module):

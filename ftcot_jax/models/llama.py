@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, grad_barrier, normal_init, param,
-                                     prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, grad_barrier, linear, normal_init,
+                                     param, prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -170,7 +170,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index):
         dt, G, R = self.dtype, self.G, self.R
-        qkv_BxTxGxCxK = jnp.einsum("btd,dgck->btgck", x_BxTxD, self.qkv_kernel[...].astype(dt))
+        qkv_BxTxGxCxK = linear(x_BxTxD, self.qkv_kernel[...].astype(dt))
         if self.qkv_bias is not None:
             qkv_BxTxGxCxK = qkv_BxTxGxCxK + self.qkv_bias[...].astype(dt)
         q_BxTxGxRxK = apply_rope(qkv_BxTxGxCxK[:, :, :, :R], cos_BxTxK, sin_BxTxK)
@@ -180,7 +180,7 @@ class Attention(nnx.Module):
         q_BxTxHxK = constrain(q_BxTxGxRxK.reshape(B, T, G * R, self.K), ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k_BxTxGxK, v_BxTxGxK, cache_index)
         out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt)
-        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.o_kernel[...].astype(dt))
+        y_BxTxD = linear(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
         if self.o_bias is not None:
             y_BxTxD = y_BxTxD + self.o_bias[...].astype(dt)
         return y_BxTxD, cache
@@ -203,7 +203,7 @@ class Mlp(nnx.Module):
         if self.gate_up_bias is not None:
             gu_BxTx2xF = gu_BxTx2xF + self.gate_up_bias[...].astype(dt)
         h_BxTxF = constrain(jax.nn.silu(gu_BxTx2xF[:, :, 0]) * gu_BxTx2xF[:, :, 1], ("batch", "length", "mlp"))
-        y_BxTxD = h_BxTxF @ self.down_kernel[...].astype(dt)
+        y_BxTxD = linear(h_BxTxF, self.down_kernel[...].astype(dt))
         if self.down_bias is not None:
             y_BxTxD = y_BxTxD + self.down_bias[...].astype(dt)
         return y_BxTxD
