@@ -74,7 +74,7 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 def linear(x, w, n_in: int = 1):
     """x[..., in...] @ w[in..., out...] (the `n_in` leading axes of w contracted) as one 2-D matmul with a
     hand-written backward (dx = g w^T, dw = x^T g). Same values as the einsum and its autodiff; a GPT-2-small
-    train step on CPU was 5-9% faster with it (medians of two in-process runs of 6 and 10 alternating step
+    train step on CPU was 3-8% faster with it (medians of two in-process runs of 6 and 10 alternating step
     pairs; why XLA:CPU runs autodiff's form of these dots slower is not established). Callers keep the
     sharded one of the merged axes most major (heads, kv_heads), so the 2-D view splits evenly on a mesh;
     GPT-2's fused qkv kernel (D, 3, H, K) would not, and stays an einsum."""
