@@ -80,3 +80,18 @@ def test_backward_fusions_do_not_grow_with_depth():
     # Without layers.grad_barrier, XLA:CPU fused the residual gradient of every block above into each block's
     # backward (a 12-layer GPT-2 had 209-operand fusions; O(layers^2) work and minutes of compile time).
     assert _largest_fusion_operands(8) <= _largest_fusion_operands(2) + 2
+
+
+def test_linear_matches_einsum_values_and_gradients():
+    """layers.linear's hand-written backward gives autodiff's gradients (n_in 1 and 2, multi-axis outputs)."""
+    from ftcot_jax.models.layers import linear
+
+    k = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(k[0], (2, 3, 4, 5))
+    w1, w2 = jax.random.normal(k[1], (5, 2, 3)), jax.random.normal(k[2], (4, 5, 6))
+    for n_in, w, spec in ((1, w1, "btkd,dgc->btkgc"), (2, w2, "btkd,kdo->bto")):
+        ours = lambda x, w: (linear(x, w, n_in=n_in) ** 2).sum()  # noqa: E731
+        ref = lambda x, w: (jnp.einsum(spec, x, w) ** 2).sum()  # noqa: E731
+        np.testing.assert_allclose(linear(x, w, n_in=n_in), jnp.einsum(spec, x, w), rtol=1e-5, atol=1e-5)
+        for g_ours, g_ref in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+            np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-4)
