@@ -278,3 +278,55 @@ class Batcher:
             first = start_index if epoch == start_epoch else 0
             for index in range(first, self.steps_per_epoch):
                 yield (epoch, index), self.batch(epoch, index)
+
+
+# ----------------------------------------------------------------------------- padding-free layout
+
+
+def needed_tokens(attention_mask: np.ndarray, loss_mask: np.ndarray) -> np.ndarray:
+    """Decoder batch (..., L) -> bool (..., L): the positions the loss depends on.
+
+    Position j of a row matters iff it is a real token and no later than the row's last loss position
+    (causal attention: later positions influence nothing that carries loss). Rows without loss (batch
+    fillers) need no position at all."""
+    L = attention_mask.shape[-1]
+    j = np.arange(L)
+    has_loss = loss_mask > 0
+    last = np.where(has_loss.any(-1), L - 1 - np.argmax(has_loss[..., ::-1], axis=-1), -1)
+    return (attention_mask > 0) & (j <= last[..., None])
+
+
+def packing_indices(attention_mask: np.ndarray, loss_mask: np.ndarray, groups: int, multiple: int,
+                    size: int | None = None):
+    """Gather indices of the padding-free layout (models.layers.Packing) for (accum, rows, L) arrays.
+
+    Rows are split into `groups` consecutive groups (the data shards: packing never moves a token to
+    another device). Returns (index (accum, groups, N), inverse (accum, groups, rows // groups * L)):
+    index[a, g, n] = flat position (within the group) of the group's n-th needed token, or M (none);
+    inverse[a, g, m] = the packed slot of position m, or N (dropped). N is the largest group's count
+    rounded up to `multiple` (a bounded set of shapes), or `size` when given (multi-host: the same N on
+    every host). Returns None when packing would not shrink the batch (N >= M)."""
+    A, rows, L = attention_mask.shape
+    if rows % groups:
+        raise ValueError(f"packing: {rows} rows do not split into {groups} data shards")
+    M = rows // groups * L
+    keep = needed_tokens(attention_mask, loss_mask).reshape(A, groups, M)
+    N = size if size is not None else packed_size(attention_mask, loss_mask, groups, multiple)
+    if N >= M:
+        return None
+    index = np.full((A, groups, N), M, np.int32)
+    inverse = np.full((A, groups, M), N, np.int32)
+    for a, g in np.ndindex(A, groups):
+        pos = np.flatnonzero(keep[a, g])
+        index[a, g, :len(pos)] = pos
+        inverse[a, g, pos] = np.arange(len(pos), dtype=np.int32)
+    return index, inverse
+
+
+def packed_size(attention_mask: np.ndarray, loss_mask: np.ndarray, groups: int, multiple: int) -> int:
+    """N that `packing_indices` would choose for these arrays (hosts agree on the largest)."""
+    A, rows, L = attention_mask.shape
+    if rows % groups:
+        raise ValueError(f"packing: {rows} rows do not split into {groups} data shards")
+    counts = needed_tokens(attention_mask, loss_mask).reshape(A, groups, rows // groups * L).sum(-1)
+    return max(multiple, -(-int(counts.max()) // multiple) * multiple)

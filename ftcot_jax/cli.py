@@ -432,6 +432,9 @@ def add_compare_parser(sub):
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both systems (default: all cores)")
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our runs")
+    p.add_argument("--pack-multiple", type=int, default=128,
+                   help="ours computes only on the tokens the loss needs, N rounded up to this (0 = on the padded "
+                        "batch, like the reference)")
     p.add_argument("--quick", action="store_true",
                    help="development run: 4 steps, 1 repeat, eager only, fp32, 8 eval prompts")
     p.add_argument("--probe-xla-flags", action="store_true",

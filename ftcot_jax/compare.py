@@ -73,6 +73,9 @@ class CompareSpec:
     threads: int = 0                 # 0 = every core of this machine; the same for both systems
     jax_devices: int = 1             # devices for our run (1 = like the single-device PyTorch baseline)
     xla_flags: str = ""              # extra XLA_FLAGS for our runs (e.g. the CPU oneDNN/XNNPACK switches)
+    # Our trainer's padding-free layout (TrainConfig.pack_multiple): 0 = ours computes on the padded batch
+    # like the reference does. Same batches and losses either way.
+    pack_multiple: int = 128
     timeout_s: int = 3600            # per worker subprocess
     # A run whose step would take longer than this (estimated from its own measured matmul rate at
     # its precision, before training) is not trained but reported with the estimate: e.g. PyTorch
@@ -94,8 +97,8 @@ class CompareSpec:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}")
-        if self.eval_n < 0 or self.threads < 0:
-            raise ValueError("eval_n and threads must be >= 0")
+        if self.eval_n < 0 or self.threads < 0 or self.pack_multiple < 0:
+            raise ValueError("eval_n, threads and pack_multiple must be >= 0")
 
 
 # ----------------------------------------------------------------------------- batches (numpy only)
@@ -387,16 +390,29 @@ def _jax_worker(job: dict) -> dict:
     cfg = TrainConfig(run_dir=str(out_dir / "jax_run"), batch_size=job["batch_size"], seed=job["seed"],
                       bucket=job["seq_len"], max_length=job["seq_len"], precision=job["precision"], dropout=False,
                       optim=OptimConfig(lr=job["lr"]), mesh=MeshConfig(num_devices=job["jax_devices"]),
-                      eval_every_epochs=0, export=False)
+                      eval_every_epochs=0, export=False, pack_multiple=job.get("pack_multiple", 128))
     st = train_lib.setup(cfg, model=model, tokenizer=tok, total_steps=len(batches))
     del model
     state = st.init_state()
-    losses, times, hashes = [], [], []
+    losses, times, hashes, packed = [], [], [], []
     with jax.set_mesh(st.mesh):
+        # The padding-free layout gives a batch's step a shape that depends on its token count (a bounded
+        # set: multiples of cfg.pack_multiple): every shape is compiled here, before the timed steps, and
+        # reported as compile time (what a long run pays once).
+        t = time.perf_counter()
+        compiled = {}
+        for b in batches:
+            fed = st.put_batch(b)
+            sig = _shapes(fed)
+            if sig not in compiled:
+                compiled[sig] = st.step_fn.lower(state, fed).compile()
+        aot_compile_s = time.perf_counter() - t
         for b in batches:
             t = time.perf_counter()
             fed = st.put_batch(b)
-            state, m = st.step_fn(state, fed)
+            state, m = compiled[_shapes(fed)](state, fed)
+            # tokens per data shard the step computed on (None: the padded batch)
+            packed.append(int(fed["pack_index"].shape[-1]) if "pack_index" in fed else None)
             losses.append(float(m["loss"]))  # waits for the step
             times.append(time.perf_counter() - t)
             # the arrays the step consumed (the global device arrays), hashed after the step
@@ -404,6 +420,7 @@ def _jax_worker(job: dict) -> dict:
             hashes.append(hash_arrays(canonical_batch(host)))
     train_peak = peak_rss_mb()
     res = {"losses": losses, "step_times": times, "batch_hashes": hashes, "load_s": load_s, "threads": threads,
+           "aot_compile_s": aot_compile_s, "step_shapes": len(compiled), "packed_tokens": packed,
            "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
            "base_rss_mb": base_rss, "train_peak_rss_mb": train_peak}
     res.update(_jax_device_memory())
@@ -417,6 +434,10 @@ def _jax_worker(job: dict) -> dict:
             res["eval_error"] = f"{type(e).__name__}: {e}"[:500]
     res["peak_rss_mb"] = peak_rss_mb()
     return res
+
+
+def _shapes(fed: dict) -> tuple:
+    return tuple((k, tuple(v.shape)) for k, v in sorted(fed.items()))
 
 
 def _jax_device_memory() -> dict:
@@ -532,6 +553,7 @@ def run_compare(spec: CompareSpec, *, samples=None, eval_examples=None, log=prin
         f"{manifest['eval_n']} eval prompts in {time.perf_counter() - t:.0f}s -> {out}")
     common = {"out_dir": str(out.resolve()), "batch_size": spec.batch_size, "seq_len": spec.seq_len, "lr": spec.lr,
               "seed": spec.seed, "threads": threads, "jax_devices": spec.jax_devices, "task": manifest["task"],
+              "pack_multiple": spec.pack_multiple,
               "template": manifest["template"], "eval_batch_size": spec.eval_batch_size,
               "max_new_tokens": spec.max_new_tokens, "eos_ids": manifest["eos_ids"],
               "model_type": manifest["model_type"], "max_est_step_s": spec.max_est_step_s,
@@ -548,6 +570,7 @@ def run_compare(spec: CompareSpec, *, samples=None, eval_examples=None, log=prin
         if "step_times" in res:
             res.update(step_stats(res["step_times"], spec.warmup_steps, spec.batch_size * spec.seq_len,
                                   manifest["real_tokens"]))
+            res["compile_s"] += res.get("aot_compile_s", 0.0)  # ours compiles every batch shape up front
             log(f"  {name}: {res['tokens_per_s']:.0f} tok/s, step {res['step_time_s']:.3f}s, "
                 f"final loss {res['losses'][-1]:.4f}, wall {res['wall_s']:.0f}s")
         runs.append(res)
@@ -815,7 +838,8 @@ def compare_command(args) -> int:
               steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size, seq_len=args.seq_len,
               lr=args.lr, precisions=_csv(args.precisions), torch_modes=_csv(args.torch_modes),
               repeats=args.repeats, eval_n=args.eval_n, eval_batch_size=args.eval_batch_size,
-              max_new_tokens=args.max_new_tokens, threads=args.threads, xla_flags=args.xla_flags)
+              max_new_tokens=args.max_new_tokens, threads=args.threads, xla_flags=args.xla_flags,
+              pack_multiple=args.pack_multiple)
     if args.quick:
         kw.update(steps=min(args.steps, 4), warmup_steps=1, repeats=1, precisions=("fp32",),
                   torch_modes=("eager",), eval_n=min(args.eval_n, 8), max_new_tokens=min(args.max_new_tokens, 32))

@@ -129,6 +129,10 @@ class TrainConfig:
     # Decoder students: the LM head runs only on label tokens, this many at a time (ftcot_jax/head_loss.py);
     # 0 = full [B, L, V] logits as the reference computes them. Same loss either way.
     head_chunk: int = 256
+    # Decoder students with the label-only head: projections and MLPs run only on the tokens the loss
+    # depends on, padding dropped (models.layers.Packing); the packed length per data shard is rounded
+    # up to a multiple of this (bounds the compiled shapes). 0 = compute on the padded batch. Same loss.
+    pack_multiple: int = 128
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -150,7 +154,7 @@ class TrainConfig:
                      "eval_max_new_tokens", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("head_chunk", "max_steps", "eval_every_epochs", "eval_limit", "checkpoint_every_steps",
+        for name in ("head_chunk", "pack_multiple", "max_steps", "eval_every_epochs", "eval_limit", "checkpoint_every_steps",
                      "keep_best"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

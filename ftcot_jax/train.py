@@ -38,6 +38,7 @@ from ftcot_jax.checkpoint import Checkpoints, abstract_like
 from ftcot_jax.config import TrainConfig, save_config, to_dict
 from ftcot_jax.metrics import MetricsLogger, mfu, peak_flops_per_device
 from ftcot_jax.models import sharding as sharding_lib
+from ftcot_jax.models.layers import Packing
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -239,18 +240,34 @@ def _batch_shards() -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
 
 
+def _uses_dropout(student: Student, use_dropout: bool) -> bool:
+    return use_dropout and _accepts(student.family.Model.__call__, "dropout_rng")
+
+
+def uses_label_head(student: Student, use_dropout: bool, head_chunk: int) -> bool:
+    """Whether the step runs the LM head on label tokens only (decoder students without dropout)."""
+    return (student.model_type == "decoder" and head_chunk > 0 and hasattr(student.family.Model, "head_VxD")
+            and not _uses_dropout(student, use_dropout))
+
+
 def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
     graphdef = student.graphdef
     decoder = student.model_type == "decoder"
-    family_model = student.family.Model
-    dropout = use_dropout and _accepts(family_model.__call__, "dropout_rng")
-    label_head = decoder and head_chunk > 0 and hasattr(family_model, "head_VxD") and not dropout
+    dropout = _uses_dropout(student, use_dropout)
+    label_head = uses_label_head(student, use_dropout, head_chunk)
 
     def loss_fn(params, mb, rng):
         """(sum of token cross-entropies over label tokens, number of label tokens), both fp32."""
         model = nnx.merge(graphdef, params)
         extra = {"dropout_rng": rng} if dropout else {}
         if label_head:  # the head only where the loss is (head_loss.py); same value as the full logits
+            if "pack_index" in mb:  # padding dropped: hidden states of the needed tokens only, [G, N, D]
+                packing = Packing(mb["pack_index"], mb["unpack_index"], *mb["input_ids"].shape)
+                x_GxNxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
+                                            positions_BxL=mb["positions"], packing=packing)
+                return head_loss.label_cross_entropy(x_GxNxD, model.head_VxD(), packing.pack(mb["targets"]),
+                                                     packing.pack(mb["loss_mask"]), groups=packing.G,
+                                                     chunk=head_chunk)
             x_BxLxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
                                         positions_BxL=mb["positions"])
             return head_loss.label_cross_entropy(x_BxLxD, model.head_VxD(), mb["targets"], mb["loss_mask"],
@@ -320,6 +337,7 @@ class Setup:
     state_shardings: dict
     batch_sharding: NamedSharding
     step_fn: Callable   # jitted (state, batch) -> (state, metrics), state donated
+    pack_multiple: int = 0  # > 0: put_batch adds the padding-free layout's indices (layers.Packing)
 
     def init_state(self) -> dict:
         with jax.set_mesh(self.mesh):
@@ -337,13 +355,30 @@ class Setup:
         return abstract_like(abstract, self.state_shardings)
 
     def put_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Host-local rows -> global arrays (jax.make_array_from_process_local_data)."""
-        out = {}
+        """Host-local rows -> global arrays (jax.make_array_from_process_local_data); with packing, plus
+        the gather indices of the padding-free layout (computed here: they depend on the data shards)."""
         n = jax.process_count()
+        if self.pack_multiple and "loss_mask" in local and "decoder_input_ids" not in local:
+            local = dict(local, **self._packing_indices(local, n))
+        out = {}
         for k, v in local.items():
             global_shape = (v.shape[0], v.shape[1] * n) + v.shape[2:]
             out[k] = jax.make_array_from_process_local_data(self.batch_sharding, v, global_shape)
         return out
+
+    def _packing_indices(self, local: dict[str, np.ndarray], n_hosts: int) -> dict[str, np.ndarray]:
+        shards = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES if a in self.mesh.shape]))
+        if shards % n_hosts:
+            return {}
+        groups = shards // n_hosts  # this host's data shards
+        mask, weights = local["attention_mask"], local["loss_mask"]
+        size = None
+        if n_hosts > 1:  # every host must build the same global shape: agree on the largest N
+            from jax.experimental import multihost_utils
+            mine = batching.packed_size(mask, weights, groups, self.pack_multiple)
+            size = int(np.max(multihost_utils.process_allgather(np.int32(mine))))
+        idx = batching.packing_indices(mask, weights, groups, self.pack_multiple, size=size)
+        return {} if idx is None else {"pack_index": idx[0], "unpack_index": idx[1]}
 
     def run_step(self, state, batch):
         with jax.set_mesh(self.mesh):
@@ -364,7 +399,10 @@ def setup(cfg: TrainConfig, *, student: Student | None = None, model=None, token
     step = make_train_step(student, tx, schedule, use_dropout=cfg.dropout, p_shardings=p_sh,
                            head_chunk=cfg.head_chunk)
     step_fn = jax.jit(step, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
-    return Setup(cfg, mesh, student, tx, schedule, state_sh, b_sh, step_fn)
+    packs = uses_label_head(student, cfg.dropout, cfg.head_chunk) and _accepts(student.family.Model.features,
+                                                                              "packing")
+    return Setup(cfg, mesh, student, tx, schedule, state_sh, b_sh, step_fn,
+                 pack_multiple=cfg.pack_multiple if packs else 0)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -30,7 +30,8 @@ def report(tmp_path_factory):
     tok.save_pretrained(str(root / "tok"))
     spec = compare.CompareSpec(out_dir=str(root / "out"), model_config=tiny_gpt2_config(), tokenizer=str(root / "tok"),
                                steps=6, warmup_steps=1, batch_size=4, seq_len=64, precisions=("fp32",),
-                               torch_modes=("eager",), repeats=1, eval_n=0, threads=1, timeout_s=300)
+                               torch_modes=("eager",), repeats=1, eval_n=0, threads=1, timeout_s=300,
+                               pack_multiple=16)  # ours on the padding-free layout, torch on the padded batch
     return compare.run_compare(spec, samples=last_letter_samples(40, method="ft_cot"), log=lambda *a: None), root
 
 
@@ -46,6 +47,10 @@ def test_both_systems_consumed_identical_batches(report):
     assert res["jax"]["batch_hashes"] == manifest["batch_hashes"]
     assert res["torch"]["batch_hashes"] == manifest["batch_hashes"]
     assert all(r["batches_identical"] for r in rep["rows"])
+    # ours computed on fewer tokens than the padded 4 x 64 (and compiled each packed shape before timing)
+    packed = res["jax"]["packed_tokens"]
+    assert len(packed) == 6 and all(n is not None and n < 4 * 64 for n in packed)
+    assert res["jax"]["step_shapes"] == len(set(packed))
 
 
 def test_loss_curves_agree_fp32(report):

@@ -97,14 +97,18 @@ class Attention(nnx.Module):
             scale /= layer_idx + 1
         self.scale, self.dtype = scale, dtype
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index):
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None):
         dt = self.dtype
         qkv_BxTx3xHxK = jnp.einsum("btd,dchk->btchk", x_BxTxD, self.qkv_kernel[...].astype(dt))
         qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dt)
+        if packing is not None:  # x is packed [G, N, D]; attention runs on the padded rows
+            qkv_BxTx3xHxK = packing.unpack(qkv_BxTx3xHxK)
         q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k, v, cache_index)
         out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt)
+        if packing is not None:
+            out_BxTxHxK = packing.pack(out_BxTxHxK)
         y_BxTxD = linear(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2)
         return y_BxTxD + self.out_bias[...].astype(dt), cache
 
@@ -133,9 +137,9 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index):
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None):
         x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index)
+        a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index, packing)
         x_BxTxD = x_BxTxD + a
         x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD))
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
@@ -164,16 +168,19 @@ class Model(nnx.Module):
         return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.n_layer)]
 
     def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None):
-        """Final hidden states (after ln_f) and the updated cache."""
+                 cache_index=None, packing=None):
+        """Final hidden states (after ln_f) and the updated cache. With `packing` (training, no cache) the
+        hidden states are only those of the packed tokens: [G, N, D] (layers.Packing)."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
                                                    cache_index)
+        if packing is not None:
+            input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
         x_BxTxD = (jnp.take(self.wte[...], input_ids_BxT, axis=0)
                    + jnp.take(self.wpe[...], positions_BxT, axis=0)).astype(self.dtype)
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x_BxTxD, c = block(x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index)
+            x_BxTxD, c = block(x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing)
             new_cache.append(c)
         return self.ln_f(x_BxTxD), (None if cache is None else new_cache)
 

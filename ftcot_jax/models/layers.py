@@ -84,6 +84,65 @@ def linear(x, w, n_in: int = 1):
     return y.reshape(*lead, *out_shape)
 
 
+def _gather_rows(a_GxMxF, index_GxN):
+    """a[g, index[g, n]] with out-of-range indices giving zero rows."""
+    return jnp.take_along_axis(a_GxMxF, index_GxN[..., None], axis=1, mode="fill", fill_value=0)
+
+
+@jax.custom_vjp
+def _select(a_GxMxF, index_GxN, inverse_GxM):
+    return _gather_rows(a_GxMxF, index_GxN)
+
+
+def _select_fwd(a_GxMxF, index_GxN, inverse_GxM):
+    return _gather_rows(a_GxMxF, index_GxN), (index_GxN, inverse_GxM)
+
+
+def _select_bwd(res, g_GxNxF):
+    # `index` and `inverse` are inverse partial permutations, so the transpose of one gather is the other
+    # gather: no scatter-add in the backward pass.
+    index_GxN, inverse_GxM = res
+    return _select(g_GxNxF, inverse_GxM, index_GxN), None, None
+
+
+_select.defvjp(_select_fwd, _select_bwd)
+
+
+class Packing:
+    """Padding-free layout of a training batch: only the tokens the loss depends on, per data shard.
+
+    A Fine-tune-CoT batch of B rows x L positions holds 30-50% padding (right padding up to the longest
+    row). Every projection, norm and MLP is per token, so it runs on the packed [G, N, ...] layout (G data
+    shards, N = the shard's needed tokens rounded up); only attention, which mixes positions within a row,
+    runs on the padded [B, L, ...] layout: `unpack` before it, `pack` after. Both directions are gathers
+    (built on the host by `batching.packing_indices`), and each one's gradient is the other gather.
+    The values are those of the padded computation: a dropped position has no loss weight and is never
+    attended to by a kept one (it is padding, or after the row's last label token).
+    """
+
+    def __init__(self, index_GxN, inverse_GxM, batch: int, length: int):
+        self.index_GxN, self.inverse_GxM = index_GxN, inverse_GxM
+        self.B, self.L = batch, length
+        self.G, self.N = index_GxN.shape
+        if batch % self.G or (batch // self.G) * length != inverse_GxM.shape[1]:
+            raise ValueError(f"packing indices {index_GxN.shape} / {inverse_GxM.shape} do not fit a "
+                             f"{batch} x {length} batch")
+
+    def pack(self, a_BxLx_):
+        """[B, L, ...] -> [G, N, ...] (slots past a shard's tokens are zeros)."""
+        rest = a_BxLx_.shape[2:]
+        a_GxMxF = a_BxLx_.reshape(self.G, (self.B // self.G) * self.L, math.prod(rest))
+        if not jnp.issubdtype(a_GxMxF.dtype, jnp.floating):
+            return _gather_rows(a_GxMxF, self.index_GxN).reshape(self.G, self.N, *rest)
+        return _select(a_GxMxF, self.index_GxN, self.inverse_GxM).reshape(self.G, self.N, *rest)
+
+    def unpack(self, a_GxNx_):
+        """[G, N, ...] -> [B, L, ...] (dropped positions are zeros)."""
+        rest = a_GxNx_.shape[2:]
+        a_GxNxF = a_GxNx_.reshape(self.G, self.N, math.prod(rest))
+        return _select(a_GxNxF, self.inverse_GxM, self.index_GxN).reshape(self.B, self.L, *rest)
+
+
 class LayerNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
         self.scale = param(rngs, ones_init, (dim,), ("norm",))

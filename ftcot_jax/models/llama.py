@@ -168,7 +168,7 @@ class Attention(nnx.Module):
         self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
         self.G, self.R, self.K, self.dtype = G, R, K, dtype
 
-    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index):
+    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index, packing=None):
         dt, G, R = self.dtype, self.G, self.R
         qkv_BxTxGxCxK = linear(x_BxTxD, self.qkv_kernel[...].astype(dt))
         if self.qkv_bias is not None:
@@ -176,10 +176,14 @@ class Attention(nnx.Module):
         q_BxTxGxRxK = apply_rope(qkv_BxTxGxCxK[:, :, :, :R], cos_BxTxK, sin_BxTxK)
         k_BxTxGxK = apply_rope(qkv_BxTxGxCxK[:, :, :, R], cos_BxTxK, sin_BxTxK)
         v_BxTxGxK = qkv_BxTxGxCxK[:, :, :, R + 1]
-        B, T = x_BxTxD.shape[:2]
+        if packing is not None:  # x is packed [G, N, D]; attention runs on the padded rows
+            q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK = map(packing.unpack, (q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK))
+        B, T = q_BxTxGxRxK.shape[:2]
         q_BxTxHxK = constrain(q_BxTxGxRxK.reshape(B, T, G * R, self.K), ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k_BxTxGxK, v_BxTxGxK, cache_index)
         out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt)
+        if packing is not None:
+            out_BxTxHxK = packing.pack(out_BxTxHxK)
         y_BxTxD = linear(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
         if self.o_bias is not None:
             y_BxTxD = y_BxTxD + self.o_bias[...].astype(dt)
@@ -216,9 +220,9 @@ class Block(nnx.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index):
+    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index, packing=None):
         x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index)
+        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index, packing)
         x_BxTxD = x_BxTxD + a
         x_BxTxD = x_BxTxD + self.mlp(self.post_norm(x_BxTxD))
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
@@ -246,9 +250,12 @@ class Model(nnx.Module):
         return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.num_hidden_layers)]
 
     def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None):
+                 cache_index=None, packing=None):
+        """Final hidden states and the updated cache; [G, N, D] with `packing` (see gpt2.Model.features)."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
                                                    cache_index)
+        if packing is not None:
+            input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
         freqs_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(self.inv_freq, jnp.float32)
         ang_BxTxK = jnp.concatenate([freqs_BxTxK2, freqs_BxTxK2], axis=-1)
         cos, sin = jnp.cos(ang_BxTxK).astype(self.dtype), jnp.sin(ang_BxTxK).astype(self.dtype)
@@ -256,7 +263,8 @@ class Model(nnx.Module):
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, c = layer(x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index)
+            x_BxTxD, c = layer(x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index,
+                               packing)
             new_cache.append(c)
         return self.norm(x_BxTxD), (None if cache is None else new_cache)
 
