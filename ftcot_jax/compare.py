@@ -287,8 +287,6 @@ def _eval_items(spec: CompareSpec, model_type: str, eval_examples, template: str
 
 def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -> dict:
     """Export the initial weights, cut the batches, write the eval prompts; returns the manifest."""
-    import warnings
-
     from ftcot_jax import batching
     from ftcot_jax import models
 
@@ -313,33 +311,22 @@ def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -
     samples = _samples(spec, samples)
     template = batching.METHOD_TEMPLATE[samples[0].method]
     task = samples[0].task
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # truncation is counted below instead
-        enc = batching.encode_samples(samples, tok, model_type=model_type, max_length=spec.seq_len)
-    keep = [i for i in range(len(enc)) if _fits(enc, i, spec.seq_len)]
-    left_out = len(enc) - len(keep)
-    if not keep:
-        raise ValueError(f"no sample fits in --seq-len {spec.seq_len} tokens")
-    enc = dataclasses.replace(enc, source=[enc.source[i] for i in keep], target=[enc.target[i] for i in keep],
-                              sample_keys=[enc.sample_keys[i] for i in keep])
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     start = getattr(models.config_from_hf(hf_config), "decoder_start_token_id", None)
-    batcher = batching.Batcher(enc, spec.batch_size, 1, spec.seed, spec.seq_len, pad, pad if start is None else start)
-    arrays, hashes, real_tokens, sample_ids = {}, [], [], []
-    it = batcher.iterate(epochs=10**6)
-    for i in range(spec.steps):
-        (epoch, index), b = next(it)
+    batches, cut = cut_batches(spec, samples, tok, model_type, start)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    arrays, hashes = {}, []
+    for i, b in enumerate(batches):
         for k, v in b.items():
             arrays[f"{i:05d}/{k}"] = v
         hashes.append(hash_arrays(canonical_batch({k: v[0] for k, v in b.items()})))
-        real_tokens.append(batcher.n_tokens(epoch, index))
-        sample_ids.append([int(r) for r in batcher.rows(epoch, index).ravel()])
     np.savez(out / "batches.npz", **arrays)
+    left_out, real_tokens, sample_ids = cut["left_out"], cut["real_tokens"], cut["sample_ids"]
     items = _eval_items(spec, model_type, eval_examples, template)
     (out / "eval.json").write_text(json.dumps(items, indent=1) + "\n")
     eos_ids = sorted({int(tok.eos_token_id)} | ({int(pad)} if model_type == "encoder_decoder" else set()))
     manifest = {"model": described, "hf_config": cfg, "n_params": n_params, "model_type": model_type,
-                "task": task, "template": template, "samples": len(samples), "samples_used": len(keep),
+                "task": task, "template": template, "samples": len(samples),
+                "samples_used": cut["used"],
                 "samples_left_out_longer_than_seq_len": left_out, "steps": spec.steps,
                 "batch_size": spec.batch_size, "seq_len": spec.seq_len, "batch_hashes": hashes,
                 "real_tokens": real_tokens, "batch_sample_ids": sample_ids, "eval_n": len(items),
@@ -347,6 +334,36 @@ def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -
                 "flops_per_token": flops_per_token(n_params, cfg, spec.seq_len)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def cut_batches(spec: CompareSpec, samples, tok, model_type: str, decoder_start: int | None = None):
+    """The first `spec.steps` batches of the trainer's own pipeline (`batching.encode_samples` +
+    `batching.Batcher`), each padded to exactly `spec.seq_len`; samples longer than that are left out.
+    Returns (batches, {"used", "left_out", "real_tokens", "sample_ids"})."""
+    import warnings
+
+    from ftcot_jax import batching
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation is counted below instead
+        enc = batching.encode_samples(samples, tok, model_type=model_type, max_length=spec.seq_len)
+    keep = [i for i in range(len(enc)) if _fits(enc, i, spec.seq_len)]
+    if not keep:
+        raise ValueError(f"no sample fits in --seq-len {spec.seq_len} tokens")
+    enc = dataclasses.replace(enc, source=[enc.source[i] for i in keep], target=[enc.target[i] for i in keep],
+                              sample_keys=[enc.sample_keys[i] for i in keep])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    start = pad if decoder_start is None else decoder_start
+    batcher = batching.Batcher(enc, spec.batch_size, 1, spec.seed, spec.seq_len, pad, start)
+    batches, real_tokens, sample_ids = [], [], []
+    it = batcher.iterate(epochs=10**6)
+    for _ in range(spec.steps):
+        (epoch, index), b = next(it)
+        batches.append(b)
+        real_tokens.append(batcher.n_tokens(epoch, index))
+        sample_ids.append([int(r) for r in batcher.rows(epoch, index).ravel()])
+    return batches, {"used": len(keep), "left_out": len(enc) - len(keep), "real_tokens": real_tokens,
+                     "sample_ids": sample_ids}
 
 
 def models_param_leaves(model):

@@ -5,12 +5,21 @@ same step in PyTorch eager (HF transformers) and in HF's own Flax GPT-2, measure
     python scripts/bench_train.py --steps 5 --precisions fp32 --out bench_train.json
     python scripts/bench_train.py --precisions fp32 --batch 4 --baselines torch,hf-flax \
         --hf-flax-python /tmp/hfflax/bin/python   # a venv with transformers<5, jax, flax, optax
+    python scripts/bench_train.py --data gsm8k --precisions fp32 --baselines torch,hf-flax \
+        --hf-flax-python /tmp/hfflax/bin/python --repeats 2
 
-Every row of the batch is a full 256-token sequence with the loss on every position, so tokens/s counts
-exactly batch x length tokens per step. Compilation (the first call) is timed separately and left out
-of the throughput. MFU = 6 * N_params * tokens/s / peak, with the peak of the device from the table in
-ftcot_jax/metrics.py, or for a CPU a jitted matmul measured in the same process (so on a CPU the MFU is
-"fraction of what XLA's own matmul reaches", not of the vendor's number).
+`--data random` (default): every row is a full 256-token sequence with the loss on every position (the
+kernels alone: the label-only head and the padding-free layout save nothing there). `--data gsm8k`: the
+project's real work, Fine-tune-CoT batches of GSM8K gold rationales cut exactly like `ftcot compare` does
+(prompt + label + EOS, right padding to the length, loss on the label only); every system trains on the
+same batches (written to one .npz the baselines read), each the way it would: ours with the label-only head
+and the padding-free layout, torch and HF Flax with full logits and -100/zero-weight masks. tokens/s counts
+batch x length tokens per step either way; real tok/s counts the non-padding ones.
+
+Compilation (every step shape, before the timed steps) is timed separately and left out of the throughput.
+MFU = 6 * N_params * real tokens/s / peak, with the peak of the device from the table in ftcot_jax/metrics.py,
+or for a CPU a jitted matmul measured in the same process (so on a CPU the MFU is "fraction of what XLA's own
+matmul reaches", not of the vendor's number).
 
 Baselines (fp32 only, each in its own process, alternated with ours `--repeats` times; the headline is the
 ratio within each repeat, as these machines are noisy):
@@ -35,7 +44,9 @@ import time
 import numpy as np
 
 
-def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed: int = 0) -> dict:
+def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed: int = 0,
+          batches: list | None = None) -> dict:
+    """Our step: one warm-up step, then `steps` timed ones; `batches` (len >= steps + 1) or random all-label."""
     import jax
     import jax.numpy as jnp
 
@@ -58,33 +69,45 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
 
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, hf["vocab_size"], (1, batch, length + 1), dtype=np.int32)
-    b = dict(input_ids=ids[..., :-1], targets=ids[..., 1:], attention_mask=np.ones((1, batch, length), np.int32),
-             positions=np.broadcast_to(np.arange(length, dtype=np.int32), (1, batch, length)).copy(),
-             loss_mask=np.ones((1, batch, length), np.float32))
-    fed = st.put_batch(b)
+    if batches is None:
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(0, hf["vocab_size"], (1, batch, length + 1), dtype=np.int32)
+        b = dict(input_ids=ids[..., :-1], targets=ids[..., 1:],
+                 attention_mask=np.ones((1, batch, length), np.int32),
+                 positions=np.broadcast_to(np.arange(length, dtype=np.int32), (1, batch, length)).copy(),
+                 loss_mask=np.ones((1, batch, length), np.float32))
+        batches = [b] * (steps + 1)
+    shapes = lambda fed: tuple((k, v.shape) for k, v in sorted(fed.items()))  # noqa: E731
     with jax.set_mesh(st.mesh):
         t0 = time.perf_counter()
-        compiled = st.step_fn.lower(state, fed).compile()
+        compiled = {}
+        for b in batches[:steps + 1]:  # every step shape (the padding-free layout has a few), before timing
+            fed = st.put_batch(b)
+            if shapes(fed) not in compiled:
+                compiled[shapes(fed)] = st.step_fn.lower(state, fed).compile()
         compile_s = time.perf_counter() - t0
-        state, m = compiled(state, fed)  # warm-up run (first execution allocates)
+        fed = st.put_batch(batches[0])
+        state, m = compiled[shapes(fed)](state, fed)  # warm-up run (first execution allocates)
         first_loss = float(m["loss"])
         times = []
-        for _ in range(steps):
+        for b in batches[1:steps + 1]:
             t0 = time.perf_counter()
-            state, m = compiled(state, st.put_batch(b))
+            fed = st.put_batch(b)
+            state, m = compiled[shapes(fed)](state, fed)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
     tokens = batch * length
     step_s = statistics.median(times)
     tps = tokens / step_s
+    # Model FLOPs count only real (non-padding) tokens: padding is not useful work, whoever computes it.
+    real_tps = sum(int(b["attention_mask"].sum()) for b in batches[1:steps + 1]) / sum(times)
     peak, peak_src = peak_flops_per_device(dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32)
     return {"precision": precision, "batch": batch, "length": length, "n_params": st.student.n_params,
             "init_s": init_s, "compile_s": compile_s, "step_s_median": step_s, "step_s_all": times,
-            "tokens_per_s": tps, "mfu": mfu(st.student.n_params, tps, peak), "peak_flops": peak,
-            "peak_source": peak_src, "model_tflops_per_s": 6 * st.student.n_params * tps / 1e12,
-            "first_loss": first_loss, "last_loss": float(m["loss"])}
+            "tokens_per_s": tps, "real_tokens_per_s": real_tps, "mfu": mfu(st.student.n_params, real_tps, peak),
+            "peak_flops": peak, "peak_source": peak_src,
+            "model_tflops_per_s": 6 * st.student.n_params * real_tps / 1e12,
+            "first_loss": first_loss, "last_loss": float(m["loss"]), "step_shapes": len(compiled)}
 
 
 def _gpt2_config(layers: int) -> dict:
@@ -96,8 +119,24 @@ def _tokens(batch: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 50257, (batch, length), dtype=np.int64)
 
 
-def worker_torch(batch: int, length: int, steps: int, layers: int) -> dict:
-    """HF GPT-2 in PyTorch eager, fp32: the reference trainer's inner loop on an all-label batch."""
+def _read_batches(path: str) -> list[dict[str, np.ndarray]]:
+    """The .npz of `--data gsm8k` ("{step:05d}/{name}" -> (1, B, L)); numpy only: the HF Flax worker runs
+    in another venv without ftcot_jax."""
+    with np.load(path) as z:
+        steps: dict[int, dict] = {}
+        for key in z.files:
+            i, name = key.split("/", 1)
+            steps.setdefault(int(i), {})[name] = z[key]
+    return [steps[i] for i in sorted(steps)]
+
+
+def _write_batches(path: str, batches: list[dict[str, np.ndarray]]) -> None:
+    np.savez(path, **{f"{i:05d}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+
+
+def worker_torch(batch: int, length: int, steps: int, layers: int, batches: str | None = None) -> dict:
+    """HF GPT-2 in PyTorch eager, fp32: the reference trainer's inner loop (all-label, or `batches` with
+    labels -100 on prompt and padding, as the reference builds them)."""
     import torch
     import transformers
 
@@ -105,12 +144,18 @@ def worker_torch(batch: int, length: int, steps: int, layers: int) -> dict:
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**_gpt2_config(layers))).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    ids = torch.from_numpy(_tokens(batch, length))
+    if batches:
+        from ftcot_jax.torch_baseline import to_torch_batch
+
+        feeds = [to_torch_batch(b, "decoder", "cpu") for b in _read_batches(batches)]
+    else:
+        ids = torch.from_numpy(_tokens(batch, length))
+        feeds = [{"input_ids": ids, "labels": ids}] * (steps + 1)
     times, losses = [], []
     for i in range(steps + 1):  # the first step is warm-up
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(**feeds[i]).loss
         loss.backward()
         opt.step()
         losses.append(float(loss.item()))
@@ -120,8 +165,9 @@ def worker_torch(batch: int, length: int, steps: int, layers: int) -> dict:
             "compile_s": 0.0, "step_s_all": times, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def worker_hf_flax(batch: int, length: int, steps: int, layers: int) -> dict:
-    """HF's FlaxGPT2LMHeadModel, fp32: jitted value_and_grad + optax AdamW, state donated."""
+def worker_hf_flax(batch: int, length: int, steps: int, layers: int, batches: str | None = None) -> dict:
+    """HF's FlaxGPT2LMHeadModel, fp32: jitted value_and_grad + optax AdamW, state donated; with `batches`,
+    the attention mask and a loss weighted by our loss mask (mean over label tokens)."""
     import functools
 
     import jax
@@ -134,23 +180,32 @@ def worker_hf_flax(batch: int, length: int, steps: int, layers: int) -> dict:
     opt_state = tx.init(params)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, ids):
+    def step(params, opt_state, b):
         def loss_fn(p):
-            logits = model(ids, params=p, train=True, dropout_rng=jax.random.key(0)).logits
-            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+            logits = model(b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["positions"],
+                           params=p, train=True, dropout_rng=jax.random.key(0)).logits
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
+            return (nll * b["loss_mask"]).sum() / b["loss_mask"].sum()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    ids = jax.numpy.asarray(_tokens(batch, length).astype(np.int32))
+    if batches:
+        feeds = [{k: jax.numpy.asarray(v[0]) for k, v in b.items()} for b in _read_batches(batches)]
+    else:  # all-label: position j predicts token j+1 (the last position has no target)
+        ids = _tokens(batch, length + 1).astype(np.int32)
+        w = np.ones((batch, length), np.float32)
+        feeds = [{"input_ids": ids[:, :-1], "targets": ids[:, 1:], "attention_mask": np.ones((batch, length), np.int32),
+                  "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)), "loss_mask": w}]
+        feeds = [{k: jax.numpy.asarray(v) for k, v in feeds[0].items()}] * (steps + 1)
     t = time.perf_counter()
-    compiled = step.lower(params, opt_state, ids).compile()
+    compiled = step.lower(params, opt_state, feeds[0]).compile()
     compile_s = time.perf_counter() - t
     times, losses = [], []
     for i in range(steps + 1):
         t = time.perf_counter()
-        params, opt_state, loss = compiled(params, opt_state, ids)
+        params, opt_state, loss = compiled(params, opt_state, feeds[i])
         losses.append(float(loss))
         if i:
             times.append(time.perf_counter() - t)
@@ -161,10 +216,24 @@ def worker_hf_flax(batch: int, length: int, steps: int, layers: int) -> dict:
 WORKERS = {"torch": worker_torch, "hf-flax": worker_hf_flax}
 
 
+def gsm8k_batches(batch: int, length: int, n: int):
+    """The first `n` GSM8K Fine-tune-CoT batches exactly as `ftcot compare` cuts them (SmolLM2 tokenizer,
+    the only one shipped offline); returns (batches, real tokens per batch)."""
+    from ftcot_jax import batching
+    from ftcot_jax import compare
+
+    spec = compare.CompareSpec(steps=n, warmup_steps=0, batch_size=batch, seq_len=length)
+    tok = compare._load_tokenizer(compare.DEFAULT_TOKENIZER)
+    batches, cut = compare.cut_batches(spec, batching.gold_samples("gsm8k", "ft_cot"), tok, "decoder")
+    return batches, cut["real_tokens"]
+
+
 def run_baseline(name: str, python: str, args) -> dict:
     """One baseline in a fresh process (`python` interpreter), its JSON result with tokens/s added."""
     cmd = [python, os.path.abspath(__file__), "--worker", name, "--batch", str(args.batch), "--length",
            str(args.length), "--steps", str(args.steps), "--layers", str(args.layers)]
+    if args.batches:
+        cmd += ["--batches", args.batches]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"baseline '{name}' failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
@@ -186,10 +255,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of ours and each baseline")
     p.add_argument("--hf-flax-python", default=None,
                    help="interpreter of a venv with transformers<5 + jax + flax + optax (for hf-flax)")
+    p.add_argument("--data", default="random", choices=("random", "gsm8k"),
+                   help="random all-label rows, or GSM8K Fine-tune-CoT batches (gold rationales) as `ftcot compare`")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--batches", default=None, help=argparse.SUPPRESS)  # the .npz a baseline worker trains on
     args = p.parse_args(argv)
     if args.worker:  # inside a baseline's own process
-        print(json.dumps(WORKERS[args.worker](args.batch, args.length, args.steps, args.layers)))
+        print(json.dumps(WORKERS[args.worker](args.batch, args.length, args.steps, args.layers, args.batches)))
         return 0
     baselines = [b for b in args.baselines.split(",") if b]
     for b in baselines:
@@ -202,12 +274,18 @@ def main(argv=None) -> int:
 
     import jax
 
+    batches, real_tokens = None, None
+    if args.data == "gsm8k":
+        batches, real_tokens = gsm8k_batches(args.batch, args.length, args.steps + 1)
+        args.batches = os.path.splitext(args.out)[0] + ".batches.npz"
+        _write_batches(args.batches, batches)
     rows, side = [], []
     precisions = [x for x in args.precisions.split(",") if x]
     for rep in range(max(args.repeats, 1)):
         for prec in precisions:
             print(f"[{rep + 1}/{args.repeats}] ours {prec} ...", file=sys.stderr, flush=True)
-            rows.append(bench(prec, args.batch, args.length, args.steps, args.layers) | {"repeat": rep})
+            rows.append(bench(prec, args.batch, args.length, args.steps, args.layers, batches=batches)
+                        | {"repeat": rep})
         for b in baselines:
             print(f"[{rep + 1}/{args.repeats}] {b} ...", file=sys.stderr, flush=True)
             python = args.hf_flax_python if b == "hf-flax" else sys.executable
@@ -216,14 +294,18 @@ def main(argv=None) -> int:
     meta = {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
             "n_devices_used": 1, "cpu_count": os.cpu_count(), "loadavg_at_end": load,
             "python": platform.python_version(), "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "data": args.data,
+            "real_tokens_per_batch": real_tokens}
+    if real_tokens:
+        print(f"\n{args.data} batches: real tokens per batch (of {args.batch * args.length}) {real_tokens}")
     print(f"\nGPT-2 small ({rows[0]['n_params'] / 1e6:.1f}M params), batch {args.batch} x {args.length}, "
           f"{meta['device']} ({meta['cpu_count']} cpus, load avg {load[0]:.1f})" if load else "")
-    print(f"{'precision':>9} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | {'TFLOP/s':>7} | {'MFU':>6}")
-    print("-" * 62)
+    print(f"{'precision':>9} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | {'real tok/s':>10} | "
+          f"{'TFLOP/s':>7} | {'MFU':>6}")
+    print("-" * 75)
     for r in rows:
         print(f"{r['precision']:>9} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | "
-              f"{r['model_tflops_per_s']:7.3f} | {r['mfu']:6.1%}")
+              f"{r['real_tokens_per_s']:10.1f} | {r['model_tflops_per_s']:7.3f} | {r['mfu']:6.1%}")
     if side:
         print(f"\n{'system':>24} | {'repeat':>6} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | ours / it")
         print("-" * 80)

@@ -51,3 +51,30 @@ def test_decode_matmul_floor_reads_every_kernel_and_the_head():
     n_bytes = 4 * (kernels + c.vocab_size * c.hidden_size)
     assert floor["tokens_per_s"] == pytest.approx(2 / floor["step_s"])
     assert floor["weight_gb_per_s"] == pytest.approx(n_bytes / floor["step_s"] / 1e9)
+
+
+def test_bench_train_on_gsm8k_batches_feeds_torch_the_same_batches(tmp_path, capsys):
+    pytest.importorskip("torch")
+    bench = load("bench_train")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--layers", "1", "--batch", "2", "--length", "128", "--steps", "1", "--precisions", "fp32",
+                       "--data", "gsm8k", "--baselines", "torch", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    real = res["meta"]["real_tokens_per_batch"]
+    assert res["meta"]["data"] == "gsm8k" and len(real) == 2 and all(0 < n < 2 * 128 for n in real)
+    written = bench._read_batches(str(tmp_path / "bench.batches.npz"))
+    assert [int(b["attention_mask"].sum()) for b in written] == real  # the batches the baseline read
+    (torch_row,) = res["baselines"]
+    assert torch_row["tokens_per_s"] == pytest.approx(2 * 128 / torch_row["step_s_median"])
+    assert "gsm8k batches: real tokens per batch" in capsys.readouterr().out
+
+
+def test_bench_packing_same_losses_fewer_tokens(tmp_path):
+    out = tmp_path / "packing.json"
+    assert load("bench_packing").main(["--layers", "1", "--steps", "2", "--batch", "4", "--seq-len", "128",
+                                       "--pack-multiples", "0,16", "--out", str(out)]) == 0
+    padded, packed = json.loads(out.read_text())["results"]
+    assert padded["tokens_computed"] == [4 * 128] * 2
+    assert all(n < 4 * 128 for n in packed["tokens_computed"])
+    assert packed["max_loss_gap_vs_first"] <= 1e-5 and len(packed["losses"]) == 2
+    assert packed["total_speedup_vs_first"] > 0
