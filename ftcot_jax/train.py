@@ -318,8 +318,10 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         new_state = dict(params=new_params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])
+        # positions the step computed on: all of them, or the packed tokens (padding-free layout)
+        computed = batch["pack_index"].size if "pack_index" in batch else batch["input_ids"].size
         metrics = dict(loss=loss_sum / denom, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
-                       label_tokens=n_tok)
+                       label_tokens=n_tok, computed_tokens=jnp.float32(computed))
         return new_state, metrics
 
     return step

@@ -3,6 +3,7 @@ the same losses, as one process with 8 devices (same global mesh, same global ba
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -16,14 +17,14 @@ COMMON = dict(epochs=2, mesh={"data": 4, "fsdp": 2, "tensor": 1})  # 16 steps
 
 def test_two_processes_match_one(tmp_path):
     tok, samples = make_inputs(tmp_path)
-    single = tmp_path / "single"
-    run(train_cmd(write_config(tmp_path / "single.yaml", single, tok, samples, **COMMON)), env(8))
+    single = tmp_path / "single"  # on the padded batches; the two processes on the padding-free layout
+    run(train_cmd(write_config(tmp_path / "single.yaml", single, tok, samples, pack_multiple=0, **COMMON)), env(8))
     ref = losses(single)
     assert sorted(ref) == list(range(1, 17))
 
     multi = tmp_path / "multi"
     port = free_port()
-    cfg = write_config(tmp_path / "multi.yaml", multi, tok, samples, export=True, **COMMON)
+    cfg = write_config(tmp_path / "multi.yaml", multi, tok, samples, export=True, pack_multiple=8, **COMMON)
     procs = []
     for pid in range(2):
         cmd = train_cmd(cfg, "--set", "distributed.enabled=true", "--set",
@@ -34,9 +35,16 @@ def test_two_processes_match_one(tmp_path):
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, f"stdout:\n{o[-2000:]}\nstderr:\n{e[-3000:]}"
     got = losses(multi)  # written by process 0 only
+    computed, padded = _computed_tokens(multi), _computed_tokens(single)
+    assert all(computed[s] < padded[s] for s in ref)  # the hosts agreed on packed shapes, every step
     assert sorted(got) == sorted(ref)
     for s in ref:
         assert abs(got[s] - ref[s]) <= 1e-5, (s, got[s], ref[s])
     assert '"steps": 16' in outs[0][0] and '"steps"' not in outs[1][0]  # only process 0 prints/logs
     assert (multi / "export" / "model.safetensors").is_file()
     assert (multi / "checkpoints" / "16").is_dir()
+
+
+def _computed_tokens(run_dir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["computed_tokens"] for m in rows if m["kind"] == "train"}
