@@ -154,8 +154,8 @@ class TrainConfig:
                      "eval_max_new_tokens", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("head_chunk", "pack_multiple", "max_steps", "eval_every_epochs", "eval_limit", "checkpoint_every_steps",
-                     "keep_best"):
+        for name in ("head_chunk", "pack_multiple", "max_steps", "eval_every_epochs", "eval_limit",
+                     "checkpoint_every_steps", "keep_best"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:

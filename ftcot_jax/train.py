@@ -318,8 +318,9 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         new_state = dict(params=new_params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])
-        # positions the step computed on: all of them, or the packed tokens (padding-free layout)
-        computed = batch["pack_index"].size if "pack_index" in batch else batch["input_ids"].size
+        # positions the step computed on: all of them (encoder + decoder for T5), or the packed tokens
+        computed = (batch["pack_index"].size if "pack_index" in batch
+                    else sum(batch[k].size for k in ("input_ids", "decoder_input_ids") if k in batch))
         metrics = dict(loss=loss_sum / denom, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
                        label_tokens=n_tok, computed_tokens=jnp.float32(computed))
         return new_state, metrics
@@ -360,7 +361,7 @@ class Setup:
         """Host-local rows -> global arrays (jax.make_array_from_process_local_data); with packing, plus
         the gather indices of the padding-free layout (computed here: they depend on the data shards)."""
         n = jax.process_count()
-        if self.pack_multiple and "loss_mask" in local and "decoder_input_ids" not in local:
+        if self.pack_multiple:  # set by `setup` for decoder students with the label-only head only
             local = dict(local, **self._packing_indices(local, n))
         out = {}
         for k, v in local.items():

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, grad_barrier, linear, normal_init, param,
-                                     prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, grad_barrier, init_kv_cache, linear,
+                                     normal_init, param, prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("gpt2",)
@@ -56,10 +56,6 @@ class Config:
     @property
     def num_layers(self) -> int:
         return self.n_layer
-
-    @property
-    def kv_cache_heads(self) -> tuple[int, int]:
-        return self.n_head, self.head_dim
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -163,9 +159,8 @@ class Model(nnx.Module):
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
-        shape = (batch, self.config.n_head, length, self.config.head_dim)  # B G S K
-        dt = dtype or self.dtype
-        return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.n_layer)]
+        c = self.config
+        return init_kv_cache(c.n_layer, batch, c.n_head, length, c.head_dim, dtype or self.dtype)
 
     def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
                  cache_index=None, packing=None):

@@ -188,6 +188,12 @@ def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dty
     return out_BxGxRxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
 
 
+def init_kv_cache(n_layers: int, batch: int, kv_heads: int, length: int, head_dim: int, dtype) -> list[dict]:
+    """A fixed-size decoder KV cache: per layer zeros of [B, G, S, K] (the layout dot_attention reads)."""
+    shape = (batch, kv_heads, length, head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(n_layers)]
+
+
 def update_cache(cache: dict | None, k_BxTxGxK, v_BxTxGxK, index):
     """Keys/values as [B, G, S, K]; with a fixed-size cache, this step's are written at slot `index`.
     Returns (k, v, new cache)."""

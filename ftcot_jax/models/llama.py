@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, grad_barrier, linear, normal_init,
-                                     param, prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, grad_barrier, init_kv_cache, linear,
+                                     normal_init, param, prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -245,9 +245,9 @@ class Model(nnx.Module):
         self.inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))  # static, not a parameter
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
-        shape = (batch, self.config.num_key_value_heads, length, self.config.head_dim)  # B G S K
-        dt = dtype or self.dtype
-        return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(self.config.num_hidden_layers)]
+        c = self.config
+        return init_kv_cache(c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim,
+                             dtype or self.dtype)
 
     def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
                  cache_index=None, packing=None):
