@@ -417,17 +417,12 @@ def _jax_worker(job: dict) -> dict:
         # set: multiples of cfg.pack_multiple): every shape is compiled here, before the timed steps, and
         # reported as compile time (what a long run pays once).
         t = time.perf_counter()
-        compiled = {}
-        for b in batches:
-            fed = st.put_batch(b)
-            sig = _shapes(fed)
-            if sig not in compiled:
-                compiled[sig] = st.step_fn.lower(state, fed).compile()
+        step, n_shapes = st.compile_ahead(state, batches)
         aot_compile_s = time.perf_counter() - t
         for b in batches:
             t = time.perf_counter()
             fed = st.put_batch(b)
-            state, m = compiled[_shapes(fed)](state, fed)
+            state, m = step(state, fed)
             # tokens per data shard the step computed on (None: the padded batch)
             packed.append(int(fed["pack_index"].shape[-1]) if "pack_index" in fed else None)
             losses.append(float(m["loss"]))  # waits for the step
@@ -437,7 +432,7 @@ def _jax_worker(job: dict) -> dict:
             hashes.append(hash_arrays(canonical_batch(host)))
     train_peak = peak_rss_mb()
     res = {"losses": losses, "step_times": times, "batch_hashes": hashes, "load_s": load_s, "threads": threads,
-           "aot_compile_s": aot_compile_s, "step_shapes": len(compiled), "packed_tokens": packed,
+           "aot_compile_s": aot_compile_s, "step_shapes": n_shapes, "packed_tokens": packed,
            "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
            "base_rss_mb": base_rss, "train_peak_rss_mb": train_peak}
     res.update(_jax_device_memory())
@@ -451,10 +446,6 @@ def _jax_worker(job: dict) -> dict:
             res["eval_error"] = f"{type(e).__name__}: {e}"[:500]
     res["peak_rss_mb"] = peak_rss_mb()
     return res
-
-
-def _shapes(fed: dict) -> tuple:
-    return tuple((k, tuple(v.shape)) for k, v in sorted(fed.items()))
 
 
 def _jax_device_memory() -> dict:

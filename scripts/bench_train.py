@@ -77,23 +77,16 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
                  positions=np.broadcast_to(np.arange(length, dtype=np.int32), (1, batch, length)).copy(),
                  loss_mask=np.ones((1, batch, length), np.float32))
         batches = [b] * (steps + 1)
-    shapes = lambda fed: tuple((k, v.shape) for k, v in sorted(fed.items()))  # noqa: E731
     with jax.set_mesh(st.mesh):
         t0 = time.perf_counter()
-        compiled = {}
-        for b in batches[:steps + 1]:  # every step shape (the padding-free layout has a few), before timing
-            fed = st.put_batch(b)
-            if shapes(fed) not in compiled:
-                compiled[shapes(fed)] = st.step_fn.lower(state, fed).compile()
+        step, n_shapes = st.compile_ahead(state, batches[:steps + 1])  # every step shape, before timing
         compile_s = time.perf_counter() - t0
-        fed = st.put_batch(batches[0])
-        state, m = compiled[shapes(fed)](state, fed)  # warm-up run (first execution allocates)
+        state, m = step(state, st.put_batch(batches[0]))  # warm-up run (first execution allocates)
         first_loss = float(m["loss"])
         times = []
         for b in batches[1:steps + 1]:
             t0 = time.perf_counter()
-            fed = st.put_batch(b)
-            state, m = compiled[shapes(fed)](state, fed)
+            state, m = step(state, st.put_batch(b))
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
     tokens = batch * length
@@ -107,7 +100,7 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
             "tokens_per_s": tps, "real_tokens_per_s": real_tps, "mfu": mfu(st.student.n_params, real_tps, peak),
             "peak_flops": peak, "peak_source": peak_src,
             "model_tflops_per_s": 6 * st.student.n_params * real_tps / 1e12,
-            "first_loss": first_loss, "last_loss": float(m["loss"]), "step_shapes": len(compiled)}
+            "first_loss": first_loss, "last_loss": float(m["loss"]), "step_shapes": n_shapes}
 
 
 def _gpt2_config(layers: int) -> dict:
@@ -120,18 +113,15 @@ def _tokens(batch: int, length: int, seed: int = 0) -> np.ndarray:
 
 
 def _read_batches(path: str) -> list[dict[str, np.ndarray]]:
-    """The .npz of `--data gsm8k` ("{step:05d}/{name}" -> (1, B, L)); numpy only: the HF Flax worker runs
-    in another venv without ftcot_jax."""
+    """The .npz of `--data gsm8k`: one (steps, 1, B, L) array per name (numpy only: the HF Flax worker runs
+    in another venv without ftcot_jax)."""
     with np.load(path) as z:
-        steps: dict[int, dict] = {}
-        for key in z.files:
-            i, name = key.split("/", 1)
-            steps.setdefault(int(i), {})[name] = z[key]
-    return [steps[i] for i in sorted(steps)]
+        stacked = {k: z[k] for k in z.files}
+    return [{k: v[i] for k, v in stacked.items()} for i in range(len(next(iter(stacked.values()))))]
 
 
 def _write_batches(path: str, batches: list[dict[str, np.ndarray]]) -> None:
-    np.savez(path, **{f"{i:05d}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+    np.savez(path, **{k: np.stack([b[k] for b in batches]) for k in batches[0]})
 
 
 def worker_torch(batch: int, length: int, steps: int, layers: int, batches: str | None = None) -> dict:
