@@ -126,8 +126,7 @@ def _prefill(graphdef, state, ids_BxP, mask_BxP, done_B, rng, temperature, top_k
             "done_B": done_B | jnp.isin(tok_B, eos_E), "rng": rng}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy"), donate_argnames=("loop",))
-def _continue(graphdef, state, loop, until, temperature, top_k, top_p, eos_E, pad_id, *, greedy: bool):
+def _continue_impl(graphdef, state, loop, until, temperature, top_k, top_p, eos_E, pad_id, *, greedy: bool):
     """Decode until step `until` or until every row is done; the loop state is donated (the cache is
     updated in place). Everything that may change between calls is traced, so chunked runs (stop strings)
     reuse one compilation."""
@@ -154,6 +153,29 @@ def _continue(graphdef, state, loop, until, temperature, top_k, top_p, eos_E, pa
                 "tokens_BxN": tokens_BxN, "done_B": c["done_B"] | jnp.isin(nxt_B, eos_E), "rng": rng}
 
     return jax.lax.while_loop(cond, body, loop)
+
+
+_LOOP_JIT = dict(static_argnames=("graphdef", "greedy"), donate_argnames=("loop",))
+_continue = jax.jit(_continue_impl, **_LOOP_JIT)
+# XLA:CPU's default (YNNPACK) dots are slow at a few rows: at 8 rows they stream SmolLM2's weights at ~8 GB/s,
+# its Eigen dots at ~10. With Eigen dots for the loop, batch 8 and 16 decode 15-17% faster, batch 1 and 32 not
+# (docs/compare.md, "Greedy decoding"). Other backends ignore this: they never take this path.
+CPU_FEW_ROWS = (2, 16)
+_CPU_FEW_ROWS_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_continue_cpu_few_rows = jax.jit(_continue_impl, compiler_options=_CPU_FEW_ROWS_OPTIONS, **_LOOP_JIT)
+_few_rows_ok = [True]  # False once this jaxlib rejected the option (it is experimental and may be renamed)
+
+
+def _run_loop(graphdef, state, loop, until, args, greedy: bool):
+    B = loop["tokens_BxN"].shape[0]
+    if _few_rows_ok[0] and jax.default_backend() == "cpu" and CPU_FEW_ROWS[0] <= B <= CPU_FEW_ROWS[1]:
+        try:
+            return _continue_cpu_few_rows(graphdef, state, loop, until, *args, greedy=greedy)
+        except jax.errors.JaxRuntimeError as e:  # compile error: nothing ran, the loop state is intact
+            if "compile option" not in str(e):
+                raise
+            _few_rows_ok[0] = False
+    return _continue(graphdef, state, loop, until, *args, greedy=greedy)
 
 
 def _eos_ids(model, tokenizer=None, eos_token_id=None) -> list[int]:
@@ -250,7 +272,7 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
     until = max_new_tokens if stop_check is None else min(check_every, max_new_tokens)
     stopped = filler.copy()
     while True:
-        loop = _continue(graphdef, state, loop, jnp.int32(until), *args, greedy=greedy)
+        loop = _run_loop(graphdef, state, loop, jnp.int32(until), args, greedy)
         if until >= max_new_tokens or bool(loop["done_B"].all()):
             break
         flags = np.asarray(stop_check(np.asarray(loop["tokens_BxN"])[:, :until]), bool) & ~np.asarray(loop["done_B"])

@@ -245,9 +245,10 @@ def _uses_dropout(student: Student, use_dropout: bool) -> bool:
 
 
 def uses_label_head(student: Student, use_dropout: bool, head_chunk: int) -> bool:
-    """Whether the step runs the LM head on label tokens only (decoder students without dropout)."""
+    """Whether the step runs the LM head on label tokens only (decoder students whose `features` take the
+    dropout key when dropout is on; their head itself has no dropout)."""
     return (student.model_type == "decoder" and head_chunk > 0 and hasattr(student.family.Model, "head_VxD")
-            and not _uses_dropout(student, use_dropout))
+            and (not _uses_dropout(student, use_dropout) or _accepts(student.family.Model.features, "dropout_rng")))
 
 
 def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
@@ -264,12 +265,12 @@ def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
             if "pack_index" in mb:  # padding dropped: hidden states of the needed tokens only, [G, N, D]
                 packing = Packing(mb["pack_index"], mb["unpack_index"], *mb["input_ids"].shape)
                 x_GxNxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
-                                            positions_BxL=mb["positions"], packing=packing)
+                                            positions_BxL=mb["positions"], packing=packing, **extra)
                 return head_loss.label_cross_entropy(x_GxNxD, model.head_VxD(), packing.pack(mb["targets"]),
                                                      packing.pack(mb["loss_mask"]), groups=packing.G,
                                                      chunk=head_chunk)
             x_BxLxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
-                                        positions_BxL=mb["positions"])
+                                        positions_BxL=mb["positions"], **extra)
             return head_loss.label_cross_entropy(x_BxLxD, model.head_VxD(), mb["targets"], mb["loss_mask"],
                                                  groups=_batch_shards(), chunk=head_chunk)
         if decoder:

@@ -122,9 +122,41 @@ def test_generate_text_stop_strings_order_and_bounded_compiles():
         s = g.text[1:3]
         cut = decode.generate(model, tok, [prompts[2]], max_new_tokens=10, batch_size=1, stop=[s])[0]
         assert cut.text == g.text[: g.text.find(s)] and cut.finish_reason == "stop"
-    n = decode._prefill._cache_size(), decode._continue._cache_size()
+    sizes = lambda: tuple(f._cache_size() for f in (decode._prefill, decode._continue, decode._continue_cpu_few_rows))
+    n = sizes()
     decode.generate(model, tok, ["xy", "hello there"], max_new_tokens=9, batch_size=2)  # same buckets
-    assert (decode._prefill._cache_size(), decode._continue._cache_size()) == n
+    assert sizes() == n
+
+
+def test_cpu_few_rows_loop_same_tokens_and_falls_back_when_the_option_is_unknown(monkeypatch):
+    model = models.from_config(TINY_GPT2, seed=3)
+    ids, mask = padded_batch(TINY_GPT2["vocab_size"], lengths=(6, 3, 4, 5), seed=4)
+    kw = dict(max_new_tokens=12, eos_token_id=[], pad_token_id=0)
+    calls = []
+
+    def counted(name, fn):
+        def run(*a, **k):
+            calls.append(name)
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(decode, "_continue", counted("default", decode._continue))
+    monkeypatch.setattr(decode, "_continue_cpu_few_rows", counted("few", decode._continue_cpu_few_rows))
+    few, _ = decode.generate_ids(model, ids, mask, **kw)  # 4 rows on CPU: the Eigen-dot loop
+    assert calls == ["few"]
+    monkeypatch.setattr(decode, "CPU_FEW_ROWS", (0, 0))
+    default, _ = decode.generate_ids(model, ids, mask, **kw)
+    assert calls == ["few", "default"]
+    np.testing.assert_array_equal(few, default)
+    # A jaxlib without the option: the compile fails before anything runs, the default loop takes over.
+    monkeypatch.setattr(decode, "CPU_FEW_ROWS", (2, 16))
+    monkeypatch.setattr(decode, "_few_rows_ok", [True])
+    monkeypatch.setattr(decode, "_continue_cpu_few_rows",
+                        jax.jit(decode._continue_impl, compiler_options={"xla_cpu_no_such_option": ""},
+                                **decode._LOOP_JIT))
+    again, _ = decode.generate_ids(model, ids, mask, **kw)
+    np.testing.assert_array_equal(again, default)
+    assert decode._few_rows_ok == [False] and calls[-1] == "default"
 
 
 def test_stop_check_ends_rows_between_chunks_and_ends_the_loop():

@@ -1,6 +1,7 @@
 """Llama family: logit parity with transformers PyTorch (Llama GQA + tied + llama3 RoPE; Qwen2 qkv bias, untied;
 Llama with linear RoPE scaling and attention/mlp biases)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -57,3 +58,20 @@ def test_config_conversions_and_errors():
     tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((5, 48), np.float32)
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*\(5, 48\).*\(16, 48\)"):
         llama.params_from_hf(cfg, tensors)
+
+
+def test_attention_dropout_read_from_hf_and_only_with_a_key():
+    from flax import nnx
+
+    assert models.config_from_hf(TINY_LLAMA).attention_dropout == 0.0  # HF's default
+    cfg = dict(TINY_LLAMA, attention_dropout=0.5)
+    assert models.config_from_hf(cfg).to_hf_config()["attention_dropout"] == 0.5
+    ids, mask = padded_batch(TINY_LLAMA["vocab_size"])
+    run = jax.jit(lambda g, s, k: nnx.merge(g, s)(ids, attention_mask_BxL=mask, dropout_rng=k), static_argnums=0)
+    model = models.from_config(cfg, seed=0)
+    plain = np.asarray(forward(model, ids, mask))
+    assert max_diff_on_real(np.asarray(run(*nnx.split(model), jax.random.key(0))), plain, mask) > 1e-3
+    model = models.from_config(TINY_LLAMA, seed=0)  # rate 0: a key changes nothing
+    np.testing.assert_array_equal(np.asarray(run(*nnx.split(model), jax.random.key(0))), plain)
+    with pytest.raises(ValueError, match=r"attention_dropout=1\.5"):
+        models.config_from_hf(dict(TINY_LLAMA, attention_dropout=1.5))

@@ -75,6 +75,29 @@ def test_same_loss_and_params_on_every_mesh(tok, encoded):
         assert _max_diff(p1, p1_ref) <= 1e-5, mesh
 
 
+@pytest.mark.slow
+def test_gpt2_dropout_trains_on_the_fast_path_and_changes_the_step(tok, encoded):
+    """GPT-2's embd/attn/resid dropout (HF defaults 0.1, as the reference trains) is on in training, on the
+    label-only head and the padding-free layout; test_same_loss_and_params_on_every_mesh and
+    test_packing's packed == padded step run with it on too (per-token masks)."""
+    st = _run(_cfg((1, 1, 1)), tok, encoded)[3]
+    assert st.student.config.resid_pdrop == 0.1 and st.cfg.dropout
+    assert T.uses_label_head(st.student, True, st.cfg.head_chunk) and st.pack_multiple > 0
+    _, p_on, m_on, _ = _run(_cfg((1, 1, 1)), tok, encoded)
+    _, p_off, m_off, _ = _run(_cfg((1, 1, 1), dropout=False), tok, encoded)
+    assert abs(float(m_on["loss"]) - float(m_off["loss"])) > 1e-5
+    assert _max_diff(p_on, p_off) > 1e-6
+    b = batching.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    assert float(m_on["computed_tokens"]) < b["input_ids"].size  # the packed layout
+    mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
+    params = st.init_state()["params"]
+    loss_fn = jax.jit(T.make_loss_fn(st.student, use_dropout=True, head_chunk=16))
+    a, a2, c = (float(loss_fn(params, mb, jax.random.key(k))[0]) for k in (1, 1, 2))
+    assert a == a2 and a != c  # the key decides the masks
+    plain = float(T.make_loss_fn(st.student, use_dropout=False, head_chunk=16)(params, mb, None)[0])
+    assert a != plain
+
+
 def test_params_and_optimizer_are_sharded_by_the_rules(tok):
     st = T.setup(_cfg((2, 2, 2)), tokenizer=tok)
     state = st.init_state()
@@ -86,8 +109,9 @@ def test_params_and_optimizer_are_sharded_by_the_rules(tok):
 
 
 def test_grad_accumulation_equals_one_big_batch(tok, encoded):
-    cfg1 = _cfg((1, 1, 1))
-    cfg4 = _cfg((1, 1, 1), grad_accum=4)
+    # Without dropout: each micro-batch draws its masks from its own key, so with dropout the two differ.
+    cfg1 = _cfg((1, 1, 1), dropout=False)
+    cfg4 = _cfg((1, 1, 1), grad_accum=4, dropout=False)
     _, p_big, m_big, _ = _run(cfg1, tok, encoded, accum=1)
     _, p_acc, m_acc, _ = _run(cfg4, tok, encoded, accum=4)
     assert abs(float(m_big["loss"]) - float(m_acc["loss"])) <= 1e-5

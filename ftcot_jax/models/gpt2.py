@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, LayerNorm, dot_attention, grad_barrier, init_kv_cache, linear,
-                                     normal_init, param, prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.layers import (DropoutKeys, HFTensors, LayerNorm, dot_attention, dropout, grad_barrier,
+                                     init_kv_cache, linear, normal_init, param, prepare_inputs, update_cache,
+                                     zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("gpt2",)
@@ -40,6 +41,10 @@ class Config:
     initializer_range: float = 0.02
     scale_attn_weights: bool = True
     scale_attn_by_inverse_layer_idx: bool = False
+    # HF GPT2Config's dropout (train mode only; the reference trains with these 0.1 defaults)
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
     bos_token_id: int | None = 50256
     eos_token_id: int | None = 50256
     pad_token_id: int | None = None
@@ -60,6 +65,9 @@ class Config:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"gpt2 config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+            if not 0.0 <= getattr(self, k) < 1.0:
+                raise ValueError(f"gpt2 config: {k}={getattr(self, k)} is not a probability in [0, 1)")
         if self.activation_function not in _ACTIVATIONS:
             raise ValueError(f"gpt2 config: activation_function '{self.activation_function}' is not supported; "
                              f"expected one of: {', '.join(_ACTIVATIONS)}")
@@ -92,8 +100,9 @@ class Attention(nnx.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= layer_idx + 1
         self.scale, self.dtype = scale, dtype
+        self.attn_pdrop, self.resid_pdrop = cfg.attn_pdrop, cfg.resid_pdrop
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None):
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=DropoutKeys(None), tokens=None):
         dt = self.dtype
         qkv_BxTx3xHxK = jnp.einsum("btd,dchk->btchk", x_BxTxD, self.qkv_kernel[...].astype(dt))
         qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dt)
@@ -102,11 +111,11 @@ class Attention(nnx.Module):
         q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k, v, cache_index)
-        out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt)
+        out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt, self.attn_pdrop, keys())
         if packing is not None:
             out_BxTxHxK = packing.pack(out_BxTxHxK)
-        y_BxTxD = linear(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2)
-        return y_BxTxD + self.out_bias[...].astype(dt), cache
+        y_BxTxD = linear(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2) + self.out_bias[...].astype(dt)
+        return dropout(y_BxTxD, self.resid_pdrop, keys(), tokens), cache
 
 
 class Mlp(nnx.Module):
@@ -117,13 +126,14 @@ class Mlp(nnx.Module):
         self.fc_bias = param(rngs, zeros_init, (F,), ("mlp",))
         self.proj_kernel = param(rngs, init, (F, D), ("mlp", "embed"))
         self.proj_bias = param(rngs, zeros_init, (D,), ("embed",))
-        self.act, self.dtype = _ACTIVATIONS[cfg.activation_function], dtype
+        self.act, self.dtype, self.resid_pdrop = _ACTIVATIONS[cfg.activation_function], dtype, cfg.resid_pdrop
 
-    def __call__(self, x_BxTxD):
+    def __call__(self, x_BxTxD, keys=DropoutKeys(None), tokens=None):
         dt = self.dtype
         h_BxTxF = self.act(linear(x_BxTxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        return linear(h_BxTxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+        y_BxTxD = linear(h_BxTxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+        return dropout(y_BxTxD, self.resid_pdrop, keys(), tokens)
 
 
 class Block(nnx.Module):
@@ -133,11 +143,11 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None):
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=DropoutKeys(None), tokens=None):
         x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index, packing)
+        a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index, packing, keys, tokens)
         x_BxTxD = x_BxTxD + a
-        x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD))
+        x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD), keys, tokens)
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
 
 
@@ -163,19 +173,26 @@ class Model(nnx.Module):
         return init_kv_cache(c.n_layer, batch, c.n_head, length, c.head_dim, dtype or self.dtype)
 
     def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, packing=None):
+                 cache_index=None, packing=None, dropout_rng=None):
         """Final hidden states (after ln_f) and the updated cache. With `packing` (training, no cache) the
-        hidden states are only those of the packed tokens: [G, N, D] (layers.Packing)."""
+        hidden states are only those of the packed tokens: [G, N, D] (layers.Packing). With `dropout_rng`
+        (training) the config's embd/attn/resid dropout is on, as in HF's train mode."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
                                                    cache_index)
+        keys, tokens = DropoutKeys(dropout_rng), None
+        if dropout_rng is not None:  # per-token masks: the same units drop in the packed and padded layouts
+            B, T = input_ids_BxT.shape
+            tokens = jnp.arange(B * T, dtype=jnp.int32).reshape(B, T)
         if packing is not None:
             input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
+            tokens = None if tokens is None else packing.pack(tokens)
         x_BxTxD = (jnp.take(self.wte[...], input_ids_BxT, axis=0)
                    + jnp.take(self.wpe[...], positions_BxT, axis=0)).astype(self.dtype)
-        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+        x_BxTxD = constrain(dropout(x_BxTxD, self.config.embd_pdrop, keys(), tokens), ("batch", "length", "embed"))
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x_BxTxD, c = block(x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing)
+            x_BxTxD, c = block(x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing,
+                               keys, tokens)
             new_cache.append(c)
         return self.ln_f(x_BxTxD), (None if cache is None else new_cache)
 
@@ -189,12 +206,13 @@ class Model(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, attention_mask=None, positions=None):
+                 cache_index=None, attention_mask=None, positions=None, dropout_rng=None):
         # `attention_mask` / `positions` are accepted as aliases of the shape-suffixed names.
         attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
         positions_BxL = positions if positions_BxL is None else positions_BxL
         x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
-                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index)
+                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index,
+                                     dropout_rng=dropout_rng)
         logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
         return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
 

@@ -174,8 +174,37 @@ def attention_mask_BxTxS(kv_mask_BxS, q_slot_BxT):
     return (kv_mask_BxS[:, None, :] > 0) & (s_S[None, None, :] <= q_slot_BxT[:, :, None])
 
 
-def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype):
-    """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32.
+def dropout(x, rate: float, rng, token_ids=None):
+    """Inverted dropout (kept values scaled by 1 / (1 - rate)), as torch's; identity without a key.
+    With `token_ids` (ints of shape x.shape[:-1], each token's index in the padded batch) every token's mask
+    comes from its own key: the padded and the padding-free layout, on any mesh, drop the same units."""
+    if rng is None or rate == 0.0:
+        return x
+    if token_ids is None:
+        keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    else:
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, token_ids.reshape(-1))
+        keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[-1:]))(keys).reshape(x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class DropoutKeys:
+    """Hands out a fresh dropout key per call site: `keys()` -> key, or None when not training."""
+
+    def __init__(self, key):
+        self.key, self.n = key, 0
+
+    def __call__(self):
+        if self.key is None:
+            return None
+        self.n += 1
+        return jax.random.fold_in(self.key, self.n)
+
+
+def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype, dropout_rate: float = 0.0,
+                  rng=None):
+    """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32, then dropout on
+    the probabilities when `rng` is given (HF's attn_pdrop / attention_dropout).
     Keys/values are [B, G, S, K] (the cache layout): both dots then read them without a transpose."""
     B, T, H, K = q_BxTxHxK.shape
     G = k_BxGxSxK.shape[1]
@@ -183,7 +212,7 @@ def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dty
     logits_BxGxRxTxS = jnp.einsum("bgrtk,bgsk->bgrts", q_BxGxRxTxK, k_BxGxSxK.astype(dtype),
                                   preferred_element_type=jnp.float32) * scale
     logits_BxGxRxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxGxRxTxS, NEG_INF)
-    probs = jax.nn.softmax(logits_BxGxRxTxS, axis=-1).astype(dtype)
+    probs = dropout(jax.nn.softmax(logits_BxGxRxTxS, axis=-1), dropout_rate, rng).astype(dtype)
     out_BxGxRxTxK = jnp.einsum("bgrts,bgsk->bgrtk", probs, v_BxGxSxK.astype(dtype))
     return out_BxGxRxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
 

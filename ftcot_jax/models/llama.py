@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (HFTensors, RMSNorm, dot_attention, grad_barrier, init_kv_cache, linear,
-                                     normal_init, param, prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.layers import (DropoutKeys, HFTensors, RMSNorm, dot_attention, grad_barrier, init_kv_cache,
+                                     linear, normal_init, param, prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -41,6 +41,7 @@ class Config:
     o_bias: bool = False                  # Llama attention_bias also biases o_proj
     mlp_bias: bool = False
     hidden_act: str = "silu"
+    attention_dropout: float = 0.0        # on the attention probabilities, train mode only (as HF)
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
     eos_token_id: int | tuple | None = 2
@@ -61,6 +62,9 @@ class Config:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"{self.model_type} config: num_attention_heads={self.num_attention_heads} is not a "
                              f"multiple of num_key_value_heads={self.num_key_value_heads}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"{self.model_type} config: attention_dropout={self.attention_dropout} is not a "
+                             "probability in [0, 1)")
         if self.hidden_act != "silu":
             raise ValueError(f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; expected 'silu'")
         rope_type = self.rope.get("rope_type", "default")
@@ -166,9 +170,9 @@ class Attention(nnx.Module):
         self.qkv_bias = param(rngs, zeros_init, (G, R + 2, K), ("kv_heads", "qkv", "head_dim")) if cfg.qkv_bias else None
         self.o_kernel = param(rngs, init, (G * R, K, D), ("heads", "head_dim", "embed"))
         self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
-        self.G, self.R, self.K, self.dtype = G, R, K, dtype
+        self.G, self.R, self.K, self.dtype, self.dropout_rate = G, R, K, dtype, cfg.attention_dropout
 
-    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index, packing=None):
+    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
         dt, G, R = self.dtype, self.G, self.R
         qkv_BxTxGxCxK = linear(x_BxTxD, self.qkv_kernel[...].astype(dt))
         if self.qkv_bias is not None:
@@ -181,7 +185,7 @@ class Attention(nnx.Module):
         B, T = q_BxTxGxRxK.shape[:2]
         q_BxTxHxK = constrain(q_BxTxGxRxK.reshape(B, T, G * R, self.K), ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k_BxTxGxK, v_BxTxGxK, cache_index)
-        out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt)
+        out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt, self.dropout_rate, rng)
         if packing is not None:
             out_BxTxHxK = packing.pack(out_BxTxHxK)
         y_BxTxD = linear(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
@@ -220,9 +224,9 @@ class Block(nnx.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index, packing=None):
+    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index, packing=None, rng=None):
         x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index, packing)
+        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index, packing, rng)
         x_BxTxD = x_BxTxD + a
         x_BxTxD = x_BxTxD + self.mlp(self.post_norm(x_BxTxD))
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
@@ -250,8 +254,9 @@ class Model(nnx.Module):
                              dtype or self.dtype)
 
     def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, packing=None):
-        """Final hidden states and the updated cache; [G, N, D] with `packing` (see gpt2.Model.features)."""
+                 cache_index=None, packing=None, dropout_rng=None):
+        """Final hidden states and the updated cache; [G, N, D] with `packing` (see gpt2.Model.features).
+        With `dropout_rng` (training) the config's attention_dropout is on (HF Llama has no other dropout)."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
                                                    cache_index)
         if packing is not None:
@@ -261,10 +266,11 @@ class Model(nnx.Module):
         cos, sin = jnp.cos(ang_BxTxK).astype(self.dtype), jnp.sin(ang_BxTxK).astype(self.dtype)
         x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(self.dtype)
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+        keys = DropoutKeys(dropout_rng)
         new_cache = []
         for i, layer in enumerate(self.layers):
             x_BxTxD, c = layer(x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index,
-                               packing)
+                               packing, keys())
             new_cache.append(c)
         return self.norm(x_BxTxD), (None if cache is None else new_cache)
 
@@ -277,11 +283,12 @@ class Model(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, attention_mask=None, positions=None):
+                 cache_index=None, attention_mask=None, positions=None, dropout_rng=None):
         attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
         positions_BxL = positions if positions_BxL is None else positions_BxL
         x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
-                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index)
+                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index,
+                                     dropout_rng=dropout_rng)
         logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
         return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
 

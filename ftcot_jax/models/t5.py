@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import NEG_INF, HFTensors, RMSNorm, grad_barrier, normal_init, param
+from ftcot_jax.models.layers import (NEG_INF, DropoutKeys, HFTensors, RMSNorm, dropout, grad_barrier, normal_init,
+                                     param)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
@@ -166,26 +167,6 @@ def shift_right(labels_BxT, decoder_start_token_id: int, pad_token_id: int = 0):
     return jnp.where(shifted == -100, pad_token_id, shifted)
 
 
-def _dropout(x, rate: float, rng):
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-class _Rng:
-    """Hands out a fresh dropout key per call site (None when not training)."""
-
-    def __init__(self, key):
-        self.key, self.n = key, 0
-
-    def __call__(self):
-        if self.key is None:
-            return None
-        self.n += 1
-        return jax.random.fold_in(self.key, self.n)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Modules
 
@@ -215,7 +196,7 @@ class Attention(nnx.Module):
         if bias_1xHxTxS is not None:
             scores_BxHxTxS = scores_BxHxTxS + bias_1xHxTxS
         scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, NEG_INF)
-        probs = _dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1), self.dropout_rate, rng).astype(dt)
+        probs = dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1), self.dropout_rate, rng).astype(dt)
         out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs, v_BxSxHxK.astype(dt))
         return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.o[...].astype(dt))
 
@@ -238,7 +219,7 @@ class FeedForward(nnx.Module):
         else:
             h_BxTxF = self.act(x @ self.wi[...].astype(dt))
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        return _dropout(h_BxTxF, self.dropout_rate, rng) @ self.wo[...].astype(dt)
+        return dropout(h_BxTxF, self.dropout_rate, rng) @ self.wo[...].astype(dt)
 
 
 class Block(nnx.Module):
@@ -265,12 +246,12 @@ class Block(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
             cache = {"k": k, "v": v}
         a = self.self_attn(h, k, v, self_bias, self_mask_BxTxS, rng())
-        x_BxTxD = x_BxTxD + _dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
+        x_BxTxD = x_BxTxD + dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
         if self.decoder:
             a = self.cross_attn(self.cross_norm(x_BxTxD), *cross_kv, None, cross_mask_BxTxL, rng())
-            x_BxTxD = x_BxTxD + _dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
+            x_BxTxD = x_BxTxD + dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
         f = self.ff(self.ff_norm(x_BxTxD), rng())
-        x_BxTxD = x_BxTxD + _dropout(f, self.dropout_rate, rng()).astype(jnp.float32)
+        x_BxTxD = x_BxTxD + dropout(f, self.dropout_rate, rng()).astype(jnp.float32)
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
 
 
@@ -321,15 +302,15 @@ class Model(nnx.Module):
         mask_BxL = jnp.ones((B, L), bool) if attention_mask_BxL is None else attention_mask_BxL > 0
         if mask_BxL.shape != (B, L):
             raise ValueError(f"t5: attention_mask shape {mask_BxL.shape} != input_ids shape {(B, L)}")
-        rng = _Rng(dropout_rng)
+        rng = DropoutKeys(dropout_rng)
         x_BxLxD = jnp.take(self.shared[...], input_ids_BxL, axis=0)
-        x_BxLxD = constrain(_dropout(x_BxLxD, self.config.dropout_rate, rng()), ("batch", "length", "embed"))
+        x_BxLxD = constrain(dropout(x_BxLxD, self.config.dropout_rate, rng()), ("batch", "length", "embed"))
         pos_L = jnp.arange(L)
         bias = self.encoder.bias(pos_L, pos_L)
         self_mask_BxLxL = jnp.broadcast_to(mask_BxL[:, None, :], (B, L, L))
         for block in self.encoder.blocks:
             x_BxLxD, _ = block(x_BxLxD, bias, self_mask_BxLxL, rng=rng)
-        return _dropout(self.encoder.final_norm(x_BxLxD), self.config.dropout_rate, rng())
+        return dropout(self.encoder.final_norm(x_BxLxD), self.config.dropout_rate, rng())
 
     # -- decoder ------------------------------------------------------------------------------------------
 
@@ -349,7 +330,7 @@ class Model(nnx.Module):
         enc_mask_BxL = jnp.ones((B, L), bool) if attention_mask_BxL is None else attention_mask_BxL > 0
         cross_mask_BxTxL = jnp.broadcast_to(enc_mask_BxL[:, None, :], (B, T, L))
         x_BxTxD = jnp.take(self.shared[...], ids_BxT, axis=0)
-        x_BxTxD = constrain(_dropout(x_BxTxD, self.config.dropout_rate, rng()), ("batch", "length", "embed"))
+        x_BxTxD = constrain(dropout(x_BxTxD, self.config.dropout_rate, rng()), ("batch", "length", "embed"))
         bias = self.decoder.bias(q_pos_T, k_pos_S)
         new_cache = []
         for i, block in enumerate(self.decoder.blocks):
@@ -357,7 +338,7 @@ class Model(nnx.Module):
                                cache_index=cache_index, cross_kv=cross_kv[i], cross_mask_BxTxL=cross_mask_BxTxL,
                                rng=rng)
             new_cache.append(c)
-        x_BxTxD = _dropout(self.decoder.final_norm(x_BxTxD), self.config.dropout_rate, rng())
+        x_BxTxD = dropout(self.decoder.final_norm(x_BxTxD), self.config.dropout_rate, rng())
         return x_BxTxD, (None if cache is None else new_cache)
 
     def logits(self, x_BxTxD):
@@ -386,7 +367,7 @@ class Model(nnx.Module):
         self_mask_BxTxT = causal_TxT[None] & dmask_BxT[:, None, :]
         x, _ = self._decoder_features(decoder_input_ids_BxT, pos_T, self_mask_BxTxT, pos_T,
                                       self.cross_kv(encoder_out_BxLxD), attention_mask_BxL,
-                                      rng=_Rng(dropout_rng))
+                                      rng=DropoutKeys(dropout_rng))
         return self.logits(x)
 
     def decode_step(self, token_ids_BxT, cache_index, cache, cross_kv, attention_mask_BxL):
