@@ -298,39 +298,82 @@ def cut_at_stop(tokenizer, token_ids: list[int], stop: list[str]):
     return text[:cut], token_ids, True
 
 
-def stop_string_check(tokenizer, stop: list[str], eos: list[int]):
-    """A `stop_check` for generate_ids: rows whose text (before any EOS) contains a stop string."""
+def row_settings(n: int, max_new_tokens, stop) -> tuple[list[int], list[list[str]]]:
+    """Per-prompt (budgets, stop lists) from `max_new_tokens` (an int, or one per prompt) and `stop` (None,
+    strings for every prompt, or one list of strings per prompt). Empty stop strings are ignored."""
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, (int, np.integer)) else list(max_new_tokens)
+    if len(budgets) != n:
+        raise ValueError(f"max_new_tokens: got {len(budgets)} values for {n} prompts; expected an int or one per prompt")
+    for b in budgets:
+        if not isinstance(b, (int, np.integer)) or b < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {b!r}")
+    stop = list(stop or [])
+    if all(isinstance(x, str) for x in stop):
+        stops = [[x for x in stop if x]] * n
+    elif len(stop) == n and all(isinstance(x, (list, tuple)) and all(isinstance(y, str) for y in x) for x in stop):
+        stops = [[y for y in x if y] for x in stop]
+    else:
+        raise ValueError(f"stop must be a list of strings or one list of strings per prompt ({n}), got {stop!r}")
+    return [int(b) for b in budgets], stops
+
+
+def stop_string_check(tokenizer, stops: list[list[str]], eos: list[int], budgets: list[int] | None = None):
+    """A `stop_check` for generate_ids: rows whose text (before any EOS) contains one of their own stop
+    strings, or that have decoded their own budget of tokens."""
     def check(tokens_BxN):
         flags = []
-        for row in tokens_BxN.tolist():
+        for r, row in enumerate(tokens_BxN.tolist()):
+            if budgets is not None and len(row) >= budgets[r]:
+                flags.append(True)
+                continue
+            if not stops[r]:
+                flags.append(False)
+                continue
             ends = [row.index(e) for e in eos if e in row]
             text = tokenizer.decode(row[: min(ends)] if ends else row, skip_special_tokens=True)
-            flags.append(any(s in text for s in stop))
+            flags.append(any(s in text for s in stops[r]))
         return np.array(flags, bool)
 
     return check
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-             stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             rng=None) -> list[Generation]:
+def finish(tokenizer, row: list[int], budget: int, stop: list[str], eos: list[int]) -> Generation:
+    """A decoded row (possibly longer than its budget) -> its Generation: cut at the budget, then at EOS,
+    then before the first stop string."""
+    row = row[:budget]
+    ends = [row.index(e) for e in eos if e in row]
+    hit_eos = bool(ends)
+    row = row[: min(ends)] if hit_eos else row
+    if stop:
+        text, row, stopped = cut_at_stop(tokenizer, row, stop)
+    else:
+        text, stopped = tokenizer.decode(row, skip_special_tokens=True), False
+    return Generation(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens, batch_size: int, stop=None,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None,
+             fill_batch: bool = False) -> list[Generation]:
     """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
-    `batch_size` rows (batch padded by `batch_bucket`). finish_reason: "stop" (EOS or a stop string; the
-    stop string is not part of the text) or "length"."""
+    `batch_size` rows (batch padded by `batch_bucket`; with `fill_batch` every batch has
+    batch_bucket(batch_size) rows, so a server compiles one batch shape). `max_new_tokens` is an int or one
+    per prompt, `stop` a list of strings or one list per prompt (see `row_settings`); a batch decodes until
+    every row has hit EOS, a stop string or its own budget. finish_reason: "stop" (EOS or a stop string;
+    the stop string is not part of the text) or "length"."""
     if getattr(model.config, "is_encoder_decoder", False):
         from ftcot_jax import decode_encdec
 
         return decode_encdec.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                       batch_size=batch_size, stop=stop, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, rng=rng)
+                                      top_p=top_p, rng=rng, fill_batch=fill_batch)
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got a single string")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_options(max_new_tokens, temperature, top_k, top_p, rng)
+    budgets, stops = row_settings(len(prompts), max_new_tokens, stop)
+    _check_options(min(budgets, default=1), temperature, top_k, top_p, rng)
     if not prompts:
         return []
-    stop = [s for s in (stop or []) if s]
     eos = _eos_ids(model, tokenizer)
     pad = _pad_id(model, tokenizer)
     enc = [list(tokenizer(p)["input_ids"]) for p in prompts]
@@ -338,7 +381,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         if not e:
             raise ValueError(f"prompt {i} encodes to no tokens; a decoder needs at least one prompt token")
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-    B = batch_bucket(min(batch_size, len(prompts)))
+    B = batch_bucket(batch_size if fill_batch else min(batch_size, len(prompts)))
     out: list[Generation | None] = [None] * len(prompts)
     for n_batch, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start:start + batch_size]
@@ -349,18 +392,14 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
             ids[r, L - len(enc[i]):], mask[r, L - len(enc[i]):] = enc[i], 1
         mask[len(rows):, -1] = 1  # filler rows: one real (pad) token, output discarded
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
-        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
+        n_new = max(budgets[i] for i in rows)
+        row_budgets = [budgets[i] for i in rows] + [n_new] * (B - len(rows))
+        row_stops = [stops[i] for i in rows] + [[]] * (B - len(rows))
+        early = any(row_stops) or min(row_budgets) < n_new
+        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=n_new, temperature=temperature,
                                  top_k=top_k, top_p=top_p, rng=key, eos_token_id=eos, pad_token_id=pad,
-                                 stop_check=stop_string_check(tokenizer, stop, eos) if stop else None,
+                                 stop_check=stop_string_check(tokenizer, row_stops, eos, row_budgets) if early else None,
                                  filler_B=np.arange(B) >= len(rows))
         for r, i in enumerate(rows):
-            row = tokens[r].tolist()
-            ends = [row.index(e) for e in eos if e in row]
-            hit_eos = bool(ends)
-            row = row[: min(ends)] if hit_eos else row
-            if stop:
-                text, row, stopped = cut_at_stop(tokenizer, row, stop)
-            else:
-                text, stopped = tokenizer.decode(row, skip_special_tokens=True), False
-            out[i] = Generation(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
+            out[i] = finish(tokenizer, tokens[r].tolist(), budgets[i], stops[i], eos)
     return out

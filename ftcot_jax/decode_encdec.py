@@ -23,7 +23,7 @@ from flax import nnx
 # Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
 # module lazily, so there is no cycle).
 from ftcot_jax import decode
-from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, cut_at_stop, next_token,
+from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, finish, next_token, row_settings,
                              stop_string_check)
 
 MIN_BUCKET = 16
@@ -137,19 +137,21 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
 # Text level
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-             stop: list[str] | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             rng=None, max_input_length: int | None = None) -> list[Generation]:
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens, batch_size: int, stop=None,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None,
+             max_input_length: int | None = None, fill_batch: bool = False) -> list[Generation]:
     """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
-    `batch_size` rows, padded to power-of-two batch and input lengths. finish_reason: "stop" (EOS or a
-    stop string; the stop string is not part of the text) or "length". token_ids exclude EOS."""
+    `batch_size` rows, padded to power-of-two batch and input lengths (`fill_batch`: every batch has
+    batch_bucket(batch_size) rows). `max_new_tokens` and `stop` as in decode.generate (per prompt or for
+    all). finish_reason: "stop" (EOS or a stop string; the stop string is not part of the text) or
+    "length". token_ids exclude EOS."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got a single string")
+    budgets, stops = row_settings(len(prompts), max_new_tokens, stop)
     if not prompts:
         return []
-    stop = [s for s in (stop or []) if s]
     cfg = model.config
     eos, pad = int(cfg.eos_token_id), int(cfg.pad_token_id)
     enc = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
@@ -159,7 +161,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         if not e:
             enc[i] = [eos]  # an empty prompt still needs one real encoder position
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-    B = batch_bucket(min(batch_size, len(prompts)))
+    B = batch_bucket(batch_size if fill_batch else min(batch_size, len(prompts)))
     out: list[Generation | None] = [None] * len(prompts)
     for n_batch, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start:start + batch_size]
@@ -169,14 +171,13 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
         for r, i in enumerate(rows):  # T5 is trained with right padding; filler rows keep an all-zero mask
             ids[r, :len(enc[i])], mask[r, :len(enc[i])] = enc[i], 1
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
-        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
+        n_new = max(budgets[i] for i in rows)
+        row_budgets = [budgets[i] for i in rows] + [n_new] * (B - len(rows))  # filler rows start done
+        row_stops = [stops[i] for i in rows] + [[]] * (B - len(rows))
+        early = any(row_stops) or min(row_budgets) < n_new
+        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=n_new, temperature=temperature,
                                  top_k=top_k, top_p=top_p, rng=key,
-                                 stop_check=stop_string_check(tokenizer, stop, [eos]) if stop else None)
+                                 stop_check=stop_string_check(tokenizer, row_stops, [eos], row_budgets) if early else None)
         for r, i in enumerate(rows):
-            row = tokens[r].tolist()
-            hit_eos = eos in row
-            row = row[: row.index(eos)] if hit_eos else row
-            text, row, stopped = cut_at_stop(tokenizer, row, stop) if stop else (
-                tokenizer.decode(row, skip_special_tokens=True), row, False)
-            out[i] = Generation(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
+            out[i] = finish(tokenizer, tokens[r].tolist(), budgets[i], stops[i], [eos])
     return out

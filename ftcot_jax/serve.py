@@ -110,20 +110,6 @@ class Stats:
     http_5xx: int = 0
 
 
-def finish_row(tokenizer, gen, max_tokens: int, decoded: int, stop: tuple[str, ...], cut_at_stop) -> RowResult:
-    """A row decoded for `decoded` >= max_tokens steps without stop strings -> what decode.generate returns
-    for max_new_tokens=max_tokens and this row's stop strings (greedy tokens are a prefix of the longer run)."""
-    ids, text, finish = list(gen.token_ids), gen.text, gen.finish_reason
-    if decoded > max_tokens and len(ids) >= max_tokens:   # EOS (if any) came after this row's budget
-        ids, finish = ids[:max_tokens], "length"
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-    if stop:
-        cut_text, cut_ids, stopped = cut_at_stop(tokenizer, ids, list(stop))
-        if stopped:
-            text, ids, finish = cut_text, cut_ids, "stop"
-    return RowResult(text=text, completion_tokens=len(ids), finish_reason=finish)
-
-
 def context_length(model) -> int | None:
     """The model's position limit from its HF config (None when the architecture has none, e.g. T5)."""
     config = getattr(model, "config", None)
@@ -147,7 +133,7 @@ class Engine:
         from ftcot_jax import decode
 
         generate_fn = generate_fn or decode.generate
-        self._bucket, self._min_new_bucket, self._cut_at_stop = decode.bucket, decode.MIN_NEW_BUCKET, decode.cut_at_stop
+        self._bucket, self._min_new_bucket = decode.bucket, decode.MIN_NEW_BUCKET
         self.model, self.tokenizer = model, tokenizer
         self._http_tokenizer, self._tok_lock = copy.deepcopy(tokenizer), threading.Lock()
         self.max_batch, self.batch_window_s = max_batch, batch_window_s
@@ -215,8 +201,8 @@ class Engine:
 
     def _run(self, jobs: list[_Job]) -> None:
         # Rows share a decoder call when they share the sampling setup and the generation-length bucket
-        # (decode.generate compiles per bucket; max_new_tokens itself is a traced value). Each row's own
-        # max_tokens and stop strings are applied afterwards (`finish_row`), exactly as generate would.
+        # (decode.generate compiles per bucket; max_new_tokens itself is a traced value). Each row keeps its
+        # own max_tokens and stop strings: a row stops there, and the call ends when every row has.
         groups: dict[tuple, list[tuple[_Job, int]]] = {}
         for job in jobs:
             p = job.params
@@ -232,20 +218,20 @@ class Engine:
         if not live:
             return
         params = live[0][0].params
-        longest = max(j.params.max_new_tokens for j, _ in live)
         t0 = time.perf_counter()
         try:
             prompts = [j.prompts[i] for j, i in live]
-            # Filler rows (copies of the first prompt: same length bucket, outputs dropped) keep every call
-            # at max_batch rows, so the decoder compiles one batch shape, not one per power of two below it.
-            prompts += prompts[:1] * (self.max_batch - len(prompts))
+            # fill_batch: every call has max_batch rows (filler rows are never decoded past the first step),
+            # so the decoder compiles one batch shape, not one per power of two below it.
             gens = self._generate(
-                self.model, self.tokenizer, prompts, max_new_tokens=longest, batch_size=self.max_batch,
-                stop=None, temperature=params.temperature, top_k=0, top_p=params.top_p, rng=self._rng(params))
+                self.model, self.tokenizer, prompts, max_new_tokens=[j.params.max_new_tokens for j, _ in live],
+                batch_size=self.max_batch, stop=[list(j.params.stop) for j, _ in live],
+                temperature=params.temperature, top_k=0, top_p=params.top_p, rng=self._rng(params),
+                fill_batch=True)
             if len(gens) != len(prompts):
                 raise RuntimeError(f"decode.generate returned {len(gens)} generations for {len(prompts)} prompts")
-            results = [finish_row(self.tokenizer, g, j.params.max_new_tokens, longest, j.params.stop,
-                                  self._cut_at_stop) for (j, _), g in zip(live, gens)]
+            results = [RowResult(text=g.text, completion_tokens=len(g.token_ids), finish_reason=g.finish_reason)
+                       for g in gens]
         except Exception as e:  # noqa: BLE001 -- the worker must survive anything a batch throws
             for j, _ in live:
                 if not j.future.done():

@@ -101,7 +101,7 @@ class CharTokenizer:
     eos_token_id, pad_token_id = 2, 0
     chars = "abcdefghijklmnopqrstuvwxyz "
 
-    def __call__(self, text):
+    def __call__(self, text, **kw):
         return {"input_ids": [3 + self.chars.index(c) for c in text]}
 
     def decode(self, ids, skip_special_tokens=True):
@@ -209,7 +209,7 @@ def test_generate_stops_at_a_stop_string_without_running_to_max_new_tokens(monke
     if len(free.text) < 4 or free.finish_reason != "length":
         pytest.skip("this random model ends too early for the test")
     seen = []
-    real = decode.stop_string_check(tok, [free.text[1:3]], [tok.eos_token_id])
+    real = decode.stop_string_check(tok, [[free.text[1:3]]], [tok.eos_token_id])
 
     def spy(tokens):
         seen.append(tokens.shape[1])
@@ -219,6 +219,68 @@ def test_generate_stops_at_a_stop_string_without_running_to_max_new_tokens(monke
     cut = decode.generate(model, tok, ["hello world"], max_new_tokens=40, batch_size=1, stop=[free.text[1:3]])[0]
     assert cut.text == free.text[: free.text.find(free.text[1:3])] and cut.finish_reason == "stop"
     assert seen == [16]  # the string shows up in the first 16 tokens: one check, then the loop ends
+
+
+T5_TINY = dict(model_type="t5", vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+               num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
+               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
+
+
+def test_per_prompt_budgets_and_stops_equal_single_runs_and_end_the_loop_early(monkeypatch):
+    """What the server relies on: one call with each prompt's own max_new_tokens and stop strings gives
+    each prompt what a call of its own gives, and ends once every row is done, not at the largest budget."""
+    model = models.from_config(dict(TINY_GPT2, vocab_size=30), seed=0)
+    tok = CharTokenizer()
+    prompts = ["hello world", "abc", "the quick fox"]
+    free = decode.generate(model, tok, prompts, max_new_tokens=40, batch_size=4)
+    long_rows = [i for i, g in enumerate(free) if g.finish_reason == "length" and len(g.text) >= 20]
+    assert long_rows, [g.text for g in free]  # seed chosen so that some row runs the whole budget
+    r = long_rows[0]
+    budgets = [3, 7, 5]
+    budgets[r] = 40
+    stops = [[], ["zz"], []]
+    stops[r] = [free[r].text[8:10]]  # row r meets its stop string after ~10 tokens
+    want = [decode.generate(model, tok, [p], max_new_tokens=b, batch_size=1, stop=s)[0]
+            for p, b, s in zip(prompts, budgets, stops)]
+    assert want[r].finish_reason == "stop" and len(want[r].token_ids) < 16
+    checked = []
+    real_check = decode.stop_string_check
+
+    def spy(*a):
+        check = real_check(*a)
+        return lambda tokens: (checked.append(tokens.shape[1]), check(tokens))[1]
+
+    monkeypatch.setattr(decode, "stop_string_check", spy)
+    got = decode.generate(model, tok, prompts, max_new_tokens=budgets, batch_size=4, stop=stops)
+    assert got == want
+    assert checked == [16]  # every row done after the first check: 16 of 40 steps decoded
+    with pytest.raises(ValueError, match="got 2 values for 3 prompts"):
+        decode.generate(model, tok, prompts, max_new_tokens=[3, 4], batch_size=4)
+    with pytest.raises(ValueError, match="one list of strings per prompt"):
+        decode.generate(model, tok, prompts, max_new_tokens=4, batch_size=4, stop=[["a"], ["b"]])
+
+
+def test_per_prompt_budgets_on_the_t5_path():
+    model = models.from_config(T5_TINY, seed=0)
+    tok = CharTokenizer()
+    prompts, budgets = ["hello world", "abc", "the quick fox"], [3, 9, 5]
+    want = [decode.generate(model, tok, [p], max_new_tokens=b, batch_size=1)[0] for p, b in zip(prompts, budgets)]
+    got = decode.generate(model, tok, prompts, max_new_tokens=budgets, batch_size=4, stop=[[], ["zz"], []],
+                          fill_batch=True)
+    assert got == want and [len(g.token_ids) for g in got] == budgets  # this random T5 never emits EOS
+
+
+def test_fill_batch_keeps_one_batch_shape(monkeypatch):
+    model = models.from_config(dict(TINY_GPT2, vocab_size=30), seed=0)
+    tok = CharTokenizer()
+    shapes = []
+    real = decode.generate_ids
+    monkeypatch.setattr(decode, "generate_ids", lambda m, ids, *a, **k: (shapes.append(ids.shape[0]),
+                                                                          real(m, ids, *a, **k))[1])
+    one = decode.generate(model, tok, ["abc"], max_new_tokens=5, batch_size=8, fill_batch=True)
+    three = decode.generate(model, tok, ["abc", "hello", "fox"], max_new_tokens=5, batch_size=8, fill_batch=True)
+    plain = decode.generate(model, tok, ["abc"], max_new_tokens=5, batch_size=8)
+    assert shapes == [8, 8, 1] and one == plain and three[0] == one[0]
 
 
 def test_generate_under_a_mesh_with_sharded_params():
