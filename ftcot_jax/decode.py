@@ -178,6 +178,16 @@ def _run_loop(graphdef, state, loop, until, args, greedy: bool):
     return _continue(graphdef, state, loop, until, *args, greedy=greedy)
 
 
+def fetch(x) -> np.ndarray:
+    """A device array on the host. When the model spans several processes (multi-host evaluation) the
+    loop's arrays do too: every process gathers the whole array (each runs the same decode, so they agree)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _eos_ids(model, tokenizer=None, eos_token_id=None) -> list[int]:
     ids = []
     for e in (eos_token_id if eos_token_id is not None else model.config.eos_token_id,
@@ -273,14 +283,17 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
     stopped = filler.copy()
     while True:
         loop = _run_loop(graphdef, state, loop, jnp.int32(until), args, greedy)
-        if until >= max_new_tokens or bool(loop["done_B"].all()):
+        if until >= max_new_tokens:
             break
-        flags = np.asarray(stop_check(np.asarray(loop["tokens_BxN"])[:, :until]), bool) & ~np.asarray(loop["done_B"])
+        done = fetch(loop["done_B"])
+        if done.all():
+            break
+        flags = np.asarray(stop_check(fetch(loop["tokens_BxN"])[:, :until]), bool) & ~done
         if flags.any():
             stopped |= flags
             loop = {**loop, "done_B": loop["done_B"] | jnp.asarray(flags)}
         until = min(until + check_every, max_new_tokens)
-    return np.asarray(loop["tokens_BxN"])[:, :max_new_tokens], np.asarray(loop["done_B"]) & ~stopped
+    return fetch(loop["tokens_BxN"])[:, :max_new_tokens], fetch(loop["done_B"]) & ~stopped
 
 
 # ---------------------------------------------------------------------------------------------- text level

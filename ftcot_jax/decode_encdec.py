@@ -23,8 +23,8 @@ from flax import nnx
 # Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
 # module lazily, so there is no cycle).
 from ftcot_jax import decode
-from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, finish, next_token, row_settings,
-                             stop_string_check)
+from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, fetch, finish, next_token,
+                             row_settings, stop_string_check)
 
 MIN_BUCKET = 16
 
@@ -121,16 +121,17 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
     stopped = empty.copy()
     while True:
         loop = _continue(graphdef, state, loop, cross_kv, mask, jnp.int32(step), *args, greedy=greedy)
-        if step >= max_new_tokens or bool(loop["done_B"].all()):
+        if step >= max_new_tokens:
             break
-        flags = np.asarray(stop_check(np.asarray(loop["tokens_BxS"])[:, :step]), bool)
-        flags &= ~np.asarray(loop["done_B"])
+        done = fetch(loop["done_B"])
+        if done.all():
+            break
+        flags = np.asarray(stop_check(fetch(loop["tokens_BxS"])[:, :step]), bool) & ~done
         if flags.any():
             stopped |= flags
             loop = {**loop, "done_B": loop["done_B"] | jnp.asarray(flags)}
         step = min(step + check_every, max_new_tokens)
-    done = np.asarray(loop["done_B"]) & ~stopped
-    return np.asarray(loop["tokens_BxS"])[:, :max_new_tokens], done
+    return fetch(loop["tokens_BxS"])[:, :max_new_tokens], fetch(loop["done_B"]) & ~stopped
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from train_subprocess import env, free_port, losses, make_inputs, run, train_cmd
 
 pytestmark = pytest.mark.slow
 
-COMMON = dict(epochs=2, mesh={"data": 4, "fsdp": 2, "tensor": 1})  # 16 steps
+# 16 steps, then greedy evaluation of 4 test questions with the parameters sharded over both processes
+COMMON = dict(epochs=2, mesh={"data": 4, "fsdp": 2, "tensor": 1}, eval_every_epochs=2, eval_limit=4,
+              eval_max_new_tokens=8, eval_batch_size=4)
 
 
 def test_two_processes_match_one(tmp_path):
@@ -43,8 +45,16 @@ def test_two_processes_match_one(tmp_path):
     assert '"steps": 16' in outs[0][0] and '"steps"' not in outs[1][0]  # only process 0 prints/logs
     assert (multi / "export" / "model.safetensors").is_file()
     assert (multi / "checkpoints" / "16").is_dir()
+    # evaluation decoded across both processes (outputs gathered to each): the single process's predictions
+    assert _predictions(multi) == _predictions(single) and len(_predictions(single)) == 4
 
 
 def _computed_tokens(run_dir) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {m["step"]: m["computed_tokens"] for m in rows if m["kind"] == "train"}
+
+
+def _predictions(run_dir) -> list[dict]:
+    files = sorted((run_dir / "predictions").iterdir())
+    assert len(files) == 1, files
+    return [json.loads(line) for line in files[0].read_text().splitlines()]
