@@ -166,9 +166,15 @@ _continue_cpu_few_rows = jax.jit(_continue_impl, compiler_options=_CPU_FEW_ROWS_
 _few_rows_ok = [True]  # False once this jaxlib rejected the option (it is experimental and may be renamed)
 
 
+def loop_compiler_options(batch: int) -> dict | None:
+    """The XLA compile options the decode loop uses for `batch` rows (None = XLA's defaults)."""
+    if _few_rows_ok[0] and jax.default_backend() == "cpu" and CPU_FEW_ROWS[0] <= batch <= CPU_FEW_ROWS[1]:
+        return _CPU_FEW_ROWS_OPTIONS
+    return None
+
+
 def _run_loop(graphdef, state, loop, until, args, greedy: bool):
-    B = loop["tokens_BxN"].shape[0]
-    if _few_rows_ok[0] and jax.default_backend() == "cpu" and CPU_FEW_ROWS[0] <= B <= CPU_FEW_ROWS[1]:
+    if loop_compiler_options(loop["tokens_BxN"].shape[0]) is not None:
         try:
             return _continue_cpu_few_rows(graphdef, state, loop, until, *args, greedy=greedy)
         except jax.errors.JaxRuntimeError as e:  # compile error: nothing ran, the loop state is intact
@@ -320,7 +326,7 @@ def row_settings(n: int, max_new_tokens, stop) -> tuple[list[int], list[list[str
     for b in budgets:
         if not isinstance(b, (int, np.integer)) or b < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {b!r}")
-    stop = list(stop or [])
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
     if all(isinstance(x, str) for x in stop):
         stops = [[x for x in stop if x]] * n
     elif len(stop) == n and all(isinstance(x, (list, tuple)) and all(isinstance(y, str) for y in x) for x in stop):

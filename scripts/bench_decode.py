@@ -70,8 +70,10 @@ def bench_ours(model, ids, mask, n_new, repeats):
 def matmul_floor(model, batch: int, repeats: int = 10) -> dict:
     """The weight products of one decode step and nothing else: a jitted chain of [batch, in] x [in, out]
     matmuls over every kernel of the model, then the LM head, each input depending on the previous output
-    (as in the real step). Its time is a floor for our per-token time with XLA's dot kernels at M = batch
-    rows; `ceiling_vs_hf` = the speedup over HF we would have if everything else in the step were free."""
+    (as in the real step), compiled with the options our decode loop uses at this batch size. Its time is a
+    floor for our per-token time with XLA's dot kernels at M = batch rows; `ceiling_vs_hf` = the speedup
+    over HF we would have if everything else in the step were free."""
+    import functools
     import math
 
     import jax
@@ -90,7 +92,9 @@ def matmul_floor(model, batch: int, repeats: int = 10) -> dict:
     width = max(max(w.shape[0] for w in kernels), head_VxD.shape[1])
     x_BxW = jnp.asarray(np.random.default_rng(0).standard_normal((batch, width), dtype=np.float32))
 
-    @jax.jit
+    from ftcot_jax import decode
+
+    @functools.partial(jax.jit, compiler_options=decode.loop_compiler_options(batch))
     def chain(kernels, head_VxD, x_BxW):
         s_Bx1 = jnp.zeros((batch, 1), jnp.float32)
         for w in kernels:
@@ -169,8 +173,10 @@ def main(argv=None):
     for B in batch_sizes:
         ids, mask = left_pad(tok, prompts_for(B))
         ours_tok, ours = bench_ours(model, ids, mask, args.new_tokens, args.repeats)
+        from ftcot_jax import decode
+
         row = {"batch": B, "prompt_len": int(ids.shape[1]), "new_tokens": args.new_tokens, "ours": ours,
-               "matmul_floor": matmul_floor(model, B)}
+               "matmul_floor": matmul_floor(model, B), "loop_compiler_options": decode.loop_compiler_options(B)}
         if tm is not None:
             hf_tok, hf = bench_hf(tm, ids, mask, args.new_tokens, args.repeats, pad_id)
             row["hf"] = hf

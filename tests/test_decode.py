@@ -256,6 +256,7 @@ def test_per_prompt_budgets_and_stops_equal_single_runs_and_end_the_loop_early(m
     assert checked == [16]  # every row done after the first check: 16 of 40 steps decoded
     with pytest.raises(ValueError, match="got 2 values for 3 prompts"):
         decode.generate(model, tok, prompts, max_new_tokens=[3, 4], batch_size=4)
+    assert decode.row_settings(2, 5, "ab") == ([5, 5], [["ab"], ["ab"]])  # one string: not its characters
     with pytest.raises(ValueError, match="one list of strings per prompt"):
         decode.generate(model, tok, prompts, max_new_tokens=4, batch_size=4, stop=[["a"], ["b"]])
 

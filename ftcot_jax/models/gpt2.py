@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (DropoutKeys, HFTensors, LayerNorm, dot_attention, dropout, grad_barrier,
-                                     init_kv_cache, linear, normal_init, param, prepare_inputs, update_cache,
-                                     zeros_init)
+from ftcot_jax.models.layers import (NO_DROPOUT, DropoutKeys, HFTensors, LayerNorm, dot_attention, dropout,
+                                     grad_barrier, init_kv_cache, linear, normal_init, param, prepare_inputs,
+                                     update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("gpt2",)
@@ -102,7 +102,7 @@ class Attention(nnx.Module):
         self.scale, self.dtype = scale, dtype
         self.attn_pdrop, self.resid_pdrop = cfg.attn_pdrop, cfg.resid_pdrop
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=DropoutKeys(None), tokens=None):
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=NO_DROPOUT, tokens=None):
         dt = self.dtype
         qkv_BxTx3xHxK = jnp.einsum("btd,dchk->btchk", x_BxTxD, self.qkv_kernel[...].astype(dt))
         qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dt)
@@ -128,7 +128,7 @@ class Mlp(nnx.Module):
         self.proj_bias = param(rngs, zeros_init, (D,), ("embed",))
         self.act, self.dtype, self.resid_pdrop = _ACTIVATIONS[cfg.activation_function], dtype, cfg.resid_pdrop
 
-    def __call__(self, x_BxTxD, keys=DropoutKeys(None), tokens=None):
+    def __call__(self, x_BxTxD, keys=NO_DROPOUT, tokens=None):
         dt = self.dtype
         h_BxTxF = self.act(linear(x_BxTxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
@@ -143,7 +143,7 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=DropoutKeys(None), tokens=None):
+    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=NO_DROPOUT, tokens=None):
         x_BxTxD = grad_barrier(x_BxTxD)
         a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index, packing, keys, tokens)
         x_BxTxD = x_BxTxD + a

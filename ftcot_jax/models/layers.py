@@ -201,6 +201,9 @@ class DropoutKeys:
         return jax.random.fold_in(self.key, self.n)
 
 
+NO_DROPOUT = DropoutKeys(None)  # stateless: hands out None (eval, decoding)
+
+
 def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype, dropout_rate: float = 0.0,
                   rng=None):
     """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32, then dropout on
