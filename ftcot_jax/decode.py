@@ -356,6 +356,18 @@ def stop_string_check(tokenizer, stops: list[list[str]], eos: list[int], budgets
     return check
 
 
+def batch_limits(tokenizer, budgets: list[int], stops: list[list[str]], batch: int, eos: list[int]):
+    """(max_new_tokens, stop_check or None) for one batch whose real rows have these budgets and stop lists;
+    the batch's filler rows (up to `batch`) never stop it early. A stop_check only when some row can end
+    before the longest budget."""
+    n_new = max(budgets)
+    filler = batch - len(budgets)
+    row_budgets, row_stops = budgets + [n_new] * filler, stops + [[]] * filler
+    if not any(row_stops) and min(row_budgets) == n_new:
+        return n_new, None
+    return n_new, stop_string_check(tokenizer, row_stops, eos, row_budgets)
+
+
 def finish(tokenizer, row: list[int], budget: int, stop: list[str], eos: list[int]) -> Generation:
     """A decoded row (possibly longer than its budget) -> its Generation: cut at the budget, then at EOS,
     then before the first stop string."""
@@ -411,13 +423,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens, batch_size
             ids[r, L - len(enc[i]):], mask[r, L - len(enc[i]):] = enc[i], 1
         mask[len(rows):, -1] = 1  # filler rows: one real (pad) token, output discarded
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
-        n_new = max(budgets[i] for i in rows)
-        row_budgets = [budgets[i] for i in rows] + [n_new] * (B - len(rows))
-        row_stops = [stops[i] for i in rows] + [[]] * (B - len(rows))
-        early = any(row_stops) or min(row_budgets) < n_new
+        n_new, stop_check = batch_limits(tokenizer, [budgets[i] for i in rows], [stops[i] for i in rows], B, eos)
         tokens, _ = generate_ids(model, ids, mask, max_new_tokens=n_new, temperature=temperature,
                                  top_k=top_k, top_p=top_p, rng=key, eos_token_id=eos, pad_token_id=pad,
-                                 stop_check=stop_string_check(tokenizer, row_stops, eos, row_budgets) if early else None,
+                                 stop_check=stop_check,
                                  filler_B=np.arange(B) >= len(rows))
         for r, i in enumerate(rows):
             out[i] = finish(tokenizer, tokens[r].tolist(), budgets[i], stops[i], eos)

@@ -23,8 +23,8 @@ from flax import nnx
 # Sampling, stop strings and Generation are shared with the decoder-only path (decode.py imports this
 # module lazily, so there is no cycle).
 from ftcot_jax import decode
-from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, fetch, finish, next_token,
-                             row_settings, stop_string_check)
+from ftcot_jax.decode import (MAX_EOS, Generation, _compute_model, batch_bucket, batch_limits, fetch, finish,
+                             next_token, row_settings)
 
 MIN_BUCKET = 16
 
@@ -172,13 +172,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens, batch_size
         for r, i in enumerate(rows):  # T5 is trained with right padding; filler rows keep an all-zero mask
             ids[r, :len(enc[i])], mask[r, :len(enc[i])] = enc[i], 1
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
-        n_new = max(budgets[i] for i in rows)
-        row_budgets = [budgets[i] for i in rows] + [n_new] * (B - len(rows))  # filler rows start done
-        row_stops = [stops[i] for i in rows] + [[]] * (B - len(rows))
-        early = any(row_stops) or min(row_budgets) < n_new
+        n_new, stop_check = batch_limits(tokenizer, [budgets[i] for i in rows], [stops[i] for i in rows], B, [eos])
         tokens, _ = generate_ids(model, ids, mask, max_new_tokens=n_new, temperature=temperature,
                                  top_k=top_k, top_p=top_p, rng=key,
-                                 stop_check=stop_string_check(tokenizer, row_stops, [eos], row_budgets) if early else None)
+                                 stop_check=stop_check)
         for r, i in enumerate(rows):
             out[i] = finish(tokenizer, tokens[r].tolist(), budgets[i], stops[i], [eos])
     return out

@@ -152,7 +152,7 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from ftcot_jax import models
+    from ftcot_jax import decode, models
 
     t = time.perf_counter()
     model, tok = models.load(args.model)
@@ -173,8 +173,6 @@ def main(argv=None):
     for B in batch_sizes:
         ids, mask = left_pad(tok, prompts_for(B))
         ours_tok, ours = bench_ours(model, ids, mask, args.new_tokens, args.repeats)
-        from ftcot_jax import decode
-
         row = {"batch": B, "prompt_len": int(ids.shape[1]), "new_tokens": args.new_tokens, "ours": ours,
                "matmul_floor": matmul_floor(model, B), "loop_compiler_options": decode.loop_compiler_options(B)}
         if tm is not None:

@@ -95,3 +95,21 @@ def _forward(graphdef, state, ids, mask):
 
 
 _forward_jit = jax.jit(_forward, static_argnums=0)
+
+
+T5_TINY = dict(model_type="t5", vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+               num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
+               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
+
+
+class CharTokenizer:
+    """Characters 'a'..'z' and ' ' as ids 3.., 2 = EOS; enough for the text-level path."""
+
+    eos_token_id, pad_token_id = 2, 0
+    chars = "abcdefghijklmnopqrstuvwxyz "
+
+    def __call__(self, text, **kw):
+        return {"input_ids": [3 + self.chars.index(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.chars[i - 3] if 3 <= i < 3 + len(self.chars) else "" for i in ids)

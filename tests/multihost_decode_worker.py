@@ -14,8 +14,7 @@ def main(pid: int, n: int, port: int, out: str) -> None:
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid)
     from ftcot_jax import decode, models
     from ftcot_jax.models import sharding
-    from helpers_models import TINY_GPT2, padded_batch
-    from test_decode import T5_TINY, CharTokenizer
+    from helpers_models import T5_TINY, TINY_GPT2, CharTokenizer, padded_batch
 
     results = {}
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)

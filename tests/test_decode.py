@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ftcot_jax import decode, models
-from tests.helpers_models import TINY_GPT2, TINY_LLAMA, forward, ours_from_torch, padded_batch, torch_model
+from tests.helpers_models import (T5_TINY, TINY_GPT2, TINY_LLAMA, CharTokenizer, forward, ours_from_torch,
+                                  padded_batch, torch_model)
 
 N_NEW = 12
 
@@ -93,19 +94,6 @@ def test_filter_logits_top_k_top_p():
     assert kept(0, 0.7) == [True, True, False, False]
     assert kept(0, 0.5) == [True, False, False, False]
     assert kept(0, 0.81) == [True, True, True, False]
-
-
-class CharTokenizer:
-    """Characters 'a'..'z' and ' ' as ids 3.., 2 = EOS; enough for the text-level path."""
-
-    eos_token_id, pad_token_id = 2, 0
-    chars = "abcdefghijklmnopqrstuvwxyz "
-
-    def __call__(self, text, **kw):
-        return {"input_ids": [3 + self.chars.index(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(self.chars[i - 3] if 3 <= i < 3 + len(self.chars) else "" for i in ids)
 
 
 def test_generate_text_stop_strings_order_and_bounded_compiles():
@@ -221,11 +209,6 @@ def test_generate_stops_at_a_stop_string_without_running_to_max_new_tokens(monke
     assert seen == [16]  # the string shows up in the first 16 tokens: one check, then the loop ends
 
 
-T5_TINY = dict(model_type="t5", vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-               num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
-               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
-
-
 def test_per_prompt_budgets_and_stops_equal_single_runs_and_end_the_loop_early(monkeypatch):
     """What the server relies on: one call with each prompt's own max_new_tokens and stop strings gives
     each prompt what a call of its own gives, and ends once every row is done, not at the largest budget."""
@@ -304,10 +287,7 @@ def test_encoder_decoder_models_dispatch_to_the_t5_path():
     pytest.importorskip("ftcot_jax.models.t5")
     from ftcot_jax import decode_encdec
 
-    cfg = dict(model_type="t5", vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-               num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
-               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
-    model = models.from_config(cfg, seed=0)
+    model = models.from_config(T5_TINY, seed=0)
     ids, mask = np.array([[5, 6, 7, 1]]), np.array([[1, 1, 1, 1]])
     got = decode.generate_ids(model, ids, mask, max_new_tokens=4)
     want = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=4)
