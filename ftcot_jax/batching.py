@@ -23,69 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ftcot_jax import formats
+from ftcot_jax import prompts
 
-METHOD_TEMPLATE = {"ft": "ft_token", "ft_cot": "ft_cot_token"}
-
-
-# ----------------------------------------------------------------------------- sample files
-
-
-def gold_samples(task: str, method: str, split_name: str = "default"):
-    """Fine-tune samples built from the dataset itself: gold answers (ft) or gold rationales (ft_cot).
-
-    Stands in for teacher rationales until a teacher has run; same FinetuneSample records.
-    """
-    from ftcot_jax.records import FinetuneSample
-    from ftcot_jax.tasks import load_task
-
-    if method not in METHOD_TEMPLATE:
-        raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHOD_TEMPLATE)}")
-    t = load_task(task)
-    if method == "ft_cot" and not t.has_rationale:
-        raise ValueError(f"task '{task}' has no gold rationales, so ft_cot samples cannot be built from the "
-                         "dataset; use teacher samples (ftcot curate) or method 'ft'")
-    out = []
-    for ex in t.split("train", split_name):
-        rationale = "" if method == "ft" else (ex.rationale or "").strip()
-        if method == "ft_cot" and not rationale:
-            raise ValueError(f"task '{task}' train example {ex.sample_index} has an empty gold rationale")
-        out.append(FinetuneSample(task=task, sample_index=ex.sample_index, completion_index=0,
-                                  question=ex.question, answer=ex.answer, rationale=rationale, method=method))
-    if not out:
-        raise ValueError(f"task '{task}' has no train examples in split '{split_name}'")
-    return out
-
-
-def write_gold_samples(task: str, method: str, path: str | Path, split_name: str = "default") -> int:
-    from ftcot_jax.records import write_samples
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()  # write_samples may append; a rebuilt file must not double up
-    return write_samples(path, gold_samples(task, method, split_name))
-
-
-def load_samples(paths: Sequence[str | Path]):
-    """Read and concatenate sample files; checks they agree on task and method."""
-    from ftcot_jax.records import read_samples
-
-    if not paths:
-        raise ValueError("no sample files given")
-    samples = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"sample file {p} does not exist")
-        got = read_samples(p)
-        if not got:
-            raise ValueError(f"sample file {p} contains no samples")
-        samples.extend(got)
-    for key in ("task", "method"):
-        values = sorted({getattr(s, key) for s in samples})
-        if len(values) > 1:
-            raise ValueError(f"sample files mix several {key}s ({', '.join(values)}); train one at a time")
-    return samples
+from ftcot_jax.prompts import METHOD_TEMPLATE  # noqa: F401  (re-exported for callers of batching)
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -116,7 +56,7 @@ def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
 
 
 def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> Encoded:
-    """Format with formats.finetune_input/label and tokenise; prompt and label are each cut to max_length.
+    """Format with prompts.finetune_input/label and tokenise; prompt and label are each cut to max_length.
 
     Truncation is counted and reported as a warning (never silent, never a dropped sample).
     """
@@ -129,8 +69,8 @@ def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> E
     cut_p = cut_l = 0
     for s in samples:
         template = METHOD_TEMPLATE[s.method]
-        prompt = formats.finetune_input(template, model_type, s.question)
-        label = formats.finetune_label(template, model_type, s.answer, s.rationale or None)
+        prompt = prompts.finetune_input(template, model_type, s.question)
+        label = prompts.finetune_label(template, model_type, s.answer, s.rationale or None)
         if model_type == "decoder":
             p = _encode(tokenizer, prompt, True)
             t = _encode(tokenizer, label, False) + [eos]

@@ -263,14 +263,15 @@ def build_student(spec: CompareSpec):
 
 def _samples(spec: CompareSpec, samples):
     from ftcot_jax import batching
+    from ftcot_jax import samples as sample_files
 
     if samples is not None:
         return list(samples)
-    return batching.gold_samples(spec.task, spec.method)
+    return sample_files.gold_samples(spec.task, spec.method)
 
 
 def _eval_items(spec: CompareSpec, model_type: str, eval_examples, template: str) -> list[dict]:
-    from ftcot_jax import formats
+    from ftcot_jax import prompts
 
     if spec.eval_n == 0:
         return []
@@ -281,13 +282,14 @@ def _eval_items(spec: CompareSpec, model_type: str, eval_examples, template: str
     items = []
     for ex in list(eval_examples)[: spec.eval_n]:
         items.append({"sample_index": ex.sample_index, "answer": ex.answer,
-                      "prompt": formats.finetune_input(template, model_type, ex.question)})
+                      "prompt": prompts.finetune_input(template, model_type, ex.question)})
     return items
 
 
 def prepare(spec: CompareSpec, out: Path, *, samples=None, eval_examples=None) -> dict:
     """Export the initial weights, cut the batches, write the eval prompts; returns the manifest."""
     from ftcot_jax import batching
+    from ftcot_jax import samples as sample_files
     from ftcot_jax import models
 
     out.mkdir(parents=True, exist_ok=True)
@@ -343,6 +345,7 @@ def cut_batches(spec: CompareSpec, samples, tok, model_type: str, decoder_start:
     import warnings
 
     from ftcot_jax import batching
+    from ftcot_jax import samples as sample_files
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation is counted below instead
@@ -478,11 +481,11 @@ def _jax_eval(model, tok, items: list[dict], job: dict) -> dict:
 
 
 def _score(items, texts, finish_reasons, job) -> dict:
-    from ftcot_jax import evaluation
+    from ftcot_jax import scoring
 
-    records = [evaluation.evaluate_completion(job["task"], text, it["answer"], job["template"], fr)
+    records = [scoring.evaluate_completion(job["task"], text, it["answer"], job["template"], fr)
                for it, text, fr in zip(items, texts, finish_reasons)]
-    s = evaluation.summarize(records)
+    s = scoring.summarize(records)
     return {"accuracy": float(s["accuracy"]), "n": int(s["n"]), "completions": texts[:3]}
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftcot_jax.records import FinetuneSample, write_samples
+from ftcot_jax.samples import FinetuneSample, write_samples
 
 METHODS = ("ft_cot", "diverse", "ft")
 DEFAULT_TEMPERATURE = {"ft_cot": 0.0, "diverse": 0.7}
@@ -76,7 +76,7 @@ def _dataset_row(task, idx: int):
 def curate_cot(cache, *, completion_indices: list[int], split_name: str = "default",
                method: str = "ft_cot") -> Curation:
     """Correct teacher rationales of the train questions, for the given completion indices."""
-    from ftcot_jax.evaluation import check_answer
+    from ftcot_jax.scoring import check_answer
     from ftcot_jax.tasks import load_task
 
     if not completion_indices:

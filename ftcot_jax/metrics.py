@@ -108,7 +108,7 @@ class EventWriter:
     """Scalars into `<logdir>/events.out.tfevents.<time>.<host>`, readable by TensorBoard."""
 
     def __init__(self, logdir: str | Path):
-        from ftcot_jax.records import RecordWriter
+        from ftcot_jax.tfrecord import RecordWriter
 
         Path(logdir).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"

@@ -377,7 +377,7 @@ def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
 
 def curate(cfg: RunConfig, task: str, method: Method, out: Path, log) -> Path:
     from ftcot_jax import curate as curate_lib
-    from ftcot_jax.records import write_samples
+    from ftcot_jax.samples import write_samples
     from ftcot_jax.tasks import load_task
 
     if method.kind == "ft":
@@ -462,7 +462,7 @@ def load_student(cfg: RunConfig):
 
 def zero_shot(cfg: RunConfig, task: str, student, out: Path, log) -> Path:
     """The un-fine-tuned student on the test split with the reference zero-shot prompt (template zs)."""
-    from ftcot_jax import decode, evaluation, formats
+    from ftcot_jax import decode, prompts, scoring
     from ftcot_jax.tasks import load_task
 
     model, tok = student
@@ -470,16 +470,16 @@ def zero_shot(cfg: RunConfig, task: str, student, out: Path, log) -> Path:
     examples = load_task(task).split("test", cfg.split_name)
     if cfg.eval.limit:
         examples = examples[: cfg.eval.limit]
-    prompts = [formats.zero_shot_prompt(ex.question, model_type) for ex in examples]
+    prompts = [prompts.zero_shot_prompt(ex.question, model_type) for ex in examples]
     t0 = time.time()
     gens = decode.generate(model, tok, prompts, max_new_tokens=cfg.eval.zero_shot_max_new_tokens,
                            batch_size=cfg.eval.batch_size, stop=list(cfg.eval.zero_shot_stop) or None)
     records = []
     for ex, prompt, g in zip(examples, prompts, gens):
-        r = evaluation.evaluate_completion(task, g.text, ex.answer, "zs", g.finish_reason)
+        r = scoring.evaluate_completion(task, g.text, ex.answer, "zs", g.finish_reason)
         records.append({"sample_index": ex.sample_index, "question": ex.question, "answer": ex.answer,
                         "prompt": prompt, "completion": g.text, "finish_reason": g.finish_reason, **r})
-    summary = evaluation.summarize(records)
+    summary = scoring.summarize(records)
     result = {"task": task, "method": "zero_shot", "kind": "zero_shot", "label": "Zero-shot", "template": "zs",
               "params": _count_params(model),
               "best_over_epochs": {"epoch": None, **summary}, "last_epoch": {"epoch": None, **summary},

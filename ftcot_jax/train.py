@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ftcot_jax import batching
+from ftcot_jax import samples as sample_files
 from ftcot_jax import head_loss
 from ftcot_jax.checkpoint import Checkpoints, abstract_like
 from ftcot_jax.config import TrainConfig, save_config, to_dict
@@ -429,20 +430,20 @@ def setup(cfg: TrainConfig, *, student: Student | None = None, model=None, token
 def evaluate(student: Student, params, examples, *, task: str, template: str, batch_size: int,
              max_new_tokens: int, mesh=None) -> tuple[dict, list[dict]]:
     """Greedy-decode the prompts of `examples` and score them with the reference evaluator."""
-    from ftcot_jax import decode, evaluation, formats
+    from ftcot_jax import decode, prompts, scoring
 
     model = nnx.merge(student.graphdef, params)
-    prompts = [formats.finetune_input(template, student.model_type, ex.question) for ex in examples]
+    prompts = [prompts.finetune_input(template, student.model_type, ex.question) for ex in examples]
     ctx = jax.set_mesh(mesh) if mesh is not None else _nullcontext()
     with ctx:
         gens = decode.generate(model, student.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                batch_size=batch_size)
     records = []
     for ex, prompt, g in zip(examples, prompts, gens):
-        r = evaluation.evaluate_completion(task, g.text, ex.answer, template, g.finish_reason)
+        r = scoring.evaluate_completion(task, g.text, ex.answer, template, g.finish_reason)
         records.append({"sample_index": ex.sample_index, "question": ex.question, "answer": ex.answer,
                         "prompt": prompt, "completion": g.text, "finish_reason": g.finish_reason, **r})
-    return evaluation.summarize(records), records
+    return scoring.summarize(records), records
 
 
 class _nullcontext:
@@ -471,19 +472,19 @@ class TrainResult:
 
 def _resolve_samples(cfg: TrainConfig, run_dir: Path):
     if cfg.samples:
-        return batching.load_samples(list(cfg.samples))
+        return sample_files.load_samples(list(cfg.samples))
     if not cfg.task:
         raise ValueError("no training data: set `samples` (fine-tune sample files) or `task` (to build them "
                          "from the dataset's gold answers/rationales)")
     path = run_dir / "samples" / f"gold_{cfg.task}_{cfg.method}.tfrecord"
     if jax.process_index() == 0:
-        n = batching.write_gold_samples(cfg.task, cfg.method, path, cfg.split_name)
+        n = sample_files.write_gold_samples(cfg.task, cfg.method, path, cfg.split_name)
         print(f"built {n} {cfg.method} samples for {cfg.task} from the dataset -> {path}", flush=True)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("gold samples written")
-    return batching.load_samples([path])
+    return sample_files.load_samples([path])
 
 
 def _eval_examples(cfg: TrainConfig, task: str):

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     import jax
 
     from ftcot_jax import batching
+    from ftcot_jax import samples as sample_files
     from ftcot_jax import compare
     from ftcot_jax import train as T
     from ftcot_jax.config import MeshConfig, TrainConfig
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     spec = compare.CompareSpec(task=args.task, steps=args.steps, warmup_steps=0, batch_size=args.batch,
                                seq_len=args.seq_len)
     tok = compare._load_tokenizer(compare.DEFAULT_TOKENIZER)
-    batches, cut = compare.cut_batches(spec, batching.gold_samples(args.task, "ft_cot"), tok, "decoder")
+    batches, cut = compare.cut_batches(spec, sample_files.gold_samples(args.task, "ft_cot"), tok, "decoder")
     hf = dict(compare.PRESETS["gpt2-small"], n_layer=args.layers, vocab_size=max(50257, len(tok)),
               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id)
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ftcot_jax import records
+from ftcot_jax import tfrecord
 from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, record_from_example
 
 
@@ -39,7 +39,7 @@ def measure(n: int, workdir: Path, fsync: bool = False) -> dict:
     cache = TeacherCache(workdir, task="multiarith", teacher_model="gpt-4o-mini", temperature=0.0)
     if fsync:
         cache._ensure_dir()
-        cache._writer = records.RecordWriter(cache._new_record_file(), fsync=True)
+        cache._writer = tfrecord.RecordWriter(cache._new_record_file(), fsync=True)
     rates = {}
 
     def timed(name, fn):
@@ -56,8 +56,8 @@ def measure(n: int, workdir: Path, fsync: bool = False) -> dict:
 
     timed("write", write_all)
     (path,) = cache.record_files()
-    raw = timed("read_raw", lambda: sum(1 for _ in records.read_records(path)))
-    decoded = timed("read_decode", lambda: [record_from_example(d) for d in records.read_records(path)])
+    raw = timed("read_raw", lambda: sum(1 for _ in tfrecord.read_records(path)))
+    decoded = timed("read_decode", lambda: [record_from_example(d) for d in tfrecord.read_records(path)])
     done = timed("done_keys", cache.done_keys)
 
     assert raw == len(decoded) == len(done) == n

@@ -210,11 +210,12 @@ def gsm8k_batches(batch: int, length: int, n: int):
     """The first `n` GSM8K Fine-tune-CoT batches exactly as `ftcot compare` cuts them (SmolLM2 tokenizer,
     the only one shipped offline); returns (batches, real tokens per batch)."""
     from ftcot_jax import batching
+    from ftcot_jax import samples as sample_files
     from ftcot_jax import compare
 
     spec = compare.CompareSpec(steps=n, warmup_steps=0, batch_size=batch, seq_len=length)
     tok = compare._load_tokenizer(compare.DEFAULT_TOKENIZER)
-    batches, cut = compare.cut_batches(spec, batching.gold_samples("gsm8k", "ft_cot"), tok, "decoder")
+    batches, cut = compare.cut_batches(spec, sample_files.gold_samples("gsm8k", "ft_cot"), tok, "decoder")
     return batches, cut["real_tokens"]
 
 

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from ftcot_jax import records
+from ftcot_jax import tfrecord
 from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, find_caches, record_from_example, record_to_example
 
 
@@ -24,10 +24,10 @@ def rec(s, c=0, task="coin_flip", model="org/Model-1", temperature=0.7, **kw):
 def test_record_example_round_trip():
     r = rec(3, 2, rationale="Ünïcode\nlines", seed=1234)
     assert record_from_example(record_to_example(r)) == r
-    feats = records.decode_example(record_to_example(r))
+    feats = tfrecord.decode_example(record_to_example(r))
     assert feats["timestamp_us"] == [1763770000123456] and feats["schema_version"] == [1]
     with pytest.raises(ValueError, match="where-it-is: no single-valued int64 feature .schema_version."):
-        record_from_example(records.encode_example({"task": "x"}), where="where-it-is")
+        record_from_example(tfrecord.encode_example({"task": "x"}), where="where-it-is")
 
 
 def test_layout_append_records_and_resume(tmp_path):
@@ -77,7 +77,7 @@ def test_crash_tail_is_dropped_then_repaired_by_the_next_writer(tmp_path):
     c2 = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
     with pytest.warns(RuntimeWarning, match="corrupt record at byte offset .*truncated"):
         assert c2.done_keys() == {(0, 0), (1, 0)}
-    with pytest.raises(records.RecordCorruptError, match=f"{f.name}: corrupt record at byte offset"):
+    with pytest.raises(tfrecord.RecordCorruptError, match=f"{f.name}: corrupt record at byte offset"):
         c2.verify()
     with pytest.warns(RuntimeWarning, match=f"{f.name}: removed a torn last record"):
         c2.append(rec(2, model="m", temperature=0))  # the rerun: repairs, then appends to its own file
@@ -102,7 +102,7 @@ def test_a_crc_error_is_not_repaired(tmp_path):
         c2.append(rec(3, model="m", temperature=0))
     c2.close()
     assert f.read_bytes() == bytes(raw)
-    with pytest.raises(records.RecordCorruptError, match="offset 0: data CRC mismatch"):
+    with pytest.raises(tfrecord.RecordCorruptError, match="offset 0: data CRC mismatch"):
         c2.verify()
 
 
@@ -179,7 +179,7 @@ def test_tensorflow_reads_and_writes_cache_records(tmp_path):
     assert abs(got[0]["temperature"] - 0.7) < 1e-6
     # TensorFlow writes a record -> we read it back as a TeacherRecord.
     feats = {}
-    ours = records.decode_example(record_to_example(want[2]))
+    ours = tfrecord.decode_example(record_to_example(want[2]))
     for k, kind in FEATURES.items():
         val = ours[k][0]
         feats[k] = (tf.train.Feature(bytes_list=tf.train.BytesList(value=[val])) if kind == "bytes" else
@@ -188,7 +188,7 @@ def test_tensorflow_reads_and_writes_cache_records(tmp_path):
     out = tmp_path / "tf.tfrecord"
     with tf.io.TFRecordWriter(str(out)) as w:
         w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
-    (data,) = records.read_records(out, on_corrupt="raise")
+    (data,) = tfrecord.read_records(out, on_corrupt="raise")
     assert record_from_example(data) == want[2]
 
 

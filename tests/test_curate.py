@@ -7,7 +7,7 @@ import pytest
 
 from ftcot_jax import curate
 from ftcot_jax.cli import main
-from ftcot_jax.records import read_samples
+from ftcot_jax.samples import read_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher import compat
 from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord

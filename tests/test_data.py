@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ftcot_jax import batching as D
-from ftcot_jax.records import FinetuneSample, read_samples, write_samples
+from ftcot_jax import samples as S
+from ftcot_jax.samples import FinetuneSample, read_samples, write_samples
 from train_helpers import char_tokenizer, last_letter_samples
 
 
@@ -106,32 +107,32 @@ def test_per_host_slices_make_the_global_batch(tok):
 
 
 def test_gold_samples_from_the_dataset(tmp_path):
-    ft = D.gold_samples("gsm8k", "ft")
-    cot = D.gold_samples("gsm8k", "ft_cot")
+    ft = S.gold_samples("gsm8k", "ft")
+    cot = S.gold_samples("gsm8k", "ft_cot")
     assert len(ft) == len(cot) == 7473
     assert ft[0].rationale == "" and cot[0].rationale and cot[0].answer == ft[0].answer
     assert {s.method for s in cot} == {"ft_cot"} and {s.task for s in ft} == {"gsm8k"}
     with pytest.raises(ValueError, match="has no gold rationales"):
-        D.gold_samples("multiarith", "ft_cot")
+        S.gold_samples("multiarith", "ft_cot")
     path = tmp_path / "ma.tfrecord"
-    assert D.write_gold_samples("multiarith", "ft", path) == 420
-    assert D.write_gold_samples("multiarith", "ft", path) == 420  # rebuilt, not appended
-    assert read_samples(path) == D.gold_samples("multiarith", "ft")
+    assert S.write_gold_samples("multiarith", "ft", path) == 420
+    assert S.write_gold_samples("multiarith", "ft", path) == 420  # rebuilt, not appended
+    assert read_samples(path) == S.gold_samples("multiarith", "ft")
 
 
 def test_bad_sample_files(tmp_path):
     empty = tmp_path / "empty.tfrecord"
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
-        D.load_samples([empty])
+        S.load_samples([empty])
     junk = tmp_path / "junk.tfrecord"
     junk.write_bytes(b"this is not a record file at all")
     with pytest.raises(ValueError, match="junk.tfrecord"):
-        D.load_samples([junk])
+        S.load_samples([junk])
     with pytest.raises(FileNotFoundError, match="missing.tfrecord"):
-        D.load_samples([tmp_path / "missing.tfrecord"])
+        S.load_samples([tmp_path / "missing.tfrecord"])
     a, b = tmp_path / "a.tfrecord", tmp_path / "b.tfrecord"
     write_samples(a, last_letter_samples(2))
     write_samples(b, [FinetuneSample("gsm8k", 0, 0, "q", "1", "", "ft")])
     with pytest.raises(ValueError, match="mix several tasks"):
-        D.load_samples([a, b])
+        S.load_samples([a, b])

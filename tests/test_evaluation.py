@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftcot_jax.evaluation import (
+from ftcot_jax.scoring import (
     check_answer,
     cleanse_answer,
     cleanse_prediction,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.tasks import load_task
 
 Q = "  How many apples?\n"  # fields are stripped like the reference Formatter
@@ -11,49 +11,49 @@ A = " 5 "
 
 
 def test_zs_cot_steps():
-    step1 = formats.zs_cot_step1_prompt(Q)
+    step1 = prompts.zs_cot_step1_prompt(Q)
     assert step1 == "Q: How many apples?\nA: Let's think step by step."
     # No space between "step." and the stripped rationale: the reference code's behaviour.
-    assert formats.zs_cot_step2_prompt(step1, R) == (
+    assert prompts.zs_cot_step2_prompt(step1, R) == (
         "Q: How many apples?\nA: Let's think step by step.There are 3 apples. 3 + 2 = 5.\nTherefore, the answer is"
     )
 
 
 def test_zero_shot():
-    assert formats.zero_shot_prompt(Q, "decoder") == "Q: How many apples?\n\nA:"
-    assert formats.zero_shot_prompt(Q, "encoder_decoder") == "question: How many apples?"
+    assert prompts.zero_shot_prompt(Q, "decoder") == "Q: How many apples?\n\nA:"
+    assert prompts.zero_shot_prompt(Q, "encoder_decoder") == "question: How many apples?"
 
 
 def test_few_shot_cot():
     fs = "Q: a?\nA: b. The answer is 1."
-    assert formats.fs_cot_prompt(Q, fs) == "Q: a?\nA: b. The answer is 1.\nQ: How many apples?\nA:"
+    assert prompts.fs_cot_prompt(Q, fs) == "Q: a?\nA: b. The answer is 1.\nQ: How many apples?\nA:"
     task = load_task("coin_flip")
     q = task.examples[0].question
-    assert formats.prompt("fs_cot", "encoder_decoder", q, task.few_shot_cot_prompt) == (
+    assert prompts.prompt("fs_cot", "encoder_decoder", q, task.few_shot_cot_prompt) == (
         task.few_shot_cot_prompt + "\nQ: " + q + "\nA:"
     )
     with pytest.raises(ValueError, match="no"):
-        formats.prompt("fs_cot", "decoder", q, load_task("tracking_shuffled_objects").few_shot_cot_prompt)
+        prompts.prompt("fs_cot", "decoder", q, load_task("tracking_shuffled_objects").few_shot_cot_prompt)
 
 
 def test_finetune_token_templates():
-    assert formats.finetune_input("ft_token", "decoder", Q) == "How many apples? ###"
-    assert formats.finetune_input("ft_cot_token", "decoder", Q) == "How many apples? ###"
-    assert formats.finetune_input("ft_token", "encoder_decoder", Q) == "How many apples?"
-    assert formats.finetune_input("ft_cot_token", "encoder_decoder", Q) == "How many apples?"
-    assert formats.finetune_label("ft_token", "decoder", A) == " 5"
-    assert formats.finetune_label("ft_token", "encoder_decoder", A) == "5"
-    assert formats.finetune_label("ft_cot_token", "decoder", A, R) == " There are 3 apples. 3 + 2 = 5. --> 5"
-    assert formats.finetune_label("ft_cot_token", "encoder_decoder", A, R) == "There are 3 apples. 3 + 2 = 5. --> 5"
+    assert prompts.finetune_input("ft_token", "decoder", Q) == "How many apples? ###"
+    assert prompts.finetune_input("ft_cot_token", "decoder", Q) == "How many apples? ###"
+    assert prompts.finetune_input("ft_token", "encoder_decoder", Q) == "How many apples?"
+    assert prompts.finetune_input("ft_cot_token", "encoder_decoder", Q) == "How many apples?"
+    assert prompts.finetune_label("ft_token", "decoder", A) == " 5"
+    assert prompts.finetune_label("ft_token", "encoder_decoder", A) == "5"
+    assert prompts.finetune_label("ft_cot_token", "decoder", A, R) == " There are 3 apples. 3 + 2 = 5. --> 5"
+    assert prompts.finetune_label("ft_cot_token", "encoder_decoder", A, R) == "There are 3 apples. 3 + 2 = 5. --> 5"
 
 
 def test_finetune_natural_template():
-    assert formats.finetune_input("ft_cot_natural", "decoder", Q) == "Q: How many apples?\n\nA: Let's think step by step.\n\n"
-    assert formats.finetune_label("ft_cot_natural", "decoder", A, R) == (
+    assert prompts.finetune_input("ft_cot_natural", "decoder", Q) == "Q: How many apples?\n\nA: Let's think step by step.\n\n"
+    assert prompts.finetune_label("ft_cot_natural", "decoder", A, R) == (
         " There are 3 apples. 3 + 2 = 5.\n\nTherefore the answer is 5"
     )
     with pytest.raises(ValueError, match="exists only for model_type 'decoder'"):
-        formats.finetune_input("ft_cot_natural", "encoder_decoder", Q)
+        prompts.finetune_input("ft_cot_natural", "encoder_decoder", Q)
 
 
 def test_reference_example_line():
@@ -63,30 +63,30 @@ def test_reference_example_line():
         "Answer choices: (A) 05/01/1971, (B) 04/01/2020, (C) 05/15/2020, (D) 05/01/2020, (E) 05/08/2020."
     )
     r = " One year ago from today would be 2020. Today is 2021. 2020 is two years ago. Two years ago from today would be 05/01/2019."
-    assert formats.finetune_input("ft_cot_token", "decoder", q) == q + " ###"
-    assert formats.finetune_label("ft_cot_token", "decoder", "D", r) + " END" == (
+    assert prompts.finetune_input("ft_cot_token", "decoder", q) == q + " ###"
+    assert prompts.finetune_label("ft_cot_token", "decoder", "D", r) + " END" == (
         " One year ago from today would be 2020. Today is 2021. 2020 is two years ago. "
         "Two years ago from today would be 05/01/2019. --> D END"
     )
 
 
 def test_prompt_dispatch_and_errors():
-    assert formats.prompt("zs_cot", "decoder", Q) == formats.zs_cot_step1_prompt(Q)
-    assert formats.prompt("zs", "encoder_decoder", Q) == "question: How many apples?"
-    assert formats.prompt("ft_cot_token", "decoder", Q) == "How many apples? ###"
+    assert prompts.prompt("zs_cot", "decoder", Q) == prompts.zs_cot_step1_prompt(Q)
+    assert prompts.prompt("zs", "encoder_decoder", Q) == "question: How many apples?"
+    assert prompts.prompt("ft_cot_token", "decoder", Q) == "How many apples? ###"
     with pytest.raises(ValueError, match="unknown template 'cot'; expected one of: zs, zs_cot"):
-        formats.prompt("cot", "decoder", Q)
+        prompts.prompt("cot", "decoder", Q)
     with pytest.raises(ValueError, match="unknown model_type 'gpt'; expected one of: decoder, encoder_decoder"):
-        formats.zero_shot_prompt(Q, "gpt")
+        prompts.zero_shot_prompt(Q, "gpt")
     with pytest.raises(ValueError, match="template 'ft_cot_token' needs a rationale; got None"):
-        formats.finetune_label("ft_cot_token", "decoder", A)
+        prompts.finetune_label("ft_cot_token", "decoder", A)
     with pytest.raises(ValueError, match="unknown fine-tune template 'zs'"):
-        formats.finetune_label("zs", "decoder", A)
+        prompts.finetune_label("zs", "decoder", A)
 
 
 def test_prefix_constants():
-    assert formats.PREDICTION_PREFIXES == {
+    assert prompts.PREDICTION_PREFIXES == {
         None: None, "zs": None, "ft_natural": None, "ft_token": None, "fs_cot": "The answer is",
         "zs_cot": None, "ft_cot_natural": "Therefore, the answer is", "ft_cot_token": "-->",
     }
-    assert formats.FT_COT_TOKEN_PREFIX in formats.finetune_label("ft_cot_token", "decoder", "1", "r")
+    assert prompts.FT_COT_TOKEN_PREFIX in prompts.finetune_label("ft_cot_token", "decoder", "1", "r")

@@ -13,7 +13,8 @@ import warnings
 
 import pytest
 
-from ftcot_jax import records as R
+from ftcot_jax import samples as S
+from ftcot_jax import tfrecord as R
 
 
 def _write(path, payloads):
@@ -201,32 +202,32 @@ def test_tensorflow_reads_and_writes(tmp_path):
 
 def _samples():
     return [
-        R.FinetuneSample("gsm8k", 3, 0, "Q?", "2,125", "Step one.\nStep two.", "ft_cot"),
-        R.FinetuneSample("coin_flip", 0, 0, "Is it?", "yes", "", "ft"),
+        S.FinetuneSample("gsm8k", 3, 0, "Q?", "2,125", "Step one.\nStep two.", "ft_cot"),
+        S.FinetuneSample("coin_flip", 0, 0, "Is it?", "yes", "", "ft"),
     ]
 
 
 def test_samples_round_trip(tmp_path):
     p = tmp_path / "s" / "samples.tfrecord"
-    assert R.write_samples(p, _samples()) == 2
-    assert R.read_samples(p) == _samples()
+    assert S.write_samples(p, _samples()) == 2
+    assert S.read_samples(p) == _samples()
     assert not (tmp_path / "s" / "samples.tfrecord.tmp").exists()
 
 
 def test_samples_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tfrecord"):
-        R.read_samples(tmp_path / "nope.tfrecord")
+        S.read_samples(tmp_path / "nope.tfrecord")
     empty = tmp_path / "empty.tfrecord"
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="empty.tfrecord holds no samples"):
-        R.read_samples(empty)
+        S.read_samples(empty)
     other = tmp_path / "other.tfrecord"
     _write(other, [R.encode_example({"task": "x"})])
     with pytest.raises(ValueError, match="other.tfrecord: record 0 has no single-valued feature 'sample_index'"):
-        R.read_samples(other)
+        S.read_samples(other)
     junk = tmp_path / "junk.tfrecord"
     junk.write_bytes(b"this is not a tfrecord file")
     with pytest.raises(ValueError, match="junk.tfrecord: corrupt record at byte offset 0"):
-        R.read_samples(junk)
+        S.read_samples(junk)
     with pytest.raises(ValueError, match="method"):
-        R.write_samples(tmp_path / "m.tfrecord", [R.FinetuneSample("t", 0, 0, "q", "a", "", "cot")])
+        S.write_samples(tmp_path / "m.tfrecord", [S.FinetuneSample("t", 0, 0, "q", "a", "", "cot")])

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from ftcot_jax.evaluation import check_answer
+from ftcot_jax.scoring import check_answer
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher import reference as ref
 from ftcot_jax.teacher.backend import TeachItem, TeacherError

@@ -516,7 +516,7 @@ def test_decoder_failure_is_a_500_and_the_worker_survives(student):
 
 @pytest.mark.parametrize("protocol", ["completions", "chat"])
 def test_teacher_client_end_to_end(student, srv, tmp_path, protocol):
-    from ftcot_jax import formats
+    from ftcot_jax import prompts
     from ftcot_jax.serve import render_chat
     from ftcot_jax.teacher.cache import TeacherCache
     from ftcot_jax.teacher.openai_backend import OpenAIBackend, step2_input
@@ -531,7 +531,7 @@ def test_teacher_client_end_to_end(student, srv, tmp_path, protocol):
     recs = sorted(cache.records(), key=lambda r: r.sample_index)
     assert [r.sample_index for r in recs] == [it.sample_index for it in items]
     for item, rec in zip(items, recs):
-        step1 = formats.zs_cot_step1_prompt(item.question)
+        step1 = prompts.zs_cot_step1_prompt(item.question)
         p1 = step1 if protocol == "completions" else render_chat(
             student.tokenizer, [{"role": "user", "content": step1}])
         g1 = reference(student, [p1], max_new_tokens=16, stop=["END"])[0]

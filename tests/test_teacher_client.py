@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fakes.fake_openai import FakeOpenAI
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.cli import main
 from ftcot_jax.teacher import pricing
 from ftcot_jax.teacher.backend import TeachItem
@@ -84,9 +84,9 @@ def test_completions_protocol_exact_prompts_and_resume(tmp_path, keyed_env, caps
         recs = _cache(tmp_path / "cache").records()
         assert [(r.sample_index, r.completion_index) for r in recs] == [(it.sample_index, c) for it in items for c in range(3)]
         for r in recs:
-            step1 = formats.zs_cot_step1_prompt(r.question)
+            step1 = prompts.zs_cot_step1_prompt(r.question)
             assert r.reasoning_prompt == step1 and r.protocol == "completions"
-            assert r.answer_prompt == formats.zs_cot_step2_prompt(step1, r.rationale)
+            assert r.answer_prompt == prompts.zs_cot_step2_prompt(step1, r.rationale)
             assert r.endpoint == fake.base_url and r.temperature == 0.7 and r.seed == -1
             assert r.prompt_tokens > 0 and r.completion_tokens > 0
         # Exact request bodies: spec §2.1 prompts, stop "END", max_tokens 128, step 2 greedy.
@@ -121,13 +121,13 @@ def test_request_bodies(tmp_path, keyed_env, protocol):
         assert _teach(fake, tmp_path, "--split", "train", "--limit", "1", "--protocol", protocol, "--seed", "5") == 0
         (p1, b1), (p2, b2) = fake.bodies
     rec = TeacherCache(tmp_path / "cache", task=TASK, teacher_model="gpt-4o-mini", temperature=0.0).records()[0]
-    step1 = formats.zs_cot_step1_prompt(item.question)
+    step1 = prompts.zs_cot_step1_prompt(item.question)
     common1 = {"model": "gpt-4o-mini", "temperature": 0.0, "n": 1, "stop": ["END"], "seed": 5}
     common2 = {"model": "gpt-4o-mini", "temperature": 0.0, "n": 1, "stop": ["END"]}
     if protocol == "completions":
         assert p1 == p2 == "/v1/completions"
         assert b1 == {**common1, "prompt": step1, "max_tokens": 128}
-        assert b2 == {**common2, "prompt": formats.zs_cot_step2_prompt(step1, rec.rationale), "max_tokens": 128}
+        assert b2 == {**common2, "prompt": prompts.zs_cot_step2_prompt(step1, rec.rationale), "max_tokens": 128}
     else:
         assert p1 == p2 == "/v1/chat/completions"
         assert b1 == {**common1, "messages": [{"role": "user", "content": step1}], "max_completion_tokens": 128}
@@ -239,7 +239,7 @@ def test_batch_mode_via_cli(tmp_path, keyed_env, capsys, protocol):
             assert all([m["role"] for m in x["body"]["messages"]] == ["user", "assistant", "user"] for x in lines)
     recs = _cache(tmp_path / "cache").records()
     assert len(recs) == 10 and {r.protocol for r in recs} == {"batch"}
-    assert all(r.answer_prompt == formats.zs_cot_step2_prompt(r.reasoning_prompt, r.rationale) for r in recs)
+    assert all(r.answer_prompt == prompts.zs_cot_step2_prompt(r.reasoning_prompt, r.rationale) for r in recs)
     out = capsys.readouterr().out
     assert "10 answered" in out and "estimated cost $" in out
     assert _grep_tree(tmp_path, KEY) == []

@@ -14,7 +14,7 @@ import time
 import warnings
 
 from fakes.fake_openai import FakeOpenAI
-from ftcot_jax.records import RecordCorruptError, read_records
+from ftcot_jax.tfrecord import RecordCorruptError, read_records
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.run import select_items
 

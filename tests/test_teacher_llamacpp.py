@@ -4,7 +4,7 @@
 import pytest
 
 from fakes import llamacpp
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.cli import main
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.openai_backend import OpenAIBackend
@@ -38,7 +38,7 @@ def test_teach_real_server(server, tmp_path, protocol):
     for r in recs:
         assert r.protocol == protocol and r.rationale.strip() and r.answer_text.strip()
         assert r.reasoning_finish_reason in ("stop", "length") and r.finish_reason in ("stop", "length")
-        assert r.answer_prompt == formats.zs_cot_step2_prompt(formats.zs_cot_step1_prompt(r.question), r.rationale)
+        assert r.answer_prompt == prompts.zs_cot_step2_prompt(prompts.zs_cot_step1_prompt(r.question), r.rationale)
     for it in items:  # two samples at T=0.7 differ
         a, b = (r.rationale for r in recs if r.sample_index == it.sample_index)
         assert a != b

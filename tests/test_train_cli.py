@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ftcot_jax.cli import main
-from ftcot_jax.records import read_samples
+from ftcot_jax.samples import read_samples
 from train_helpers import char_tokenizer, tiny_gpt2_config
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ def test_defaults_are_the_reference_hyperparameters():
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text("run_dir: /tmp/r\noptim:\n  lr: 1e-4\nmesh:\n  fsdp: 2\nsamples: [a.tfrecord]\n")
-    c = load_config(p, ["optim.warmup_steps=10", "precision=bf16", "samples=[x, y]"])
+    c = load_config(p, ["optim.warmup_steps=10", "precision=bf16", "samples=[x, y]"], cls=TrainConfig)
     assert c.optim.lr == 1e-4 and c.optim.warmup_steps == 10 and c.mesh.fsdp == 2 and c.precision == "bf16"
     assert c.samples == ("x", "y")
     assert from_dict(TrainConfig, to_dict(c)) == c
@@ -39,7 +39,7 @@ def test_yaml_and_overrides(tmp_path):
 ])
 def test_bad_config_values(overrides, message):
     with pytest.raises(ValueError) as e:
-        load_config(None, overrides)
+        load_config(None, overrides, cls=TrainConfig)
     assert message in str(e.value)
 
 
@@ -75,7 +75,7 @@ def test_cli_print_config(capsys):
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
-    from ftcot_jax.records import write_samples
+    from ftcot_jax.samples import write_samples
     from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
 
     char_tokenizer().save_pretrained(tmp_path / "tok")

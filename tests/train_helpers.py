@@ -31,7 +31,7 @@ def tiny_gpt2_config(vocab_size: int = 80, n_positions: int = 256, n_embd: int =
 
 def last_letter_samples(n: int, seed: int = 0, method: str = "ft", letters: str = "abcdef"):
     """Synthetic last-letter concatenation: question = two 3-letter words, answer = their last letters."""
-    from ftcot_jax.records import FinetuneSample
+    from ftcot_jax.samples import FinetuneSample
 
     rng = np.random.default_rng(seed)
     out = []

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_inputs(root: Path, n_samples: int = 64) -> tuple[Path, Path]:
-    """A saved char tokenizer and a sample file (records.write_samples) under `root`."""
-    from ftcot_jax.records import write_samples
+    """A saved char tokenizer and a sample file (samples.write_samples) under `root`."""
+    from ftcot_jax.samples import write_samples
 
     tok_dir, samples = root / "tokenizer", root / "samples.tfrecord"
     if not tok_dir.exists():

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ftcot_jax.models.cpu_xla import grad_barrier, linear
 from ftcot_jax.models.layers import (NO_DROPOUT, DropoutKeys, HFTensors, LayerNorm, dot_attention, dropout,
-                                     grad_barrier, init_kv_cache, linear, normal_init, param, prepare_inputs,
+                                     init_kv_cache, normal_init, param, prepare_inputs,
                                      update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 

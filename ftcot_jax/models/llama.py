@@ -1,4 +1,4 @@
-"""Llama-family decoders (Llama 2/3.x, SmolLM2, Qwen2/2.5) in Flax NNX: RoPE (default, linear, llama3),
+"""Llama-family decoders (Llama 2/3.x, SmolLM2, Qwen2/2.5) in Flax NNX: RoPE (default, llama3),
 RMSNorm, grouped-query attention with a fused group-major qkv kernel, SwiGLU, optional biases, tied head."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (DropoutKeys, HFTensors, RMSNorm, dot_attention, grad_barrier, init_kv_cache,
-                                     linear, normal_init, param, prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.cpu_xla import grad_barrier, linear
+from ftcot_jax.models.layers import (DropoutKeys, HFTensors, RMSNorm, dot_attention, init_kv_cache,
+                                     normal_init, param, prepare_inputs, update_cache, zeros_init)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.models.layers import (NEG_INF, DropoutKeys, HFTensors, RMSNorm, dropout, grad_barrier, normal_init,
+from ftcot_jax.models.cpu_xla import grad_barrier
+from ftcot_jax.models.layers import (NEG_INF, DropoutKeys, HFTensors, RMSNorm, dropout, normal_init,
                                      param)
 from ftcot_jax.models.sharding import constrain
 

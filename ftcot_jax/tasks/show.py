@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.tasks.task import TASK_NAMES, Task, load_task
 
 _AQUA_NOTE = (
@@ -77,8 +77,8 @@ def show_task(
     """Print `n` examples of a split from position `start`, with the prompt (and label) of `template`."""
     if n < 0 or start < 0:
         raise ValueError(f"-n and --start must be >= 0; got n={n}, start={start}")
-    if template != "all" and template not in formats.TEMPLATES:
-        raise ValueError(f"unknown template '{template}'; expected 'all' or one of: {', '.join(formats.TEMPLATES)}")
+    if template != "all" and template not in prompts.TEMPLATES:
+        raise ValueError(f"unknown template '{template}'; expected 'all' or one of: {', '.join(prompts.TEMPLATES)}")
     task = load_task(name)
     indices = task.split_indices(split, split_name)
     chosen = [task.example(i) for i in indices[start : start + n]]  # may fetch AQuA train: fail before printing
@@ -95,10 +95,10 @@ def show_task(
         if ex.rationale is not None:
             print("gold rationale:\n" + _indent(ex.rationale), file=out)
         for t in templates:
-            text = formats.prompt(t, model_type, ex.question, task.few_shot_cot_prompt)
+            text = prompts.prompt(t, model_type, ex.question, task.few_shot_cot_prompt)
             print(f"--- {t} ({model_type}) prompt: {text!r}", file=out)
-            if t in formats.FINETUNE_TEMPLATES:
+            if t in prompts.FINETUNE_TEMPLATES:
                 # Fine-tune-CoT labels use the teacher's rationale; show the gold one or a placeholder.
                 rationale = ex.rationale if ex.rationale is not None else "<teacher rationale>"
-                label = formats.finetune_label(t, model_type, ex.answer, rationale)
+                label = prompts.finetune_label(t, model_type, ex.answer, rationale)
                 print(f"--- {t} ({model_type}) label:  {label!r}", file=out)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.teacher.backend import TeachItem, TeacherError
 from ftcot_jax.teacher.openai_backend import (
     OpenAIBackend,
@@ -332,13 +332,13 @@ class BatchRun:
             if (i, c) in done:
                 continue
             it = by_index[i]
-            step1 = formats.zs_cot_step1_prompt(it.question)
+            step1 = prompts.zs_cot_step1_prompt(it.question)
             self.cache.append(TeacherRecord(
                 task=it.task, split=it.split, sample_index=i, completion_index=c,
                 teacher_model=b.model, endpoint=b.endpoint, protocol="batch",
                 question=it.question, gold_answer=it.gold_answer,
                 reasoning_prompt=step1, rationale=r["text"], reasoning_finish_reason=r["finish_reason"],
-                answer_prompt=formats.zs_cot_step2_prompt(step1, r["text"]),
+                answer_prompt=prompts.zs_cot_step2_prompt(step1, r["text"]),
                 answer_text=ch.text, finish_reason=ch.finish_reason,
                 temperature=float(temperature), seed=int(r["seed"]),
                 prompt_tokens=r["prompt_tokens"] + pt, completion_tokens=r["completion_tokens"] + ct,

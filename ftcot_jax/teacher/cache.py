@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ftcot_jax import records
+from ftcot_jax import tfrecord
 
 SCHEMA_VERSION = 1
 PROTOCOLS = ("completions", "chat", "batch", "reference")
@@ -76,7 +76,7 @@ FEATURES: dict[str, str] = {
 def record_to_example(rec: TeacherRecord) -> bytes:
     """Schema v1: str fields -> bytes_list (UTF-8), int fields -> int64_list, temperature -> float_list
     (float32), timestamp -> int64 `timestamp_us` (float32 cannot hold unix time), schema_version int64."""
-    ex = records.Example()
+    ex = tfrecord.Example()
     fmap = ex.features.feature
     for n in _STR_FIELDS:
         fmap[n].bytes_list.value.append(getattr(rec, n).encode("utf-8"))
@@ -90,7 +90,7 @@ def record_to_example(rec: TeacherRecord) -> bytes:
 
 def record_from_example(data: bytes, where: str = "record") -> TeacherRecord:
     try:
-        fmap = records.Example.FromString(data).features.feature
+        fmap = tfrecord.Example.FromString(data).features.feature
     except Exception:
         raise ValueError(f"{where}: not a tf.train.Example") from None
     # Direct access by schema (twice as fast as a generic decode); any missing or mistyped feature
@@ -105,7 +105,7 @@ def record_from_example(data: bytes, where: str = "record") -> TeacherRecord:
         kw["temperature"] = round(fmap["temperature"].float_list.value[0], 6)
         kw["timestamp"] = fmap["timestamp_us"].int64_list.value[0] / 1e6
     except IndexError:
-        feats = records.decode_example(data)
+        feats = tfrecord.decode_example(data)
         kinds = {"bytes": bytes, "int64": int, "float": float}
         for name in sorted(FEATURES, key=lambda n: n != "schema_version"):
             kind = FEATURES[name]
@@ -191,7 +191,7 @@ class TeacherCache:
             raise ValueError(f"task name {task!r} cannot name a cache directory; expected a task key like 'gsm8k'")
         self.task, self.teacher_model, self.temperature = task, teacher_model, round(float(temperature), 6)
         self.path = Path(root) / slug(teacher_model) / temperature_dir(self.temperature) / task
-        self._writer: records.RecordWriter | None = None
+        self._writer: tfrecord.RecordWriter | None = None
         self._secrets = _secret_values()  # read once: the environment of a run does not change
         self._check_identity()
 
@@ -247,21 +247,21 @@ class TeacherCache:
     def repair(self) -> list[tuple[Path, int]]:
         """Cuts torn last records (left by a killed writer) off files no live process writes; returns
         (file, bytes removed) per repaired file. Other corruption is left alone and raises."""
-        return [(p, cut) for p in self.record_files() if (cut := records.repair_tail(p))]
+        return [(p, cut) for p in self.record_files() if (cut := tfrecord.repair_tail(p))]
 
     def _open_writer(self) -> None:
         # A writer starts by repairing earlier crashes, so that after a rerun the cache verifies clean.
         self._ensure_dir()
         for path in self.record_files():
             try:
-                cut = records.repair_tail(path)
-            except records.RecordCorruptError as e:
+                cut = tfrecord.repair_tail(path)
+            except tfrecord.RecordCorruptError as e:
                 warnings.warn(f"{e}; left as is (see `ftcot cache verify`)", RuntimeWarning, stacklevel=3)
                 continue
             if cut:
                 warnings.warn(f"{path}: removed a torn last record ({cut} bytes) left by a killed writer; "
                               "that item is asked for again", RuntimeWarning, stacklevel=3)
-        self._writer = records.RecordWriter(self._new_record_file(), lock=True)
+        self._writer = tfrecord.RecordWriter(self._new_record_file(), lock=True)
 
     def _validate(self, rec: TeacherRecord) -> None:
         if not isinstance(rec, TeacherRecord):
@@ -299,7 +299,7 @@ class TeacherCache:
 
     def _raw(self, on_corrupt: str = "warn"):
         for path in self.record_files():
-            for i, data in enumerate(records.read_records(path, on_corrupt=on_corrupt)):
+            for i, data in enumerate(tfrecord.read_records(path, on_corrupt=on_corrupt)):
                 yield path, i, data
 
     def records(self) -> list[TeacherRecord]:
@@ -315,7 +315,7 @@ class TeacherCache:
         """(sample_index, completion_index) pairs already answered (decodes only the two key fields)."""
         done = set()
         for _, _, data in self._raw():
-            fmap = records.Example.FromString(data).features.feature
+            fmap = tfrecord.Example.FromString(data).features.feature
             done.add((fmap["sample_index"].int64_list.value[0], fmap["completion_index"].int64_list.value[0]))
         return done
 

@@ -6,7 +6,7 @@ import sys
 import warnings
 from collections import Counter
 
-from ftcot_jax.records import RecordCorruptError, read_records, repair_tail
+from ftcot_jax.tfrecord import RecordCorruptError, read_records, repair_tail
 from ftcot_jax.teacher.cache import TeacherCache, find_caches, record_from_example
 
 
@@ -32,7 +32,7 @@ def select(args) -> list[TeacherCache]:
 
 def describe(cache: TeacherCache) -> dict:
     """Counts and teacher accuracy (zs_cot rule, every record) of one cache."""
-    from ftcot_jax.evaluation import check_answer
+    from ftcot_jax.scoring import check_answer
 
     recs = cache.records()
     correct = sum(check_answer(r.task, r.answer_text, r.gold_answer, "zs_cot") for r in recs)

@@ -24,7 +24,7 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.teacher.backend import TeachItem, TeacherError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -156,14 +156,14 @@ def request_body(
 
 
 def step1_input(protocol: str, question: str):
-    p = formats.zs_cot_step1_prompt(question)
+    p = prompts.zs_cot_step1_prompt(question)
     return p if protocol == "completions" else [{"role": "user", "content": p}]
 
 
 def step2_input(protocol: str, question: str, rationale: str):
-    p1 = formats.zs_cot_step1_prompt(question)
+    p1 = prompts.zs_cot_step1_prompt(question)
     if protocol == "completions":
-        return formats.zs_cot_step2_prompt(p1, rationale)
+        return prompts.zs_cot_step2_prompt(p1, rationale)
     return [
         {"role": "user", "content": p1},
         {"role": "assistant", "content": rationale},
@@ -372,13 +372,13 @@ class OpenAIBackend:
             max_tokens=self.max_tokens, temperature=0.0, n=1, stop=self.stop, seed=None,
         )
         (ch2, *_), pt2, ct2 = await self._post(f"{item.task}#{item.sample_index}/{c} answer", body)
-        step1 = formats.zs_cot_step1_prompt(item.question)
+        step1 = prompts.zs_cot_step1_prompt(item.question)
         return TeacherRecord(
             task=item.task, split=item.split, sample_index=item.sample_index, completion_index=c,
             teacher_model=self.model, endpoint=self.endpoint, protocol=self.protocol,
             question=item.question, gold_answer=item.gold_answer,
             reasoning_prompt=step1, rationale=ch1.text, reasoning_finish_reason=ch1.finish_reason,
-            answer_prompt=formats.zs_cot_step2_prompt(step1, ch1.text),
+            answer_prompt=prompts.zs_cot_step2_prompt(step1, ch1.text),
             answer_text=ch2.text, finish_reason=ch2.finish_reason,
             temperature=float(temperature), seed=seed,
             prompt_tokens=pt1 + pt2, completion_tokens=ct1 + ct2, timestamp=time.time(),

@@ -32,7 +32,7 @@ import re
 import time
 from pathlib import Path
 
-from ftcot_jax import formats
+from ftcot_jax import prompts
 from ftcot_jax.teacher.backend import TeachItem, TeacherError
 from ftcot_jax.teacher.cache import TeacherRecord
 
@@ -361,12 +361,12 @@ class ReferenceBackend:
 
     def record(self, item: TeachItem, completion_index: int, temperature: float, rationale: str,
                answer: str) -> TeacherRecord:
-        step1 = formats.zs_cot_step1_prompt(item.question)
+        step1 = prompts.zs_cot_step1_prompt(item.question)
         return TeacherRecord(
             task=item.task, split=item.split, sample_index=item.sample_index, completion_index=completion_index,
             teacher_model=self.model, endpoint=self.endpoint, protocol=self.protocol, question=item.question,
             gold_answer=item.gold_answer, reasoning_prompt=step1, rationale=rationale,
-            reasoning_finish_reason="stop", answer_prompt=formats.zs_cot_step2_prompt(step1, rationale),
+            reasoning_finish_reason="stop", answer_prompt=prompts.zs_cot_step2_prompt(step1, rationale),
             answer_text=_answer_text(item.task, answer), finish_reason="stop",
             temperature=float(temperature), seed=-1, prompt_tokens=0, completion_tokens=0, timestamp=time.time(),
         )

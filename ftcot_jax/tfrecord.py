@@ -9,7 +9,6 @@ Examples are encoded with protobuf message classes built at import time from a c
 `tensorflow/core/example/{example,feature}.proto` in a private descriptor pool, so the bytes are
 exactly what `tf.train.Example.FromString` reads, and nothing collides with TensorFlow if it is loaded.
 
-Sample files (curate writes them, the trainer reads them) hold one `FinetuneSample` per record.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import mmap
 import os
 import struct
 import warnings
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -271,87 +269,3 @@ def decode_example(data: bytes) -> dict:
         kind = feat.WhichOneof("kind")
         out[name] = list(getattr(feat, kind).value) if kind else []
     return out
-
-
-# --- fine-tune sample files -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FinetuneSample:
-    task: str
-    sample_index: int
-    completion_index: int
-    question: str
-    answer: str
-    rationale: str  # "" for vanilla fine-tuning
-    method: str  # "ft" | "ft_cot"
-
-
-_SAMPLE_FIELDS = tuple((f.name, f.type) for f in fields(FinetuneSample))
-_METHODS = ("ft", "ft_cot")
-
-
-def _sample_to_features(s: FinetuneSample) -> dict:
-    if s.method not in _METHODS:
-        raise ValueError(f"FinetuneSample.method must be one of {_METHODS}, got {s.method!r}")
-    return {name: getattr(s, name) for name, _ in _SAMPLE_FIELDS}
-
-
-def write_samples(path, samples: Iterable[FinetuneSample]) -> int:
-    """Writes (overwrites) a sample file; returns the number of samples written. The file is written
-    to a temporary name and renamed, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "wb") as f:
-        for s in samples:
-            f.write(frame(encode_example(_sample_to_features(s))))
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
-
-
-def read_samples(path) -> list[FinetuneSample]:
-    """All samples of a sample file. A missing file raises FileNotFoundError; an empty, corrupt or
-    non-sample file raises ValueError naming the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sample file {path} does not exist (write it with `ftcot curate`)")
-    out = []
-    try:
-        for i, data in enumerate(read_records(path, on_corrupt="raise")):
-            try:
-                feats = decode_example(data)
-            except Exception:
-                raise ValueError(f"sample file {path}: record {i} is not a tf.train.Example") from None
-            out.append(_features_to_sample(path, i, feats))
-    except RecordCorruptError as e:
-        raise ValueError(f"sample file {e}") from None
-    if not out:
-        raise ValueError(f"sample file {path} holds no samples; expected records written by `ftcot curate`")
-    return out
-
-
-def _features_to_sample(path: Path, i: int, feats: dict) -> FinetuneSample:
-    kwargs = {}
-    for name, typ in _SAMPLE_FIELDS:
-        vals = feats.get(name)
-        if vals is None or len(vals) != 1:
-            raise ValueError(
-                f"sample file {path}: record {i} has no single-valued feature '{name}'; expected a FinetuneSample"
-            )
-        v = vals[0]
-        if typ == "int":
-            if not isinstance(v, int):
-                raise ValueError(f"sample file {path}: record {i} feature '{name}' is not int64")
-            kwargs[name] = v
-        else:
-            if not isinstance(v, bytes):
-                raise ValueError(f"sample file {path}: record {i} feature '{name}' is not bytes")
-            kwargs[name] = v.decode("utf-8")
-    if kwargs["method"] not in _METHODS:
-        raise ValueError(f"sample file {path}: record {i} has method {kwargs['method']!r}; expected one of {_METHODS}")
-    return FinetuneSample(**kwargs)

@@ -25,6 +25,8 @@ from __future__ import annotations
 MODEL_TYPES = ("decoder", "encoder_decoder")
 TEMPLATES = ("zs", "zs_cot", "fs_cot", "ft_token", "ft_cot_token", "ft_cot_natural")
 FINETUNE_TEMPLATES = ("ft_token", "ft_cot_token", "ft_cot_natural")
+# The template each fine-tuning method trains with (the reference's token templates).
+METHOD_TEMPLATE = {"ft": "ft_token", "ft_cot": "ft_cot_token"}
 
 # Evaluation prefixes per prediction template (reference PREDICTION_PREFIXES): the answer is parsed
 # from the first candidate after the prefix, or from the last candidate if the prefix is missing.

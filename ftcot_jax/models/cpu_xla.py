@@ -1,0 +1,64 @@
+"""Workarounds for XLA:CPU, in one place: each changes how XLA:CPU compiles a computation, never its values.
+
+- `grad_barrier`: stops XLA:CPU from duplicating residual-gradient sums across blocks in the backward pass.
+- `linear`: a projection as one 2-D matmul with a hand-written backward.
+
+docs/train.md and docs/compare.md have the measurements behind each.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def grad_barrier(x):
+    """Identity on the residual stream at each block boundary whose cotangent is materialised in the backward
+    pass. Without it XLA:CPU fuses the residual-gradient sums of all the blocks above into every block's
+    backward fusion and recomputes them there: O(layers^2) work and minutes of compile time (docs/train.md has the measurements). Only on CPU: GPU/TPU fusion does not duplicate like this, and a
+    conditional there costs a device-host sync."""
+    return x
+
+
+def _materialise(g):
+    if jax.default_backend() != "cpu":
+        return g
+    # XLA:CPU expands optimization_barrier before fusion, so that cannot stop the duplication; a conditional
+    # can: its operand must exist as a buffer. The predicate is a runtime value; both branches are identities.
+    pred = jnp.isfinite(g.reshape(-1)[0])
+    return jax.lax.cond(pred, lambda t: t, lambda t: t + 0, g)
+
+
+grad_barrier.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
+
+
+@jax.custom_vjp
+def _dense(x_MxK, w_KxN):
+    return x_MxK @ w_KxN
+
+
+def _dense_fwd(x_MxK, w_KxN):
+    return x_MxK @ w_KxN, (x_MxK, w_KxN)
+
+
+def _dense_bwd(res, g_MxN):
+    x_MxK, w_KxN = res
+    return g_MxN @ w_KxN.T, x_MxK.T @ g_MxN
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def linear(x, w, n_in: int = 1):
+    """x[..., in...] @ w[in..., out...] (the `n_in` leading axes of w contracted) as one 2-D matmul with a
+    hand-written backward (dx = g w^T, dw = x^T g). Same values as the einsum and its autodiff; XLA:CPU runs
+    it faster than autodiff's form of these dots (docs/train.md has the measurements). Callers keep the
+    sharded one of the merged axes most major (heads, kv_heads), so the 2-D view splits evenly on a mesh;
+    GPT-2's fused qkv kernel (D, 3, H, K) would not, and stays an einsum."""
+    in_size, out_shape = math.prod(w.shape[:n_in]), w.shape[n_in:]
+    lead = x.shape[:x.ndim - n_in]
+    y = _dense(x.reshape(math.prod(lead), in_size), w.reshape(in_size, math.prod(out_shape)))
+    return y.reshape(*lead, *out_shape)
