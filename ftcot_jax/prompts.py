@@ -1,4 +1,4 @@
-"""Prompt and label templates of the reference `Formatter` (REFERENCE_SPEC §2.1, §3.3).
+"""Prompt and label templates of the reference `Formatter` (`src/data/format.py` of reasoning-teacher).
 
 Every text field (question, answer, rationale, step-1 prompt) is `.strip()`ped first, as the reference
 code does (its "REPRODUCTION NOTE": the paper's GPT-3 runs did not strip). One consequence kept on

@@ -92,9 +92,9 @@ def matmul_floor(model, batch: int, repeats: int = 10) -> dict:
     width = max(max(w.shape[0] for w in kernels), head_VxD.shape[1])
     x_BxW = jnp.asarray(np.random.default_rng(0).standard_normal((batch, width), dtype=np.float32))
 
-    from ftcot_jax import decode
+    from ftcot_jax.models import cpu_xla
 
-    @functools.partial(jax.jit, compiler_options=decode.loop_compiler_options(batch))
+    @functools.partial(jax.jit, compiler_options=cpu_xla.loop_compiler_options(batch, cpu_xla.platform_of(model)))
     def chain(kernels, head_VxD, x_BxW):
         s_Bx1 = jnp.zeros((batch, 1), jnp.float32)
         for w in kernels:
@@ -152,7 +152,8 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from ftcot_jax import decode, models
+    from ftcot_jax import models
+    from ftcot_jax.models import cpu_xla
 
     t = time.perf_counter()
     model, tok = models.load(args.model)
@@ -174,7 +175,8 @@ def main(argv=None):
         ids, mask = left_pad(tok, prompts_for(B))
         ours_tok, ours = bench_ours(model, ids, mask, args.new_tokens, args.repeats)
         row = {"batch": B, "prompt_len": int(ids.shape[1]), "new_tokens": args.new_tokens, "ours": ours,
-               "matmul_floor": matmul_floor(model, B), "loop_compiler_options": decode.loop_compiler_options(B)}
+               "matmul_floor": matmul_floor(model, B),
+               "loop_compiler_options": cpu_xla.loop_compiler_options(B, cpu_xla.platform_of(model))}
         if tm is not None:
             hf_tok, hf = bench_hf(tm, ids, mask, args.new_tokens, args.repeats, pad_id)
             row["hf"] = hf

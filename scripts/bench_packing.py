@@ -3,7 +3,7 @@
     python scripts/bench_packing.py                       # GPT-2 small, 6 GSM8K gold-rationale batches of 8 x 256
     python scripts/bench_packing.py --steps 12 --pack-multiples 0,64,128,256 --out bench_packing.json
 
-The batches are cut exactly as `ftcot compare` cuts them (compare.cut_batches: the trainer's own
+The batches are cut exactly as `ftcot compare` cuts them (compare.prepare.cut_batches: the trainer's own
 encoding and Batcher, every batch padded to `--seq-len`). Each variant is one `train.setup` in this
 process; every distinct step shape is compiled first (timed as compile), then the variants run batch by
 batch in alternating order (A B, B A, ...) so machine noise hits them alike. Every variant starts from
@@ -38,25 +38,25 @@ def main(argv=None) -> int:
 
     import jax
 
-    from ftcot_jax import batching
+    from ftcot_jax import models
     from ftcot_jax import samples as sample_files
-    from ftcot_jax import compare
-    from ftcot_jax import train as T
-    from ftcot_jax.config import MeshConfig, TrainConfig
+    from ftcot_jax.compare.prepare import cut_batches
+    from ftcot_jax.config import MeshConfig, StudentSection, TrainConfig
+    from ftcot_jax.config.compare import DEFAULT_TOKENIZER, PRESETS, CompareSpec
+    from ftcot_jax.train.step import setup
 
-    spec = compare.CompareSpec(task=args.task, steps=args.steps, warmup_steps=0, batch_size=args.batch,
-                               seq_len=args.seq_len)
-    tok = compare._load_tokenizer(compare.DEFAULT_TOKENIZER)
-    batches, cut = compare.cut_batches(spec, sample_files.gold_samples(args.task, "ft_cot"), tok, "decoder")
-    hf = dict(compare.PRESETS["gpt2-small"], n_layer=args.layers, vocab_size=max(50257, len(tok)),
+    spec = CompareSpec(task=args.task, steps=args.steps, warmup_steps=0, batch_size=args.batch, seq_len=args.seq_len)
+    tok = models.load_tokenizer(DEFAULT_TOKENIZER)
+    batches, cut = cut_batches(spec, sample_files.gold_samples(args.task, "ft_cot"), tok, "decoder")
+    hf = dict(PRESETS["gpt2-small"], n_layer=args.layers, vocab_size=max(50257, len(tok)),
               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id)
 
     runs = {}
     for pm in variants:
-        cfg = TrainConfig(run_dir="unused", from_scratch=True, model_config=hf, batch_size=args.batch,
-                          precision=args.precision, dropout=False, bucket=args.seq_len, max_length=args.seq_len,
+        cfg = TrainConfig(run_dir="unused", batch_size=args.batch, dropout=False,
+                          student=StudentSection(from_scratch=True, model_config=hf, precision=args.precision), bucket=args.seq_len, max_length=args.seq_len,
                           mesh=MeshConfig(num_devices=1), pack_multiple=pm)
-        st = T.setup(cfg, tokenizer=tok, total_steps=args.steps)
+        st = setup(cfg, tokenizer=tok, total_steps=args.steps)
         state = st.init_state()
         t = time.perf_counter()
         with jax.set_mesh(st.mesh):
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
               f"{r['max_loss_gap_vs_first']:.1e}")
     with open(args.out, "w") as f:
         json.dump({"task": args.task, "batch": args.batch, "seq_len": args.seq_len, "layers": args.layers,
-                   "precision": args.precision, "real_tokens": cut["real_tokens"], "device": jax.devices()[0].device_kind,
-                   "results": rows}, f, indent=2)
+                   "precision": args.precision, "real_tokens": cut["real_tokens"],
+                   "device": jax.devices()[0].device_kind, "results": rows}, f, indent=2)
     print(f"\nwrote {args.out}")
     return 0
 

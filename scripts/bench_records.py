@@ -26,12 +26,27 @@ def _record(i: int) -> TeacherRecord:
     step1 = f"Q: {q}\nA: Let's think step by step."
     rationale = " ".join(["Mary starts with some apples and buys more, so we add the two numbers."] * 6)
     return TeacherRecord(
-        task="multiarith", split="train", sample_index=i, completion_index=0, teacher_model="gpt-4o-mini",
-        endpoint="https://api.openai.com/v1", protocol="chat", question=q, gold_answer=str(i + 12),
-        reasoning_prompt=step1, rationale=rationale, reasoning_finish_reason="stop",
-        answer_prompt=f"{step1}{rationale}\nTherefore, the answer is", answer_text=f" {i + 12}.",
-        finish_reason="stop", temperature=0.0, seed=-1, prompt_tokens=120, completion_tokens=90,
-        timestamp=time.time())
+        task="multiarith",
+        split="train",
+        sample_index=i,
+        completion_index=0,
+        teacher_model="gpt-4o-mini",
+        endpoint="https://api.openai.com/v1",
+        protocol="chat",
+        question=q,
+        gold_answer=str(i + 12),
+        reasoning_prompt=step1,
+        rationale=rationale,
+        reasoning_finish_reason="stop",
+        answer_prompt=f"{step1}{rationale}\nTherefore, the answer is",
+        answer_text=f" {i + 12}.",
+        finish_reason="stop",
+        temperature=0.0,
+        seed=-1,
+        prompt_tokens=120,
+        completion_tokens=90,
+        timestamp=time.time(),
+    )
 
 
 def measure(n: int, workdir: Path, fsync: bool = False) -> dict:
@@ -64,8 +79,12 @@ def measure(n: int, workdir: Path, fsync: bool = False) -> dict:
     assert abs(decoded[7].timestamp - recs[7].timestamp) < 1e-6  # stored with microsecond resolution
     assert dataclasses.replace(decoded[7], timestamp=recs[7].timestamp) == recs[7]
     size = path.stat().st_size
-    out = {"records": n, "bytes_per_record": round(size / n), "write_fsync": fsync,
-           "load_average_1min": round(os.getloadavg()[0], 1)}
+    out = {
+        "records": n,
+        "bytes_per_record": round(size / n),
+        "write_fsync": fsync,
+        "load_average_1min": round(os.getloadavg()[0], 1),
+    }
     for name, (wall_rate, cpu_rate, _) in rates.items():
         out[f"{name}_records_per_s"] = wall_rate
         out[f"{name}_records_per_cpu_s"] = cpu_rate  # less sensitive to other processes on the machine

@@ -30,13 +30,21 @@ from ftcot_jax.teacher.openai_backend import OpenAIBackend  # noqa: E402
 from ftcot_jax.teacher.run import run_teach, select_items  # noqa: E402
 
 
-def bench_server(base_url: str, concurrency: int, questions: list, max_tokens: int, protocol: str, workdir: Path) -> dict:
-    backend = OpenAIBackend("smollm2-135m-instruct", protocol=protocol, base_url=base_url, max_tokens=max_tokens,
-                            concurrency=concurrency, timeout=300)
-    cache = TeacherCache(workdir / f"c{concurrency}", task=questions[0].task, teacher_model=backend.model,
-                         temperature=0.0)
-    report = run_teach(backend, cache, questions, samples=1, temperature=0.0, concurrency=concurrency,
-                       progress=False)
+def bench_server(
+    base_url: str, concurrency: int, questions: list, max_tokens: int, protocol: str, workdir: Path
+) -> dict:
+    backend = OpenAIBackend(
+        "smollm2-135m-instruct",
+        protocol=protocol,
+        base_url=base_url,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        timeout=300,
+    )
+    cache = TeacherCache(
+        workdir / f"c{concurrency}", task=questions[0].task, teacher_model=backend.model, temperature=0.0
+    )
+    report = run_teach(backend, cache, questions, samples=1, temperature=0.0, concurrency=concurrency, progress=False)
     if report.failed:
         raise RuntimeError(f"{report.failed} failed at concurrency {concurrency}: {report.errors}")
     u = backend.usage
@@ -55,7 +63,12 @@ def bench_server(base_url: str, concurrency: int, questions: list, max_tokens: i
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: the machine is shared; spinning threads collapse under contention)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads (1: the machine is shared; spinning threads collapse under contention)",
+    )
     ap.add_argument("--levels", default="1,4,16", help="concurrency levels")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--max-questions", type=int, default=32)
@@ -66,8 +79,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
 
-    result = {"machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
-              "settings": vars(args), "server": None, "cache": None}
+    result = {
+        "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
+        "settings": vars(args),
+        "server": None,
+        "cache": None,
+    }
     why = llamacpp.available()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -80,7 +97,9 @@ def main(argv=None) -> int:
                 bench_server(srv.base_url, 1, pool[:1], args.max_tokens, args.protocol, tmp / "warmup")
                 for c in levels:
                     k = min(args.max_questions, max(4, c))
-                    rows.append(bench_server(srv.base_url, c, pool[start:start + k], args.max_tokens, args.protocol, tmp))
+                    rows.append(
+                        bench_server(srv.base_url, c, pool[start : start + k], args.max_tokens, args.protocol, tmp)
+                    )
                     start += k
                     print(f"  concurrency {c}: {rows[-1]['requests_per_s']} req/s", file=sys.stderr)
             result["server"] = rows
@@ -91,16 +110,22 @@ def main(argv=None) -> int:
         result["cache"]["seconds"] = round(time.perf_counter() - t, 1)
 
     if result["server"]:
-        print(f"llama.cpp server (SmolLM2-135M Q4_1, {args.threads} threads, {args.protocol}, "
-              f"max_tokens {args.max_tokens}):")
+        print(
+            f"llama.cpp server (SmolLM2-135M Q4_1, {args.threads} threads, {args.protocol}, "
+            f"max_tokens {args.max_tokens}):"
+        )
         print(f"{'concurrency':>11} {'questions':>9} {'requests':>8} {'req/s':>7} {'gen tok/s':>9} {'all tok/s':>9}")
         for r in result["server"]:
-            print(f"{r['concurrency']:>11} {r['questions']:>9} {r['requests']:>8} {r['requests_per_s']:>7} "
-                  f"{r['completion_tokens_per_s']:>9} {r['total_tokens_per_s']:>9}")
+            print(
+                f"{r['concurrency']:>11} {r['questions']:>9} {r['requests']:>8} {r['requests_per_s']:>7} "
+                f"{r['completion_tokens_per_s']:>9} {r['total_tokens_per_s']:>9}"
+            )
     c = result["cache"]
-    print(f"teacher cache ({c['records']} records, {c['bytes_per_record']} B each): "
-          f"write {c['write_records_per_s']}/s (flush per record), read raw {c['read_raw_records_per_s']}/s, "
-          f"read+decode {c['read_decode_records_per_s']}/s, resume scan {c['done_keys_records_per_s']}/s")
+    print(
+        f"teacher cache ({c['records']} records, {c['bytes_per_record']} B each): "
+        f"write {c['write_records_per_s']}/s (flush per record), read raw {c['read_raw_records_per_s']}/s, "
+        f"read+decode {c['read_decode_records_per_s']}/s, resume scan {c['done_keys_records_per_s']}/s"
+    )
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

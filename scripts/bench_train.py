@@ -17,7 +17,7 @@ and the padding-free layout, torch and HF Flax with full logits and -100/zero-we
 batch x length tokens per step either way; real tok/s counts the non-padding ones.
 
 Compilation (every step shape, before the timed steps) is timed separately and left out of the throughput.
-MFU = 6 * N_params * real tokens/s / peak, with the peak of the device from the table in ftcot_jax/metrics.py,
+MFU = 6 * N_params * real tokens/s / peak, with the peak of the device from the table in ftcot_jax/train/metrics.py,
 or for a CPU a jitted matmul measured in the same process (so on a CPU the MFU is "fraction of what XLA's own
 matmul reaches", not of the vendor's number).
 
@@ -50,21 +50,21 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
     import jax
     import jax.numpy as jnp
 
-    from ftcot_jax import train as T
-    from ftcot_jax.config import MeshConfig, TrainConfig
-    from ftcot_jax.metrics import mfu, peak_flops_per_device
+    from ftcot_jax.config import MeshConfig, StudentSection, TrainConfig
+    from ftcot_jax.train.metrics import mfu, peak_flops_per_device
+    from ftcot_jax.train.step import setup
 
     hf = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": layers,
           "n_head": 12}
-    cfg = TrainConfig(run_dir="unused", from_scratch=True, model_config=hf, batch_size=batch, precision=precision,
-                      dropout=False, bucket=length, max_length=length, mesh=MeshConfig(num_devices=1))
+    cfg = TrainConfig(run_dir="unused", student=StudentSection(from_scratch=True, model_config=hf, precision=precision),
+                      batch_size=batch, dropout=False, bucket=length, max_length=length, mesh=MeshConfig(num_devices=1))
 
     class _Tok:  # the step needs no tokenizer; the student only checks for an EOS id
         eos_token_id = 50256
         pad_token_id = 50256
 
     t0 = time.perf_counter()
-    st = T.setup(cfg, tokenizer=_Tok(), total_steps=steps + 1)
+    st = setup(cfg, tokenizer=_Tok(), total_steps=steps + 1)
     state = st.init_state()
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
@@ -135,7 +135,7 @@ def worker_torch(batch: int, length: int, steps: int, layers: int, batches: str 
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**_gpt2_config(layers))).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     if batches:
-        from ftcot_jax.torch_baseline import to_torch_batch
+        from ftcot_jax.compare.torch_worker import to_torch_batch
 
         feeds = [to_torch_batch(b, "decoder", "cpu") for b in _read_batches(batches)]
     else:
@@ -209,13 +209,14 @@ WORKERS = {"torch": worker_torch, "hf-flax": worker_hf_flax}
 def gsm8k_batches(batch: int, length: int, n: int):
     """The first `n` GSM8K Fine-tune-CoT batches exactly as `ftcot compare` cuts them (SmolLM2 tokenizer,
     the only one shipped offline); returns (batches, real tokens per batch)."""
-    from ftcot_jax import batching
+    from ftcot_jax import models
     from ftcot_jax import samples as sample_files
-    from ftcot_jax import compare
+    from ftcot_jax.compare.prepare import cut_batches
+    from ftcot_jax.config.compare import DEFAULT_TOKENIZER, CompareSpec
 
-    spec = compare.CompareSpec(steps=n, warmup_steps=0, batch_size=batch, seq_len=length)
-    tok = compare._load_tokenizer(compare.DEFAULT_TOKENIZER)
-    batches, cut = compare.cut_batches(spec, sample_files.gold_samples("gsm8k", "ft_cot"), tok, "decoder")
+    spec = CompareSpec(steps=n, warmup_steps=0, batch_size=batch, seq_len=length)
+    tok = models.load_tokenizer(DEFAULT_TOKENIZER)
+    batches, cut = cut_batches(spec, sample_files.gold_samples("gsm8k", "ft_cot"), tok, "decoder")
     return batches, cut["real_tokens"]
 
 

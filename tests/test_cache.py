@@ -11,12 +11,28 @@ from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, find_caches, re
 
 
 def rec(s, c=0, task="coin_flip", model="org/Model-1", temperature=0.7, **kw):
-    base = dict(task=task, split="train", sample_index=s, completion_index=c, teacher_model=model,
-                endpoint="http://127.0.0.1:8080/v1", protocol="chat", question=f"Q{s}?", gold_answer="yes",
-                reasoning_prompt=f"Q: Q{s}?\nA: Let's think step by step.", rationale=f"Because {s}.",
-                reasoning_finish_reason="stop", answer_prompt="...\nTherefore, the answer is", answer_text=" yes.",
-                finish_reason="stop", temperature=temperature, seed=-1, prompt_tokens=12, completion_tokens=7,
-                timestamp=1763770000.123456)
+    base = dict(
+        task=task,
+        split="train",
+        sample_index=s,
+        completion_index=c,
+        teacher_model=model,
+        endpoint="http://127.0.0.1:8080/v1",
+        protocol="chat",
+        question=f"Q{s}?",
+        gold_answer="yes",
+        reasoning_prompt=f"Q: Q{s}?\nA: Let's think step by step.",
+        rationale=f"Because {s}.",
+        reasoning_finish_reason="stop",
+        answer_prompt="...\nTherefore, the answer is",
+        answer_text=" yes.",
+        finish_reason="stop",
+        temperature=temperature,
+        seed=-1,
+        prompt_tokens=12,
+        completion_tokens=7,
+        timestamp=1763770000.123456,
+    )
     base.update(kw)
     return TeacherRecord(**base)
 
@@ -38,8 +54,12 @@ def test_layout_append_records_and_resume(tmp_path):
         c.append(rec(0, 1))
     d = tmp_path / "org_Model-1" / "t0.7" / "coin_flip"
     assert c.path == d
-    assert json.loads((d / "cache.json").read_text()) == {"schema_version": 1, "task": "coin_flip",
-                                                          "teacher_model": "org/Model-1", "temperature": 0.7}
+    assert json.loads((d / "cache.json").read_text()) == {
+        "schema_version": 1,
+        "task": "coin_flip",
+        "teacher_model": "org/Model-1",
+        "temperature": 0.7,
+    }
     assert len(c.record_files()) == 1
     # A new process (new cache object) sees everything, appends to its own file, never to the old one.
     c2 = TeacherCache(tmp_path, task="coin_flip", teacher_model="org/Model-1", temperature=0.7)
@@ -123,7 +143,9 @@ def test_failed_log(tmp_path):
     c.mark_failed(4, 0, "timeout")
     c.mark_failed(7, 1, "HTTP 429")
     assert [(f["sample_index"], f["completion_index"], f["error"], f["attempts"]) for f in c.failed()] == [
-        (4, 0, "timeout", 2), (7, 1, "HTTP 429", 1)]
+        (4, 0, "timeout", 2),
+        (7, 1, "HTTP 429", 1),
+    ]
     c.append(rec(4, model="m", temperature=0))  # answered on a later attempt: no longer failed
     assert [(f["sample_index"], f["completion_index"]) for f in c.failed()] == [(7, 1)]
     with open(c.path / "failed.jsonl", "a") as fh:
@@ -136,8 +158,15 @@ def test_api_key_never_stored(tmp_path, monkeypatch):
     key = "sk-test-SECRET-0123456789abcdef"
     monkeypatch.setenv("OPENAI_API_KEY", key)
     c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
-    c.append(rec(0, model="m", temperature=0, endpoint=f"https://user:{key}@api.example.com/v1?api-key={key}",
-                 rationale=f"leaked {key} here"))
+    c.append(
+        rec(
+            0,
+            model="m",
+            temperature=0,
+            endpoint=f"https://user:{key}@api.example.com/v1?api-key={key}",
+            rationale=f"leaked {key} here",
+        )
+    )
     c.mark_failed(1, 0, f"401 Unauthorized: Incorrect API key provided: {key}; Authorization: Bearer {key}")
     c.close()
     for p in c.path.iterdir():
@@ -182,9 +211,13 @@ def test_tensorflow_reads_and_writes_cache_records(tmp_path):
     ours = tfrecord.decode_example(record_to_example(want[2]))
     for k, kind in FEATURES.items():
         val = ours[k][0]
-        feats[k] = (tf.train.Feature(bytes_list=tf.train.BytesList(value=[val])) if kind == "bytes" else
-                    tf.train.Feature(int64_list=tf.train.Int64List(value=[val])) if kind == "int64" else
-                    tf.train.Feature(float_list=tf.train.FloatList(value=[val])))
+        feats[k] = (
+            tf.train.Feature(bytes_list=tf.train.BytesList(value=[val]))
+            if kind == "bytes"
+            else tf.train.Feature(int64_list=tf.train.Int64List(value=[val]))
+            if kind == "int64"
+            else tf.train.Feature(float_list=tf.train.FloatList(value=[val]))
+        )
     out = tmp_path / "tf.tfrecord"
     with tf.io.TFRecordWriter(str(out)) as w:
         w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())

@@ -6,10 +6,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from ftcot_jax.checkpoint import Checkpoints, abstract_like, tmp_dirs
 from ftcot_jax.models.sharding import make_mesh
+from ftcot_jax.train.checkpoint import Checkpoints, abstract_like, tmp_dirs
 
 
 def _state(mesh, value=0.0):

@@ -1,12 +1,12 @@
-"""Curation (ftcot_jax/curate.py), CompletionDataset import/export (teacher/compat.py) and the
+"""Curation (ftcot_jax/pipeline/curate.py), CompletionDataset import/export (teacher/compat.py) and the
 `ftcot cache` / `ftcot curate` commands."""
 
 import json
 
 import pytest
 
-from ftcot_jax import curate
 from ftcot_jax.cli import main
+from ftcot_jax.pipeline import curate
 from ftcot_jax.samples import read_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher import compat
@@ -16,12 +16,28 @@ TASK = "coin_flip"
 
 
 def _rec(ex, split, c, answer_text, rationale="It flips twice.", model="m", temperature=0.0):
-    return TeacherRecord(task=TASK, split=split, sample_index=ex.sample_index, completion_index=c, teacher_model=model,
-                         endpoint="http://127.0.0.1:1/v1", protocol="completions", question=ex.question,
-                         gold_answer=ex.answer, reasoning_prompt="Q: ...", rationale=rationale,
-                         reasoning_finish_reason="stop", answer_prompt="...\nTherefore, the answer is",
-                         answer_text=answer_text, finish_reason="stop", temperature=temperature, seed=-1,
-                         prompt_tokens=3, completion_tokens=4, timestamp=1763770000.5)
+    return TeacherRecord(
+        task=TASK,
+        split=split,
+        sample_index=ex.sample_index,
+        completion_index=c,
+        teacher_model=model,
+        endpoint="http://127.0.0.1:1/v1",
+        protocol="completions",
+        question=ex.question,
+        gold_answer=ex.answer,
+        reasoning_prompt="Q: ...",
+        rationale=rationale,
+        reasoning_finish_reason="stop",
+        answer_prompt="...\nTherefore, the answer is",
+        answer_text=answer_text,
+        finish_reason="stop",
+        temperature=temperature,
+        seed=-1,
+        prompt_tokens=3,
+        completion_tokens=4,
+        timestamp=1763770000.5,
+    )
 
 
 def _flip(answer):
@@ -48,7 +64,12 @@ def test_ft_cot_keeps_correct_train_rationales(tmp_path, coin):
     assert [s.sample_index for s in cur.samples] == [train[i].sample_index for i in expected_keep]
     s = cur.samples[0]
     assert (s.method, s.completion_index, s.answer, s.rationale, s.question) == (
-        "ft_cot", 0, train[0].answer, "It flips twice.", train[0].question)
+        "ft_cot",
+        0,
+        train[0].answer,
+        "It flips twice.",
+        train[0].question,
+    )
     assert cur.train_pairs == len(train) and cur.missing == len(train) - 4 and cur.empty == 1
     assert cur.teacher_total == 6
     assert cur.teacher_correct == 4 + (train[2].answer == "yes")
@@ -61,10 +82,19 @@ def test_diverse_keeps_every_correct_sample(tmp_path, coin):
         for i in range(3):
             for k in range(4):
                 good = (i + k) % 2 == 0
-                c.append(_rec(train[i], "train", k, f" {train[i].answer if good else _flip(train[i].answer)}.",
-                              rationale=f"r{k}", temperature=0.7))
-    cur, path = curate.curate(TASK, "diverse", cache_root=tmp_path, teacher_model="m", samples=4,
-                              out_dir=tmp_path / "s")
+                c.append(
+                    _rec(
+                        train[i],
+                        "train",
+                        k,
+                        f" {train[i].answer if good else _flip(train[i].answer)}.",
+                        rationale=f"r{k}",
+                        temperature=0.7,
+                    )
+                )
+    cur, path = curate.curate(
+        TASK, "diverse", cache_root=tmp_path, teacher_model="m", samples=4, out_dir=tmp_path / "s"
+    )
     assert path.name == "coin_flip__ft_cot_t70_4aug.tfrecord"
     got = [(s.sample_index, s.completion_index) for s in read_samples(path)]
     assert got == [(train[i].sample_index, k) for i in range(3) for k in range(4) if (i + k) % 2 == 0]
@@ -114,14 +144,35 @@ def test_import_paper_format(tmp_path, coin):
     _, train, test = coin
     comps = {}
     for ex in (train[0], test[0]):
-        comps[str(ex.sample_index)] = [{
-            "sample_index": ex.sample_index, "completion_index": 0, "question": ex.question, "answer": ex.answer,
-            "reasoning_prompt": f"Q: {ex.question}\nA: Let's think step by step.", "reasoning_completion": " Flip.",
-            "reasoning_finish_reason": "stop", "prompt": "...", "completion": f" {ex.answer}", "finish_reason": "stop"}]
+        comps[str(ex.sample_index)] = [
+            {
+                "sample_index": ex.sample_index,
+                "completion_index": 0,
+                "question": ex.question,
+                "answer": ex.answer,
+                "reasoning_prompt": f"Q: {ex.question}\nA: Let's think step by step.",
+                "reasoning_completion": " Flip.",
+                "reasoning_finish_reason": "stop",
+                "prompt": "...",
+                "completion": f" {ex.answer}",
+                "finish_reason": "stop",
+            }
+        ]
     f = tmp_path / "D_coin_flip.json"
-    f.write_text(json.dumps({"metadata": {"base_model": "text-davinci-002", "dataset_key": TASK,
-                                          "completion_key": "zs_cot", "train_key": None,
-                                          "prediction_template": "zs_cot"}, "data": comps}))
+    f.write_text(
+        json.dumps(
+            {
+                "metadata": {
+                    "base_model": "text-davinci-002",
+                    "dataset_key": TASK,
+                    "completion_key": "zs_cot",
+                    "train_key": None,
+                    "prediction_template": "zs_cot",
+                },
+                "data": comps,
+            }
+        )
+    )
     cache, added, _ = compat.import_file(f, tmp_path / "c")
     assert (cache.teacher_model, cache.temperature, added) == ("text-davinci-002", 0.0, 2)
     recs = cache.records()
@@ -141,15 +192,33 @@ def test_import_paper_format(tmp_path, coin):
 
 def test_cli_teach_inspect_verify_curate_export_import(tmp_path, capsys):
     root, out = str(tmp_path / "cache"), str(tmp_path / "samples")
-    assert main(["teach", "--task", "svamp", "--model", "reference", "--split", "train", "--limit", "40",
-                 "--cache-dir", root, "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "teach",
+                "--task",
+                "svamp",
+                "--model",
+                "reference",
+                "--split",
+                "train",
+                "--limit",
+                "40",
+                "--cache-dir",
+                root,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["cache", "inspect", "--cache-dir", root]) == 0
     text = capsys.readouterr().out
     assert "40 records for 40 questions (split train: 40" in text and "teacher accuracy 100.0% (40/40" in text
     assert main(["cache", "verify", "--cache-dir", root]) == 0
-    assert main(["curate", "--task", "svamp", "--teacher-model", "reference", "--cache-dir", root,
-                 "--out-dir", out]) == 0
+    assert (
+        main(["curate", "--task", "svamp", "--teacher-model", "reference", "--cache-dir", root, "--out-dir", out]) == 0
+    )
     text = capsys.readouterr().out
     assert "kept 40/700 train samples (660 not in the cache)" in text
     assert len(read_samples(tmp_path / "samples" / "svamp__ft_cot.tfrecord")) == 40
@@ -174,6 +243,21 @@ def test_cli_teach_inspect_verify_curate_export_import(tmp_path, capsys):
 
 
 def test_cli_reference_teacher_refuses_unsupported_task(tmp_path, capsys):
-    assert main(["teach", "--task", "commonsense_qa", "--model", "reference", "--limit", "2",
-                 "--cache-dir", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "teach",
+                "--task",
+                "commonsense_qa",
+                "--model",
+                "reference",
+                "--limit",
+                "2",
+                "--cache-dir",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "cannot teach 'commonsense_qa'" in capsys.readouterr().err

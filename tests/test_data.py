@@ -7,11 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from train_helpers import char_tokenizer, last_letter_samples
 
-from ftcot_jax import batching as D
 from ftcot_jax import samples as S
 from ftcot_jax.samples import FinetuneSample, read_samples, write_samples
-from train_helpers import char_tokenizer, last_letter_samples
+from ftcot_jax.train import batches as D
 
 
 @pytest.fixture(scope="module")

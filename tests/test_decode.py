@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 
 from ftcot_jax import decode, models
-from tests.helpers_models import (T5_TINY, TINY_GPT2, TINY_LLAMA, CharTokenizer, forward, ours_from_torch,
-                                  padded_batch, torch_model)
+from ftcot_jax.decode import causal, seq2seq, text
+from ftcot_jax.models import cpu_xla
+from tests.helpers_models import (
+    T5_TINY,
+    TINY_GPT2,
+    TINY_LLAMA,
+    CharTokenizer,
+    forward,
+    ours_from_torch,
+    padded_batch,
+    torch_model,
+)
 
 N_NEW = 12
 
@@ -87,6 +97,19 @@ def test_sampling_reproducible_and_filters():
         decode.generate_ids(model, ids, mask, max_new_tokens=2, temperature=1.0)
 
 
+def test_sampled_tokens_do_not_depend_on_chunking():
+    """Token t is drawn with fold_in(rng, t) on both kinds: returning to the host between chunks (as stop
+    checks do) changes nothing."""
+    never = lambda tokens: np.zeros(len(tokens), bool)
+    for cfg in (TINY_GPT2, T5_TINY):
+        model = models.from_config(cfg, seed=5)
+        ids, mask = padded_batch(cfg["vocab_size"], lengths=(4, 3), seed=2)
+        kw = dict(max_new_tokens=10, temperature=1.5, eos_token_id=[], rng=jax.random.key(7))
+        whole, _ = decode.generate_ids(model, ids, mask, **kw)
+        chunked, _ = decode.generate_ids(model, ids, mask, stop_check=never, check_every=3, **kw)
+        np.testing.assert_array_equal(chunked, whole)
+
+
 def test_filter_logits_top_k_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     kept = lambda k, p: np.isfinite(np.asarray(decode.filter_logits(logits, 1.0, k, p)))[0].tolist()
@@ -101,7 +124,7 @@ def test_generate_text_stop_strings_order_and_bounded_compiles():
     tok = CharTokenizer()
     prompts = ["hello world", "a", "the quick fox", "abc"]  # all in the 16-token prompt bucket
     gens = decode.generate(model, tok, prompts, max_new_tokens=10, batch_size=2)
-    for p, g in zip(prompts, gens):  # order kept: each equals a single-prompt run
+    for p, g in zip(prompts, gens, strict=True):  # order kept: each equals a single-prompt run
         single = decode.generate(model, tok, [p], max_new_tokens=10, batch_size=1)[0]
         assert g == single
         assert g.finish_reason in ("stop", "length") and len(g.token_ids) <= 10
@@ -110,7 +133,8 @@ def test_generate_text_stop_strings_order_and_bounded_compiles():
         s = g.text[1:3]
         cut = decode.generate(model, tok, [prompts[2]], max_new_tokens=10, batch_size=1, stop=[s])[0]
         assert cut.text == g.text[: g.text.find(s)] and cut.finish_reason == "stop"
-    sizes = lambda: tuple(f._cache_size() for f in (decode._prefill, decode._continue, decode._continue_cpu_few_rows))
+    loops = (causal._prefill, causal.loop_fn(None), causal.loop_fn(cpu_xla.FEW_ROWS_OPTIONS))
+    sizes = lambda: tuple(f._cache_size() for f in loops)
     n = sizes()
     decode.generate(model, tok, ["xy", "hello there"], max_new_tokens=9, batch_size=2)  # same buckets
     assert sizes() == n
@@ -121,30 +145,24 @@ def test_cpu_few_rows_loop_same_tokens_and_falls_back_when_the_option_is_unknown
     ids, mask = padded_batch(TINY_GPT2["vocab_size"], lengths=(6, 3, 4, 5), seed=4)
     kw = dict(max_new_tokens=12, eos_token_id=[], pad_token_id=0)
     calls = []
-
-    def counted(name, fn):
-        def run(*a, **k):
-            calls.append(name)
-            return fn(*a, **k)
-        return run
-
-    monkeypatch.setattr(decode, "_continue", counted("default", decode._continue))
-    monkeypatch.setattr(decode, "_continue_cpu_few_rows", counted("few", decode._continue_cpu_few_rows))
+    real_loop_fn = causal.loop_fn
+    monkeypatch.setattr(causal, "loop_fn", lambda options: (calls.append(options), real_loop_fn(options))[1])
     few, _ = decode.generate_ids(model, ids, mask, **kw)  # 4 rows on CPU: the Eigen-dot loop
-    assert calls == ["few"]
-    monkeypatch.setattr(decode, "CPU_FEW_ROWS", (0, 0))
+    assert calls == [cpu_xla.FEW_ROWS_OPTIONS]
+    assert cpu_xla.loop_compiler_options(4, "gpu") is None and cpu_xla.loop_compiler_options(1, "cpu") is None
+    monkeypatch.setattr(cpu_xla, "CPU_FEW_ROWS", (0, 0))
     default, _ = decode.generate_ids(model, ids, mask, **kw)
-    assert calls == ["few", "default"]
+    assert calls[1:] == [None]
     np.testing.assert_array_equal(few, default)
-    # A jaxlib without the option: the compile fails before anything runs, the default loop takes over.
-    monkeypatch.setattr(decode, "CPU_FEW_ROWS", (2, 16))
-    monkeypatch.setattr(decode, "_few_rows_ok", [True])
-    monkeypatch.setattr(decode, "_continue_cpu_few_rows",
-                        jax.jit(decode._continue_impl, compiler_options={"xla_cpu_no_such_option": ""},
-                                **decode._LOOP_JIT))
+    # A jaxlib without the option: the compile fails before anything runs, the default loop takes over, and
+    # the rejected option set is not tried again.
+    monkeypatch.setattr(cpu_xla, "CPU_FEW_ROWS", (2, 16))
+    monkeypatch.setattr(cpu_xla, "FEW_ROWS_OPTIONS", {"xla_cpu_no_such_option": ""})
+    monkeypatch.setattr(cpu_xla, "_rejected", set())
     again, _ = decode.generate_ids(model, ids, mask, **kw)
     np.testing.assert_array_equal(again, default)
-    assert decode._few_rows_ok == [False] and calls[-1] == "default"
+    assert calls[2:] == [{"xla_cpu_no_such_option": ""}, None]
+    assert cpu_xla.loop_compiler_options(4, "cpu") is None
 
 
 def test_stop_check_ends_rows_between_chunks_and_ends_the_loop():
@@ -197,13 +215,13 @@ def test_generate_stops_at_a_stop_string_without_running_to_max_new_tokens(monke
     if len(free.text) < 4 or free.finish_reason != "length":
         pytest.skip("this random model ends too early for the test")
     seen = []
-    real = decode.stop_string_check(tok, [[free.text[1:3]]], [tok.eos_token_id])
+    real = text.stop_string_check(tok, [[free.text[1:3]]], [tok.eos_token_id])
 
     def spy(tokens):
         seen.append(tokens.shape[1])
         return real(tokens)
 
-    monkeypatch.setattr(decode, "stop_string_check", lambda *a: spy)
+    monkeypatch.setattr(text, "stop_string_check", lambda *a: spy)
     cut = decode.generate(model, tok, ["hello world"], max_new_tokens=40, batch_size=1, stop=[free.text[1:3]])[0]
     assert cut.text == free.text[: free.text.find(free.text[1:3])] and cut.finish_reason == "stop"
     assert seen == [16]  # the string shows up in the first 16 tokens: one check, then the loop ends
@@ -224,16 +242,16 @@ def test_per_prompt_budgets_and_stops_equal_single_runs_and_end_the_loop_early(m
     stops = [[], ["zz"], []]
     stops[r] = [free[r].text[8:10]]  # row r meets its stop string after ~10 tokens
     want = [decode.generate(model, tok, [p], max_new_tokens=b, batch_size=1, stop=s)[0]
-            for p, b, s in zip(prompts, budgets, stops)]
+            for p, b, s in zip(prompts, budgets, stops, strict=True)]
     assert want[r].finish_reason == "stop" and len(want[r].token_ids) < 16
     checked = []
-    real_check = decode.stop_string_check
+    real_check = text.stop_string_check
 
     def spy(*a):
         check = real_check(*a)
         return lambda tokens: (checked.append(tokens.shape[1]), check(tokens))[1]
 
-    monkeypatch.setattr(decode, "stop_string_check", spy)
+    monkeypatch.setattr(text, "stop_string_check", spy)
     got = decode.generate(model, tok, prompts, max_new_tokens=budgets, batch_size=4, stop=stops)
     assert got == want
     assert checked == [16]  # every row done after the first check: 16 of 40 steps decoded
@@ -248,7 +266,8 @@ def test_per_prompt_budgets_on_the_t5_path():
     model = models.from_config(T5_TINY, seed=0)
     tok = CharTokenizer()
     prompts, budgets = ["hello world", "abc", "the quick fox"], [3, 9, 5]
-    want = [decode.generate(model, tok, [p], max_new_tokens=b, batch_size=1)[0] for p, b in zip(prompts, budgets)]
+    want = [decode.generate(model, tok, [p], max_new_tokens=b, batch_size=1)[0]
+            for p, b in zip(prompts, budgets, strict=True)]
     got = decode.generate(model, tok, prompts, max_new_tokens=budgets, batch_size=4, stop=[[], ["zz"], []],
                           fill_batch=True)
     assert got == want and [len(g.token_ids) for g in got] == budgets  # this random T5 never emits EOS
@@ -258,8 +277,8 @@ def test_fill_batch_keeps_one_batch_shape(monkeypatch):
     model = models.from_config(dict(TINY_GPT2, vocab_size=30), seed=0)
     tok = CharTokenizer()
     shapes = []
-    real = decode.generate_ids
-    monkeypatch.setattr(decode, "generate_ids", lambda m, ids, *a, **k: (shapes.append(ids.shape[0]),
+    real = text.generate_ids
+    monkeypatch.setattr(text, "generate_ids", lambda m, ids, *a, **k: (shapes.append(ids.shape[0]),
                                                                           real(m, ids, *a, **k))[1])
     one = decode.generate(model, tok, ["abc"], max_new_tokens=5, batch_size=8, fill_batch=True)
     three = decode.generate(model, tok, ["abc", "hello", "fox"], max_new_tokens=5, batch_size=8, fill_batch=True)
@@ -283,12 +302,15 @@ def test_generate_under_a_mesh_with_sharded_params():
     np.testing.assert_array_equal(got, want)
 
 
-def test_encoder_decoder_models_dispatch_to_the_t5_path():
-    pytest.importorskip("ftcot_jax.models.t5")
-    from ftcot_jax import decode_encdec
-
-    model = models.from_config(T5_TINY, seed=0)
+def test_models_dispatch_on_their_protocol(monkeypatch):
+    begun = []
+    for module in (causal, seq2seq):
+        real = module.begin
+        monkeypatch.setattr(module, "begin", lambda *a, real=real, name=module.__name__, **k: (begun.append(name),
+                                                                                              real(*a, **k))[1])
     ids, mask = np.array([[5, 6, 7, 1]]), np.array([[1, 1, 1, 1]])
-    got = decode.generate_ids(model, ids, mask, max_new_tokens=4)
-    want = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=4)
-    np.testing.assert_array_equal(got[0], want[0])
+    t5_tokens, _ = decode.generate_ids(models.from_config(T5_TINY, seed=0), ids, mask, max_new_tokens=4)
+    decode.generate_ids(models.from_config(TINY_GPT2, seed=0), ids, mask, max_new_tokens=4)
+    assert begun == ["ftcot_jax.decode.seq2seq", "ftcot_jax.decode.causal"] and t5_tokens.shape == (1, 4)
+    with pytest.raises(TypeError, match="neither"):
+        decode.generate_ids(object(), ids, mask, max_new_tokens=4)

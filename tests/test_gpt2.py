@@ -8,8 +8,16 @@ from flax import nnx
 
 from ftcot_jax import models
 from ftcot_jax.models import gpt2, sharding
-from tests.helpers_models import (forward, TINY_GPT2, max_diff_on_real, ours_from_torch, padded_batch, torch_logits,
-                                  torch_model, torch_tensors)
+from tests.helpers_models import (
+    TINY_GPT2,
+    forward,
+    max_diff_on_real,
+    ours_from_torch,
+    padded_batch,
+    torch_logits,
+    torch_model,
+    torch_tensors,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +80,11 @@ def test_missing_and_misshaped_tensors_are_named(pair):
     broken = dict(tensors)
     del broken["transformer.h.1.mlp.c_fc.weight"]
     with pytest.raises(KeyError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight"):
-        gpt2.params_from_hf(cfg, broken)
+        models.params_from_hf(cfg, broken)
     broken = dict(tensors)
     broken["transformer.wpe.weight"] = np.zeros((3, 32), np.float32)
     with pytest.raises(ValueError, match=r"transformer\.wpe\.weight.*\(3, 32\).*\(64, 32\)"):
-        gpt2.params_from_hf(cfg, broken)
+        models.params_from_hf(cfg, broken)
 
 
 def test_config_round_trip_and_unsupported_type():

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from ftcot_jax.head_loss import label_cross_entropy
 from test_train_step import _cfg, _max_diff, _run, encoded, tok  # noqa: F401 (fixtures)
+
+from ftcot_jax.train.head_loss import label_cross_entropy
 
 
 def _full(x, w, targets, weights):
@@ -84,7 +84,7 @@ def test_backward_fusions_do_not_grow_with_depth():
 
 def test_linear_matches_einsum_values_and_gradients():
     """layers.linear's hand-written backward gives autodiff's gradients (n_in 1 and 2, multi-axis outputs)."""
-    from ftcot_jax.models.layers import linear
+    from ftcot_jax.models.cpu_xla import linear
 
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], (2, 3, 4, 5))

@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 
 from ftcot_jax import models
-from ftcot_jax.models import hf_io
-from tests.helpers_models import (forward, TINY_GPT2, TINY_LLAMA, max_diff_on_real, padded_batch, torch_logits,
-                                  torch_model)
+from tests.helpers_models import (
+    TINY_GPT2,
+    TINY_LLAMA,
+    forward,
+    max_diff_on_real,
+    padded_batch,
+    torch_logits,
+    torch_model,
+)
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tm
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"[PAD]": 0, "[BOS]": 1, "[EOS]": 2, "[UNK]": 3, "hello": 4, "world": 5}
@@ -64,13 +71,11 @@ def _write_dir(path, config, tensors):
 
 
 def test_bad_checkpoints_name_the_problem(tmp_path):
-    from ftcot_jax.models import llama
-
     _write_dir(tmp_path / "bert", {"model_type": "bert"}, {"x": np.zeros(2, np.float32)})
     with pytest.raises(ValueError, match=r"model_type 'bert'.*gpt2.*llama.*qwen2"):
         models.load(str(tmp_path / "bert"))
 
-    tensors = llama.params_to_hf(models.from_config(TINY_LLAMA))
+    tensors = models.params_to_hf(models.from_config(TINY_LLAMA))
     missing = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"}
     _write_dir(tmp_path / "missing", TINY_LLAMA, missing)
     with pytest.raises(KeyError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
@@ -82,7 +87,7 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
         models.load(str(tmp_path / "shape"))
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        hf_io.load_dir(tmp_path)
+        models.load_dir(tmp_path)
 
 
 def test_cli_generate_and_export(tmp_path, capsys):

@@ -8,8 +8,17 @@ import pytest
 
 from ftcot_jax import models
 from ftcot_jax.models import llama
-from tests.helpers_models import (forward, TINY_LLAMA, TINY_QWEN2, max_diff_on_real, ours_from_torch, padded_batch,
-                                  torch_logits, torch_model, torch_tensors)
+from tests.helpers_models import (
+    TINY_LLAMA,
+    TINY_QWEN2,
+    forward,
+    max_diff_on_real,
+    ours_from_torch,
+    padded_batch,
+    torch_logits,
+    torch_model,
+    torch_tensors,
+)
 
 LINEAR_BIASED = dict(TINY_LLAMA, rope_scaling={"rope_type": "linear", "factor": 2.0}, rope_theta=500.0,
                      attention_bias=True, mlp_bias=True, tie_word_embeddings=False, num_key_value_heads=3,
@@ -36,7 +45,7 @@ def test_params_round_trip_to_hf_names():
     tm = torch_model(TINY_QWEN2)
     tensors = torch_tensors(tm)
     ours = ours_from_torch(tm, TINY_QWEN2)
-    back = llama.params_to_hf(ours)
+    back = models.params_to_hf(ours)
     assert set(back) == {k for k in tensors if "rotary" not in k}
     for k, v in back.items():
         np.testing.assert_array_equal(v, tensors[k], err_msg=k)
@@ -54,10 +63,10 @@ def test_config_conversions_and_errors():
     with pytest.raises(ValueError, match="use_sliding_window"):
         models.config_from_hf(dict(TINY_QWEN2, use_sliding_window=True))
     cfg = models.config_from_hf(TINY_LLAMA)
-    tensors = llama.params_to_hf(models.from_config(TINY_LLAMA))
+    tensors = models.params_to_hf(models.from_config(TINY_LLAMA))
     tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((5, 48), np.float32)
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*\(5, 48\).*\(16, 48\)"):
-        llama.params_from_hf(cfg, tensors)
+        models.params_from_hf(cfg, tensors)
 
 
 def test_attention_dropout_read_from_hf_and_only_with_a_key():

@@ -1,4 +1,4 @@
-"""Padding-free training layout (layers.Packing, batching.packing_indices): the same loss and gradients as
+"""Padding-free training layout (layers.Packing, batches.packing_indices): the same loss and gradients as
 the padded batch, on one device and on a mesh, for GPT-2 and Llama students."""
 
 from __future__ import annotations
@@ -8,13 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_train_step import _cfg, _max_diff, _run, encoded, tok  # noqa: F401 (fixtures)
 
-from ftcot_jax import batching
-from ftcot_jax import head_loss
-from ftcot_jax import train as T
 from ftcot_jax.models import gpt2, llama
 from ftcot_jax.models.layers import Packing
-from test_train_step import _cfg, _max_diff, _run, encoded, tok  # noqa: F401 (fixtures)
+from ftcot_jax.train import batches, head_loss
 
 
 def _golden_batch():
@@ -30,11 +28,11 @@ def _golden_batch():
 
 def test_needed_tokens_and_indices_golden():
     mask, loss = _golden_batch()
-    keep = batching.needed_tokens(mask, loss)[0]
+    keep = batches.needed_tokens(mask, loss)[0]
     # row 1: positions after its last loss position (2) influence no loss; the filler row needs nothing
     np.testing.assert_array_equal(keep.astype(int), [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0],
                                                      [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
-    index, inverse = batching.packing_indices(mask, loss, groups=2, multiple=4)
+    index, inverse = batches.packing_indices(mask, loss, groups=2, multiple=4)
     # group 0 = rows 0, 1 (M = 12): 7 tokens -> N = 8; group 1 = rows 2, 3: 1 token
     assert index.shape == (1, 2, 8) and inverse.shape == (1, 2, 12)
     np.testing.assert_array_equal(index[0, 0], [0, 1, 2, 3, 6, 7, 8, 12])
@@ -44,18 +42,18 @@ def test_needed_tokens_and_indices_golden():
         np.testing.assert_array_equal(inverse[0, g][real], np.arange(len(real)))
         assert (np.delete(inverse[0, g], real) == 8).all()
     # no gain -> no packing; a given size is used as is (hosts agree on it)
-    assert batching.packing_indices(mask, loss, groups=1, multiple=24) is None
-    assert batching.packing_indices(mask, loss, groups=1, multiple=4, size=12)[0].shape == (1, 1, 12)
+    assert batches.packing_indices(mask, loss, groups=1, multiple=24) is None
+    assert batches.packing_indices(mask, loss, groups=1, multiple=4, size=12)[0].shape == (1, 1, 12)
     with pytest.raises(ValueError, match="3 data shards"):
-        batching.packing_indices(mask, loss, groups=3, multiple=4)
+        batches.packing_indices(mask, loss, groups=3, multiple=4)
 
 
 def test_pack_unpack_gradients_are_each_others_gather():
     mask, loss = _golden_batch()
-    index, inverse = batching.packing_indices(mask, loss, groups=2, multiple=4)
+    index, inverse = batches.packing_indices(mask, loss, groups=2, multiple=4)
     p = Packing(jnp.asarray(index[0]), jnp.asarray(inverse[0]), 4, 6)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 6, 3)), jnp.float32)
-    keep = batching.needed_tokens(mask, loss)[0]
+    keep = batches.needed_tokens(mask, loss)[0]
     round_trip = np.asarray(p.unpack(p.pack(x)))
     np.testing.assert_array_equal(round_trip[keep], np.asarray(x)[keep])
     assert (round_trip[~keep] == 0).all()
@@ -87,7 +85,7 @@ def _random_batch(B=4, L=12, V=60, seed=0):
 ])
 def test_packed_loss_and_gradients_equal_padded(family, cfg):
     ids, mask, targets, loss = _random_batch()
-    index, inverse = batching.packing_indices(mask[None], loss[None], groups=2, multiple=4)
+    index, inverse = batches.packing_indices(mask[None], loss[None], groups=2, multiple=4)
     assert index.shape[-1] < inverse.shape[-1]  # really packed
     model = family.Model(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
@@ -117,7 +115,7 @@ def test_packed_loss_and_gradients_equal_padded(family, cfg):
 def test_train_step_packed_equals_padded(tok, encoded, mesh):  # noqa: F811
     _, p_pad, m_pad, _ = _run(_cfg(mesh, head_chunk=16, pack_multiple=0), tok, encoded)
     _, p_pack, m_pack, st = _run(_cfg(mesh, head_chunk=16, pack_multiple=8), tok, encoded)
-    b = batching.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    b = batches.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     with jax.set_mesh(st.mesh):
         fed = st.put_batch(b)
     groups = mesh[0] * mesh[1]

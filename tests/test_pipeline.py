@@ -14,13 +14,29 @@ import string
 
 import pytest
 
-from ftcot_jax import pipeline
 from ftcot_jax.cli import main as cli_main
+from ftcot_jax.config import load_run_config
+from ftcot_jax.pipeline import paper
+from ftcot_jax.pipeline.curate import methods_of
+from ftcot_jax.pipeline.run import run as run_pipeline
+from ftcot_jax.pipeline.stages import UNFINISHED
 
 CHARS = string.ascii_letters + string.digits + " #->.,?:'\"()\n"
-TINY_LLAMA = dict(model_type="llama", vocab_size=len(CHARS) + 3, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+TINY_LLAMA = dict(
+    model_type="llama",
+    vocab_size=len(CHARS) + 3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=1,
+    pad_token_id=0,
+)
 
 
 def char_tokenizer_dir(path):
@@ -52,9 +68,18 @@ def tiny_config(tmp_path, run_dir, **extra) -> str:
         "teacher": {"model": "reference", "cache_dir": str(tmp_path / "cache")},
         "curate": {"methods": ["ft", "ft_cot"], "max_train_questions": 8},
         "student": {"from_scratch": True, "model_config": TINY_LLAMA, "tokenizer": str(tok), "name": "tiny-llama"},
-        "train": {"epochs": 2, "batch_size": 4, "bucket": 64, "max_length": 256, "seed": 0,
-                  "mesh": {"num_devices": 1}, "optim": {"lr": 3e-3}, "log_every_steps": 1,
-                  "async_checkpointing": False, "export": False},
+        "train": {
+            "epochs": 2,
+            "batch_size": 4,
+            "bucket": 64,
+            "max_length": 256,
+            "seed": 0,
+            "mesh": {"num_devices": 1},
+            "optim": {"lr": 3e-3},
+            "log_every_steps": 1,
+            "async_checkpointing": False,
+            "export": False,
+        },
         "eval": {"limit": 4, "batch_size": 4, "max_new_tokens": 16, "zero_shot_max_new_tokens": 8},
     }
     for k, v in extra.items():
@@ -65,7 +90,7 @@ def tiny_config(tmp_path, run_dir, **extra) -> str:
 
 
 def run(path, *overrides, **kw):
-    return pipeline.run(pipeline.load_run_config(path, list(overrides)), log=lambda m: None, **kw)
+    return run_pipeline(load_run_config(path, list(overrides)), log=lambda m: None, **kw)
 
 
 def ran(res):
@@ -85,7 +110,9 @@ def first_run(tmp_path_factory):
     path = tiny_config(tmp, tmp / "run_a")
     res = run(path)
     # a snapshot: later tests rerun this run dir with other configs
-    res.evals = {m: json.loads((res.run_dir / "eval" / T / f"{m}.json").read_text()) for m in ("zero_shot", "ft", "ft_cot")}
+    res.evals = {
+        m: json.loads((res.run_dir / "eval" / T / f"{m}.json").read_text()) for m in ("zero_shot", "ft", "ft_cot")
+    }
     return tmp, path, res
 
 
@@ -103,14 +130,22 @@ def _table_rows(table: str, which: str) -> dict[str, list[str]]:
 def test_end_to_end_report_matches_eval_files(first_run):
     tmp, path, res = first_run
     run_dir = res.run_dir
-    assert {f"teach/{T}/greedy", f"curate/{T}/ft", f"curate/{T}/ft_cot", f"evaluate/{T}/zero_shot",
-            f"train/{T}/ft", f"train/{T}/ft_cot", f"evaluate/{T}/ft", f"evaluate/{T}/ft_cot"} <= ran(res)
+    assert {
+        f"teach/{T}/greedy",
+        f"curate/{T}/ft",
+        f"curate/{T}/ft_cot",
+        f"evaluate/{T}/zero_shot",
+        f"train/{T}/ft",
+        f"train/{T}/ft_cot",
+        f"evaluate/{T}/ft",
+        f"evaluate/{T}/ft_cot",
+    } <= ran(res)
     assert not skipped(res)
     # resolved config and stage records in the run dir
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["train"]["epochs"] == 2 and saved["student"]["name"] == "tiny-llama"
     stages = json.loads((run_dir / "stages.json").read_text())
-    assert all(len(r["hash"]) == 16 and pipeline.UNFINISHED not in r["outputs"] for r in stages.values())
+    assert all(len(r["hash"]) == 16 and UNFINISHED not in r["outputs"] for r in stages.values())
 
     report = (run_dir / "report.md").read_text()
     assert res.table in report
@@ -127,8 +162,10 @@ def test_end_to_end_report_matches_eval_files(first_run):
                 best = max(h["accuracy"] for h in ev["history"])
                 assert ev["best_over_epochs"]["accuracy"] == best
                 # the per-epoch numbers are the trainer's own evaluation of its predictions files
-                preds = [json.loads(x) for x in (run_dir / ev["train_dir"] / "predictions" / "epoch_001.jsonl")
-                         .read_text().splitlines()]
+                preds = [
+                    json.loads(x)
+                    for x in (run_dir / ev["train_dir"] / "predictions" / "epoch_001.jsonl").read_text().splitlines()
+                ]
                 assert ev["last_epoch"]["accuracy"] == sum(p["correct"] for p in preds) / len(preds)
     # the paper has no row for this student: its nearest open decoder student is shown, labelled as such
     best = _table_rows(res.table, "best")
@@ -168,15 +205,16 @@ def test_interrupted_training_resumes_to_the_same_result(first_run):
     with pytest.raises(KeyboardInterrupt):
         run(path, train_hook=stop_in_second_epoch)
     stages = json.loads((tmp / "run_b" / "stages.json").read_text())
-    assert stages[f"train/{T}/ft_cot"]["outputs"] == [pipeline.UNFINISHED]
+    assert stages[f"train/{T}/ft_cot"]["outputs"] == [UNFINISHED]
     assert f"evaluate/{T}/ft_cot" not in stages
     logs = []
-    res = pipeline.run(pipeline.load_run_config(path), log=logs.append)
+    res = run_pipeline(load_run_config(path), log=logs.append)
     assert ran(res) == {f"train/{T}/ft_cot", f"evaluate/{T}/ft_cot", "report"}
     assert {f"teach/{T}/greedy", f"curate/{T}/ft_cot", f"evaluate/{T}/zero_shot"} <= skipped(res)
     assert any("resumed" in m and "from step 2" in m for m in logs), logs
-    rows = lambda r, which: {k: v for k, v in _table_rows(r.table, which).items() if k.startswith(("Fine-tune-CoT",
-                                                                                                    "Zero-shot"))}
+    rows = lambda r, which: {
+        k: v for k, v in _table_rows(r.table, which).items() if k.startswith(("Fine-tune-CoT", "Zero-shot"))
+    }
     for which in ("best", "last"):
         assert rows(res, which) == rows(first, which)
     for method in ("ft_cot", "zero_shot"):
@@ -187,23 +225,26 @@ def test_interrupted_training_resumes_to_the_same_result(first_run):
     assert "| Fine-tune |" not in res.table
 
 
-@pytest.mark.parametrize("override, message", [
-    ("bogus=1", "unknown config key 'bogus'"),
-    ("train.optim.lrr=1", "unknown config key 'train.optim.lrr'"),
-    ("teacher.temprature=0.5", "unknown config key 'teacher.temprature'"),
-    ("train.epochs=abc", "config key 'train.epochs' expects an integer"),
-    ("train.model=gpt2", "train.model is set by the pipeline; set student.model instead"),
-    ("curate.methods=[ft,cot]", "curate.methods[] must be one of ft, ft_cot, diverse; got 'cot'"),
-    ("curate.methods=[diverse]", "curate.diverse_samples is empty"),
-    ("tasks=[no_such_task]", "unknown task 'no_such_task'"),
-    ("tasks=[date_understanding]", "the reference teacher cannot teach 'date_understanding'"),
-    ("noequals", "must look like key=value"),
-    ("student.precision=fp8", "student.precision must be one of fp32, bf16"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("train.optim.lrr=1", "unknown config key 'train.optim.lrr'"),
+        ("teacher.temprature=0.5", "unknown config key 'teacher.temprature'"),
+        ("train.epochs=abc", "config key 'train.epochs' expects an integer"),
+        ("train.model=gpt2", "train.student is set by the pipeline; set student instead"),
+        ("curate.methods=[ft,cot]", "curate.methods[] must be one of ft, ft_cot, diverse; got 'cot'"),
+        ("curate.methods=[diverse]", "curate.diverse_samples is empty"),
+        ("tasks=[no_such_task]", "unknown task 'no_such_task'"),
+        ("tasks=[date_understanding]", "the reference teacher cannot teach 'date_understanding'"),
+        ("noequals", "must look like key=value"),
+        ("student.precision=fp8", "student.precision must be one of fp32, bf16"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, capsys, override, message):
     path = tiny_config(tmp_path, tmp_path / "run_err")
     with pytest.raises(ValueError, match=re.escape(message)):
-        pipeline.load_run_config(path, [override])
+        load_run_config(path, [override])
     # the CLI prints the same error as one line, exit code 2, and runs nothing
     assert cli_main(["run", path, override]) == 2
     err = capsys.readouterr().err
@@ -223,20 +264,23 @@ def test_quickstart_and_paper_configs_load():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    q = pipeline.load_run_config(root / "quickstart.yaml")
+    q = load_run_config(root / "quickstart.yaml")
     assert q.student.model == "smollm2-135m-instruct" and q.teacher.model == "reference"
     assert set(q.curate.methods) == {"ft", "ft_cot"} and q.eval.zero_shot
     base = root / "paper" / "reference.yaml"
-    cells = pipeline.paper_grid()
+    cells = paper.paper_grid()
     # 9 students x (12 tasks x {ft, ft_cot} + 9 tasks with diverse reasoning)
     assert len(cells) == 9 * (12 * 2 + 9)
-    for name in ("gpt2/multiarith/ft_cot_t70_64aug", "flan-t5-large/date_understanding/ft_cot_t70_8aug",
-                 "t5-small/gsm8k/ft"):
-        cfg = pipeline.load_run_config(base, pipeline.paper_cell(name))
+    for name in (
+        "gpt2/multiarith/ft_cot_t70_64aug",
+        "flan-t5-large/date_understanding/ft_cot_t70_8aug",
+        "t5-small/gsm8k/ft",
+    ):
+        cfg = load_run_config(base, paper.paper_cell(name))
         assert cfg.train.epochs == 20 and cfg.train.batch_size == 8 and cfg.train.optim.lr == 3e-4
         assert cfg.run_dir == f"runs/paper/{name}"
-    d = pipeline.load_run_config(base, pipeline.paper_cell("gpt2/multiarith/ft_cot_t70_64aug"))
-    assert [m.key for m in pipeline.methods_of(d)] == ["ft_cot_t70_64aug"]
+    d = load_run_config(base, paper.paper_cell("gpt2/multiarith/ft_cot_t70_64aug"))
+    assert [m.key for m in methods_of(d)] == ["ft_cot_t70_64aug"]
     assert "gpt2/gsm8k/ft_cot_t70_8aug" not in dict(cells)  # no diverse data for GSM8K in the paper
     with pytest.raises(ValueError, match="unknown paper grid cell"):
-        pipeline.paper_cell("gpt2/multiarith/zs")
+        paper.paper_cell("gpt2/multiarith/zs")

@@ -7,15 +7,25 @@ import pytest
 from ftcot_jax.scoring import check_answer
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher import reference as ref
-from ftcot_jax.teacher.backend import TeachItem, TeacherError
+from ftcot_jax.teacher.backend import TeacherError, TeachItem
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.run import run_teach
 
 # Train rows whose annotation disagrees with the gold answer (checked by hand against the question):
 # the teacher answers what the equation gives, and the zs_cot filter must reject it.
 KNOWN_DATA_ERRORS = {
-    "single_eq": {191: "unknown", 226: "22.83", 255: "36.42", 317: "0.5", 320: "1.3", 332: "1", 408: "100",
-                  462: "136", 482: "5.7142857143", 485: "0.26"},
+    "single_eq": {
+        191: "unknown",
+        226: "22.83",
+        255: "36.42",
+        317: "0.5",
+        320: "1.3",
+        332: "1",
+        408: "100",
+        462: "136",
+        482: "5.7142857143",
+        485: "0.26",
+    },
     "addsub": {263: "unknown"},  # 'X = 0.32 = 0.21'
     "svamp": {679: "5"},  # "4 apples, picked 2, 3 new grew" -> 5, gold 1.0
 }
@@ -41,7 +51,7 @@ def test_answers_parse_to_gold_on_the_whole_train_split(task):
         return [(await backend.teach(it, [0], 0.0))[0] for it in item_list]
 
     wrong = {}
-    for ex, rec in zip(examples, asyncio.run(all_records())):
+    for ex, rec in zip(examples, asyncio.run(all_records()), strict=True):
         assert rec.rationale.strip() and rec.protocol == "reference" and rec.teacher_model == "reference"
         assert rec.answer_prompt == rec.reasoning_prompt + rec.rationale + "\nTherefore, the answer is"
         if not check_answer(task, rec.answer_text, ex.answer, "zs_cot"):
@@ -67,11 +77,24 @@ def test_a_question_not_in_the_dataset_fails():
         asyncio.run(ref.ReferenceBackend().teach(TeachItem("multiarith", "train", 0, "What?", "1"), [0], 0.0))
 
 
-@pytest.mark.parametrize("equation,value", [
-    ("X=((32.0+42.0)-35.0)", 39), ("70-x=27", 43), ("22+x=55", 33), ("(x/4)+2=5", 12), ("3*4=x*2", 6),
-    ("5 = 3 + x", 2), ("2+(5*x)=27", 5), ("(4*3)+1+x=20", 7), ("x-4-6=1", 11), ("( 76.0 - 25.0 )", 51),
-    ("12/x=4", 3), ("10-(2*x)=4", 3), ("X = 0.32 + 0.21", 0.53),
-])
+@pytest.mark.parametrize(
+    "equation,value",
+    [
+        ("X=((32.0+42.0)-35.0)", 39),
+        ("70-x=27", 43),
+        ("22+x=55", 33),
+        ("(x/4)+2=5", 12),
+        ("3*4=x*2", 6),
+        ("5 = 3 + x", 2),
+        ("2+(5*x)=27", 5),
+        ("(4*3)+1+x=20", 7),
+        ("x-4-6=1", 11),
+        ("( 76.0 - 25.0 )", 51),
+        ("12/x=4", 3),
+        ("10-(2*x)=4", 3),
+        ("X = 0.32 + 0.21", 0.53),
+    ],
+)
 def test_equation_rationales(equation, value):
     text, got = ref.equation_rationale(equation)
     assert got == pytest.approx(value)
@@ -85,17 +108,22 @@ def test_bad_equations_raise(equation):
 
 
 def test_program_rationales():
-    text, ans = ref.coin_flip_rationale("A coin is heads up. Ka flips the coin. Bo does not flip the coin. "
-                                        'Is the coin still heads up? Note that "flip" here means "reverse".')
+    text, ans = ref.coin_flip_rationale(
+        "A coin is heads up. Ka flips the coin. Bo does not flip the coin. "
+        'Is the coin still heads up? Note that "flip" here means "reverse".'
+    )
     assert ans == "no" and "Ka flips the coin, so it is now tails up." in text
-    text, ans = ref.last_letter_rationale('Take the last letters of each words in "Ira Paola Jose Antonio Maria" '
-                                          "and concatenate them.", "aaoa")
+    text, ans = ref.last_letter_rationale(
+        'Take the last letters of each words in "Ira Paola Jose Antonio Maria" and concatenate them.', "aaoa"
+    )
     assert ans == "aaoa" and 'The last letter of "Jose Antonio" is "o".' in text
-    q = ("Alice, Bob, and Claire are playing a game. At the start of the game, they are each holding a ball: Alice "
-         "has a orange ball, Bob has a white ball, and Claire has a blue ball. \n\nAs the game progresses, pairs of "
-         "players trade balls. First, Alice and Bob swap balls. Then, Bob and Claire swap balls. Finally, Alice and "
-         "Bob swap balls. At the end of the game, Alice has the \nWhich choice is true? Answer choices: (A) orange "
-         "ball, (B) white ball, (C) blue ball.")
+    q = (
+        "Alice, Bob, and Claire are playing a game. At the start of the game, they are each holding a ball: Alice "
+        "has a orange ball, Bob has a white ball, and Claire has a blue ball. \n\nAs the game progresses, pairs of "
+        "players trade balls. First, Alice and Bob swap balls. Then, Bob and Claire swap balls. Finally, Alice and "
+        "Bob swap balls. At the end of the game, Alice has the \nWhich choice is true? Answer choices: (A) orange "
+        "ball, (B) white ball, (C) blue ball."
+    )
     text, ans = ref.tracking_rationale(q)
     assert ans == "C" and text.endswith("Alice has blue ball, which is choice (C).")
 

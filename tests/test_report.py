@@ -7,17 +7,21 @@ import json
 
 import pytest
 
-from ftcot_jax import report
 from ftcot_jax.cli import main as cli_main
+from ftcot_jax.pipeline import report
 
 
 def make_run(root, name, *, student, tasks, methods, diverse=(), results, zero_shot=True):
     """A run dir as `ftcot run` leaves it: config.json + eval/<task>/<method>.json (+ metrics.jsonl)."""
     run = root / name
-    cfg = {"run_dir": str(run), "tasks": list(tasks), "student": {"model": student},
-           "teacher": {"model": "text-davinci-002"},
-           "curate": {"methods": list(methods), "diverse_samples": list(diverse)},
-           "eval": {"zero_shot": zero_shot}}
+    cfg = {
+        "run_dir": str(run),
+        "tasks": list(tasks),
+        "student": {"model": student},
+        "teacher": {"model": "text-davinci-002"},
+        "curate": {"methods": list(methods), "diverse_samples": list(diverse)},
+        "eval": {"zero_shot": zero_shot},
+    }
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(cfg))
     for (task, key), accs in results.items():
@@ -25,18 +29,28 @@ def make_run(root, name, *, student, tasks, methods, diverse=(), results, zero_s
         kind = "zero_shot" if key == "zero_shot" else "diverse" if "aug" in key else key
         d = int(key.split("_")[3][:-3]) if kind == "diverse" else None
         train_dir = f"train/{task}/{key}"
-        ev = {"task": task, "method": key, "kind": kind, "diverse_samples": d,
-              "label": {"zero_shot": "Zero-shot", "ft": "Fine-tune", "ft_cot": "Fine-tune-CoT"}.get(
-                  kind, f"Diverse reasoning D={d}"),
-              "best_over_epochs": max(hist, key=lambda h: h["accuracy"]), "last_epoch": hist[-1],
-              "history": [] if kind == "zero_shot" else hist, "samples": 50, "train_dir": train_dir}
+        ev = {
+            "task": task,
+            "method": key,
+            "kind": kind,
+            "diverse_samples": d,
+            "label": {"zero_shot": "Zero-shot", "ft": "Fine-tune", "ft_cot": "Fine-tune-CoT"}.get(
+                kind, f"Diverse reasoning D={d}"
+            ),
+            "best_over_epochs": max(hist, key=lambda h: h["accuracy"]),
+            "last_epoch": hist[-1],
+            "history": [] if kind == "zero_shot" else hist,
+            "samples": 50,
+            "train_dir": train_dir,
+        }
         (run / "eval" / task).mkdir(parents=True, exist_ok=True)
         (run / "eval" / task / f"{key}.json").write_text(json.dumps(ev))
         if kind != "zero_shot":
             (run / train_dir).mkdir(parents=True)
             (run / train_dir / "metrics.jsonl").write_text(
                 "\n".join(json.dumps({"kind": "train", "step": s, "loss": 3.0 / s}) for s in range(1, 21))
-                + '\n{"kind": "train", "step": 5, "lo')  # a line cut by an interrupt
+                + '\n{"kind": "train", "step": 5, "lo'
+            )  # a line cut by an interrupt
     return run
 
 
@@ -51,13 +65,23 @@ def rows(table, which="best"):
 
 
 def test_gpt2_runs_beside_the_papers_numbers(tmp_path):
-    run = make_run(tmp_path, "gpt2", student="gpt2", tasks=["multiarith", "coin_flip"],
-                   methods=["ft", "ft_cot", "diverse"], diverse=[8, 64],
-                   results={("multiarith", "zero_shot"): [0.01],
-                            ("multiarith", "ft"): [0.05, 0.10, 0.08], ("multiarith", "ft_cot"): [0.02, 0.07, 0.09],
-                            ("multiarith", "ft_cot_t70_8aug"): [0.12, 0.11],
-                            ("multiarith", "ft_cot_t70_64aug"): [0.15, 0.2],
-                            ("coin_flip", "ft"): [0.5, 0.6], ("coin_flip", "ft_cot"): [0.7, 0.75]})
+    run = make_run(
+        tmp_path,
+        "gpt2",
+        student="gpt2",
+        tasks=["multiarith", "coin_flip"],
+        methods=["ft", "ft_cot", "diverse"],
+        diverse=[8, 64],
+        results={
+            ("multiarith", "zero_shot"): [0.01],
+            ("multiarith", "ft"): [0.05, 0.10, 0.08],
+            ("multiarith", "ft_cot"): [0.02, 0.07, 0.09],
+            ("multiarith", "ft_cot_t70_8aug"): [0.12, 0.11],
+            ("multiarith", "ft_cot_t70_64aug"): [0.15, 0.2],
+            ("coin_flip", "ft"): [0.5, 0.6],
+            ("coin_flip", "ft_cot"): [0.7, 0.75],
+        },
+    )
     rep = report.write_report([run], tmp_path / "out")
     head = next(x for x in rep.table.splitlines() if x.startswith("| Method"))
     assert head == "| Method | Student | Params | MultiArith | Coin |"  # paper column order, not config order
@@ -65,7 +89,7 @@ def test_gpt2_runs_beside_the_papers_numbers(tmp_path):
     assert best[("Fine-tune", "gpt2")] == ["10.00", "60.00"]
     assert last[("Fine-tune", "gpt2")] == ["8.00", "60.00"]
     assert best[("Fine-tune-CoT", "gpt2")] == ["9.00", "75.00"]
-    assert best[("Zero-shot", "gpt2")] == ["1.00", ""]            # no zero-shot file for coin_flip
+    assert best[("Zero-shot", "gpt2")] == ["1.00", ""]  # no zero-shot file for coin_flip
     assert best[("Diverse reasoning D=64", "gpt2")] == ["20.00", ""]
     # paper rows: GPT-2 124M, tab:performance_gpt2 (MultiArith, Coin)
     assert best[("Fine-tune (paper)", "GPT-2 124M")] == ["12.22", "60.00"]
@@ -82,10 +106,23 @@ def test_gpt2_runs_beside_the_papers_numbers(tmp_path):
 
 
 def test_several_runs_and_student_name_mapping(tmp_path):
-    a = make_run(tmp_path, "a", student="/models/flan_t5_large/", tasks=["date_understanding"], methods=["ft_cot"],
-                 results={("date_understanding", "zero_shot"): [0.1], ("date_understanding", "ft_cot"): [0.8, 0.85]})
-    b = make_run(tmp_path, "b", student="google/t5-small", tasks=["strategy_qa"], methods=["ft"], zero_shot=False,
-                 results={("strategy_qa", "ft"): [0.55, 0.5]})
+    a = make_run(
+        tmp_path,
+        "a",
+        student="/models/flan_t5_large/",
+        tasks=["date_understanding"],
+        methods=["ft_cot"],
+        results={("date_understanding", "zero_shot"): [0.1], ("date_understanding", "ft_cot"): [0.8, 0.85]},
+    )
+    b = make_run(
+        tmp_path,
+        "b",
+        student="google/t5-small",
+        tasks=["strategy_qa"],
+        methods=["ft"],
+        zero_shot=False,
+        results={("strategy_qa", "ft"): [0.55, 0.5]},
+    )
     rep = report.write_report([a, b], tmp_path / "out", plots=False)
     best = rows(rep.table)
     assert best[("Fine-tune-CoT", "flan_t5_large")] == ["85.00", ""]
@@ -98,8 +135,14 @@ def test_several_runs_and_student_name_mapping(tmp_path):
 
 
 def test_only_the_current_configs_methods_are_reported(tmp_path):
-    run = make_run(tmp_path, "r", student="gpt2", tasks=["svamp"], methods=["ft", "ft_cot"],
-                   results={("svamp", "ft"): [0.1], ("svamp", "ft_cot"): [0.2], ("svamp", "zero_shot"): [0.0]})
+    run = make_run(
+        tmp_path,
+        "r",
+        student="gpt2",
+        tasks=["svamp"],
+        methods=["ft", "ft_cot"],
+        results={("svamp", "ft"): [0.1], ("svamp", "ft_cot"): [0.2], ("svamp", "zero_shot"): [0.0]},
+    )
     cfg = json.loads((run / "config.json").read_text())
     cfg["curate"]["methods"] = ["ft_cot"]  # the run was re-configured: ft.json is a leftover
     cfg["eval"]["zero_shot"] = False

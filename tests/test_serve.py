@@ -57,7 +57,8 @@ def student():
 
 
 def start(student, generate_fn=None, **config):
-    from ftcot_jax.serve import ServeConfig, make_server
+    from ftcot_jax.config.serve import ServeConfig
+    from ftcot_jax.serve.http import make_server
 
     kw = dict(model_id=MODEL_ID, port=0, max_batch=MAX_BATCH, max_new_tokens_limit=128, max_n=4,
               batch_window_s=0.02)
@@ -71,7 +72,7 @@ def start(student, generate_fn=None, **config):
 
 
 def stop(srv):
-    from ftcot_jax.serve import shutdown_server
+    from ftcot_jax.serve.http import shutdown_server
 
     shutdown_server(srv.server)
     srv.thread.join(5)
@@ -178,7 +179,7 @@ def test_stop_string_honoured(student, client):
 
 
 def test_chat_equals_generate_with_plain_template(student, client):
-    from ftcot_jax.serve import render_chat
+    from ftcot_jax.serve.chat import render_chat
 
     two = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 3?", "name": "ann"}]
     assert render_chat(student.tokenizer, two) == "System: Be brief.\n\nUser (ann): 2 + 3?\n\nAssistant:"
@@ -199,7 +200,7 @@ def test_chat_equals_generate_with_plain_template(student, client):
 
 
 def test_chat_template_from_tokenizer():
-    from ftcot_jax.serve import render_chat
+    from ftcot_jax.serve.chat import render_chat
 
     tok = build_tokenizer()
     tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -270,7 +271,7 @@ def test_mixed_max_tokens_and_stops_share_batches(student, srv):
     with ThreadPoolExecutor(len(cases)) as ex:
         got = list(ex.map(lambda c: raw(srv.port, "POST", C, _c(prompt=prompt, **c))[1], cases))
     after = srv.app.stats()
-    for c, w, g in zip(cases, want, got):
+    for c, w, g in zip(cases, want, got, strict=True):
         ch = g["choices"][0]
         assert (ch["text"], ch["finish_reason"], g["usage"]["completion_tokens"]) == \
             (w.text, w.finish_reason, len(w.token_ids)), c
@@ -375,7 +376,7 @@ def test_malformed_request_gets_openai_error_and_server_keeps_serving(srv, name,
 
 
 def test_context_limits(student, srv):
-    """Prompts measured in tokens: over --max-prompt-tokens, and prompt + max_tokens over the context."""
+    """Prompts measured in tokens: over max_prompt_tokens, and prompt + max_tokens over the context."""
     tok, limits = student.tokenizer, srv.app.limits
     assert limits.context_length == 256 and limits.max_prompt_tokens == 255
 
@@ -517,7 +518,7 @@ def test_decoder_failure_is_a_500_and_the_worker_survives(student):
 @pytest.mark.parametrize("protocol", ["completions", "chat"])
 def test_teacher_client_end_to_end(student, srv, tmp_path, protocol):
     from ftcot_jax import prompts
-    from ftcot_jax.serve import render_chat
+    from ftcot_jax.serve.chat import render_chat
     from ftcot_jax.teacher.cache import TeacherCache
     from ftcot_jax.teacher.openai_backend import OpenAIBackend, step2_input
     from ftcot_jax.teacher.run import run_teach, select_items
@@ -530,7 +531,7 @@ def test_teacher_client_end_to_end(student, srv, tmp_path, protocol):
     assert report.failed == 0 and report.answered == 2, report.errors
     recs = sorted(cache.records(), key=lambda r: r.sample_index)
     assert [r.sample_index for r in recs] == [it.sample_index for it in items]
-    for item, rec in zip(items, recs):
+    for item, rec in zip(items, recs, strict=True):
         step1 = prompts.zs_cot_step1_prompt(item.question)
         p1 = step1 if protocol == "completions" else render_chat(
             student.tokenizer, [{"role": "user", "content": step1}])
@@ -576,11 +577,11 @@ def test_full_queue_is_a_503(student):
 
 def test_config_and_cli_errors(student, capsys):
     from ftcot_jax import cli
-    from ftcot_jax.serve import ServeConfig, default_model_id
+    from ftcot_jax.config.serve import ServeConfig, default_model_id
 
-    for kw, msg in [(dict(max_batch=0), "--max-batch"), (dict(max_n=0), "--max-n"), (dict(port=70000), "--port"),
-                    (dict(api_key=""), "--api-key"), (dict(max_new_tokens_limit=0), "--max-new-tokens-limit"),
-                    (dict(max_prompt_chars=0), "--max-prompt-chars"), (dict(batch_window_s=-1), "batch window")]:
+    for kw, msg in [(dict(max_batch=0), "max_batch"), (dict(max_n=0), "max_n"), (dict(port=70000), "port"),
+                    (dict(api_key=""), "api_key"), (dict(max_new_tokens_limit=0), "max_new_tokens_limit"),
+                    (dict(max_prompt_chars=0), "max_prompt_chars"), (dict(batch_window_s=-1), "batch_window_s")]:
         with pytest.raises(ValueError, match=msg):
             ServeConfig(model_id=MODEL_ID, **kw)
     with pytest.raises(ValueError, match="context length"):
@@ -591,4 +592,4 @@ def test_config_and_cli_errors(student, capsys):
     assert cli.main(["serve", "ckpt", "--max-n", "0"]) == 2
     assert cli.main(["serve", "ckpt", "--batch-window-ms", "-1"]) == 2
     err = capsys.readouterr().err
-    assert "--max-n must be >= 1" in err and "--batch-window-ms" in err
+    assert "max_n must be >= 1" in err and "--batch-window-ms" in err

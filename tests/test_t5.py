@@ -16,7 +16,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftcot_jax import decode_encdec  # noqa: E402
+from ftcot_jax import decode, models  # noqa: E402
 from ftcot_jax.models import t5  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -38,7 +38,7 @@ def hf_config(variant, num_layers=2, num_decoder_layers=2):
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **VARIANTS[variant])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(variant):
     """(variant, HF torch model, our model with the HF weights)."""
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def build(variant):
     assert cfg.tie_word_embeddings == (variant == "v1.0")
     model = nnx.eval_shape(lambda: t5.Model(cfg))  # structure only; the HF weights fill it
     tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    nnx.update(model, jax.tree.map(jnp.asarray, t5.params_from_hf(cfg, tensors)))
+    nnx.update(model, jax.tree.map(jnp.asarray, models.params_from_hf(cfg, tensors)))
     return variant, hf, model
 
 
@@ -129,19 +129,19 @@ def test_unequal_depths_and_bf16_compute():
     assert (cfg.num_layers, cfg.num_decoder_layers) == (1, 3)
     tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
     model = nnx.eval_shape(lambda: t5.Model(cfg))
-    nnx.update(model, t5.params_from_hf(cfg, tensors))
+    nnx.update(model, models.params_from_hf(cfg, tensors))
     batch = padded_batch(5)
     ref = hf_logits(hf, *batch)
     assert np.abs(our_logits(model, *batch) - ref).max() <= 1e-4
     # dtype switches the compute only: params stay fp32, logits come back fp32
     m16 = nnx.eval_shape(lambda: t5.Model(cfg, dtype=jnp.bfloat16))
-    nnx.update(m16, t5.params_from_hf(cfg, tensors))
+    nnx.update(m16, models.params_from_hf(cfg, tensors))
     assert m16.shared[...].dtype == jnp.float32
     out16 = our_logits(m16, *batch)
     assert out16.dtype == np.float32 and np.abs(out16 - ref).max() <= 0.05 * np.abs(ref).max()
     # bf16 generation (weights cast once inside the jitted loop) starts like fp32 generation
     # (decoder inputs start with the start token, so HF's first-position argmax is the first greedy token)
-    gen16, _ = decode_encdec.generate_ids(m16, batch[0], batch[1], max_new_tokens=4)
+    gen16, _ = decode.generate_ids(m16, batch[0], batch[1], max_new_tokens=4)
     np.testing.assert_array_equal(gen16[:, 0], ref[:, 0].argmax(-1))
 
 
@@ -154,7 +154,7 @@ def test_mt5_logits_match_hf():
     cfg = t5.Config.from_hf_config(hc.to_dict())
     assert cfg.model_type == "mt5" and not cfg.tie_word_embeddings and not cfg.scale_decoder_outputs
     model = nnx.eval_shape(lambda: t5.Model(cfg))
-    nnx.update(model, t5.params_from_hf(cfg, {k: v.numpy() for k, v in hf.state_dict().items()}))
+    nnx.update(model, models.params_from_hf(cfg, {k: v.numpy() for k, v in hf.state_dict().items()}))
     batch = padded_batch(6)
     assert np.abs(our_logits(model, *batch) - hf_logits(hf, *batch)).max() <= 1e-4
 
@@ -227,9 +227,9 @@ def test_greedy_generation_matches_hf_generate(pair):
     ids, mask, _, _ = padded_batch(1)
     # Random weights rarely emit token 1; take a token the model does emit as EOS so rows stop at
     # different steps and the loop's early exit and the pad-after-EOS rule are exercised.
-    free, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10)
+    free, _ = decode.generate_ids(model, ids, mask, max_new_tokens=10)
     eos = int(free[0, 3])
-    ours, done = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=eos)
+    ours, done = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=eos)
     with torch.no_grad():
         ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
                           max_new_tokens=10, eos_token_id=eos, pad_token_id=0, decoder_start_token_id=0).numpy()
@@ -243,14 +243,14 @@ def test_greedy_generation_matches_hf_generate(pair):
 def test_stop_check_ends_rows_between_chunks(v10):
     _, _, model = v10
     ids, mask, _, _ = padded_batch(1)  # the shapes of the greedy test: no new compile
-    full, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1)
+    full, _ = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1)
     calls = []
 
     def stop_row0(tokens):
         calls.append(tokens.shape[1])
         return np.array([True, False, False])
 
-    cut, finished = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1,
+    cut, finished = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1,
                                                stop_check=stop_row0, check_every=4)
     assert calls == [4, 8] and not finished.any()
     np.testing.assert_array_equal(cut[0, :4], full[0, :4])
@@ -262,14 +262,14 @@ def test_filler_rows_do_not_hold_the_loop_open(v10):
     _, _, model = v10
     ids, mask, _, _ = padded_batch(1)
     mask[1:] = 0  # rows 1, 2: batch filler
-    first, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1)
+    first, _ = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=V + 1)
     calls = []
 
     def never(tokens):
         calls.append(tokens.shape[1])
         return np.zeros(3, bool)
 
-    out, finished = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=int(first[0, 0]),
+    out, finished = decode.generate_ids(model, ids, mask, max_new_tokens=10, eos_token_id=int(first[0, 0]),
                                                stop_check=never, check_every=2)
     assert calls == [] and finished.tolist() == [True, False, False]  # row 0 hit EOS at step 1: loop over
     assert (first[1:] == 0).all() and out[0, 0] == first[0, 0] and (out[:, 1:] == 0).all()
@@ -295,7 +295,7 @@ def test_cached_decoding_equals_full_recomputation(pair):
 def test_export_round_trip_into_pytorch(pair, tmp_path):
     variant, hf, model = pair
     batch = padded_batch(3)
-    tensors = t5.params_to_hf(model)
+    tensors = models.params_to_hf(model)
     fresh = transformers.T5ForConditionalGeneration(hf_config(variant)).eval()
     if variant == "v1.0":
         missing, unexpected = fresh.load_state_dict({k: torch.tensor(v) for k, v in tensors.items()}, strict=False)
@@ -304,20 +304,20 @@ def test_export_round_trip_into_pytorch(pair, tmp_path):
         assert "lm_head.weight" not in tensors
     else:
         # The untied head must survive the way users load exports: models.save_hf -> from_pretrained.
-        from ftcot_jax.models import hf_io, save_hf
+        from ftcot_jax.models import load_dir, save_hf
 
         assert "lm_head.weight" in tensors and not np.array_equal(tensors["lm_head.weight"], tensors["shared.weight"])
         save_hf(model, None, tmp_path)
         fresh = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
         assert fresh.lm_head.weight.data_ptr() != fresh.shared.weight.data_ptr()
         with pytest.warns(UserWarning, match="no tokenizer files"):
-            loaded, _ = hf_io.load_dir(tmp_path)
+            loaded, _ = load_dir(tmp_path)
         assert loaded.config == model.config
         np.testing.assert_array_equal(our_logits(loaded, *batch), our_logits(model, *batch))
     np.testing.assert_allclose(hf_logits(fresh, *batch), our_logits(model, *batch), atol=1e-4, rtol=0)
     # and back: HF names -> our params reproduce the same model
     again = nnx.eval_shape(lambda: t5.Model(model.config))
-    nnx.update(again, jax.tree.map(jnp.asarray, t5.params_from_hf(model.config, tensors)))
+    nnx.update(again, jax.tree.map(jnp.asarray, models.params_from_hf(model.config, tensors)))
     np.testing.assert_array_equal(our_logits(again, *batch), our_logits(model, *batch))
 
 
@@ -326,14 +326,14 @@ def test_checkpoint_errors_name_the_tensor(pair):
     tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     name = "decoder.block.1.layer.1.EncDecAttention.k.weight"
     with pytest.raises(KeyError, match=name.replace(".", r"\.")):
-        t5.params_from_hf(model.config, {k: v for k, v in tensors.items() if k != name})
+        models.params_from_hf(model.config, {k: v for k, v in tensors.items() if k != name})
     bad = dict(tensors)
     bad["encoder.block.0.layer.1.DenseReluDense.wo.weight"] = np.zeros((32, 47), np.float32)
     with pytest.raises(ValueError, match=r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wo\.weight.*\(32, 47\)"):
-        t5.params_from_hf(model.config, bad)
+        models.params_from_hf(model.config, bad)
     no_shared = {k: v for k, v in tensors.items() if "embed_tokens" not in k and k != "shared.weight"}
     with pytest.raises(KeyError, match="shared.weight"):
-        t5.params_from_hf(model.config, no_shared)
+        models.params_from_hf(model.config, no_shared)
 
 
 def test_config_from_and_to_hf():
@@ -388,25 +388,23 @@ def test_text_generate_keeps_order_and_matches_token_level(v10):
     tok = CharTokenizer()
     # all prompts fit the 16-token bucket, so every call below reuses one compiled (2 x 16) shape
     prompts = ["a longer prompt", "hi", "medium prompt"]
-    gens = decode_encdec.generate(model, tok, prompts, max_new_tokens=6, batch_size=2)
-    for p, g in zip(prompts, gens):
+    gens = decode.generate(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    for p, g in zip(prompts, gens, strict=True):
         ids = np.zeros((2, 16), np.int32)
         mask = np.zeros((2, 16), np.int32)
         enc = tok(p)["input_ids"]
         ids[0, :len(enc)], mask[0, :len(enc)] = enc, 1  # row 1: filler
-        ref, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=6)
+        ref, _ = decode.generate_ids(model, ids, mask, max_new_tokens=6)
         row = ref[0].tolist()
         row = row[:row.index(1)] if 1 in row else row
         assert g.token_ids == row and g.text == tok.decode(row)
         assert g.finish_reason == ("stop" if len(row) < 6 else "length")
-    # ftcot_jax.decode dispatches encoder-decoder models here
-    from ftcot_jax import decode
-
+    # the same call again (same compiled shapes) gives the same generations
     assert decode.generate(model, tok, prompts, max_new_tokens=6, batch_size=2) == gens
     # a stop string cuts the text and stops there
     first = gens[0]
     stop = first.text[2:4]
-    cut = decode_encdec.generate(model, tok, prompts[:2], max_new_tokens=6, batch_size=2, stop=[stop])[0]
+    cut = decode.generate(model, tok, prompts[:2], max_new_tokens=6, batch_size=2, stop=[stop])[0]
     assert cut.finish_reason == "stop" and cut.text == first.text[:first.text.find(stop)]
     assert len(cut.token_ids) <= 4
 
@@ -414,14 +412,14 @@ def test_text_generate_keeps_order_and_matches_token_level(v10):
 def test_sampling_is_keyed_and_top_k_1_is_greedy(v10):
     _, _, model = v10
     ids, mask, _, _ = padded_batch(4)
-    greedy, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5)
-    k1, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=0.7, top_k=1,
+    greedy, _ = decode.generate_ids(model, ids, mask, max_new_tokens=5)
+    k1, _ = decode.generate_ids(model, ids, mask, max_new_tokens=5, temperature=0.7, top_k=1,
                                        rng=jax.random.key(0))
     np.testing.assert_array_equal(k1, greedy)
-    a, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.5, top_p=0.9,
+    a, _ = decode.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.5, top_p=0.9,
                                       rng=jax.random.key(3))
-    b, _ = decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.5, top_p=0.9,
+    b, _ = decode.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.5, top_p=0.9,
                                       rng=jax.random.key(3))
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="PRNG key"):
-        decode_encdec.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.0)
+        decode.generate_ids(model, ids, mask, max_new_tokens=5, temperature=1.0)

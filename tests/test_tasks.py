@@ -1,7 +1,8 @@
 """The 12 tasks: exact preprocessing (pinned fingerprints), reference splits, bad input, AQuA train, CLI.
 
-Expected hashes were computed once from the reference unified files and split files (REFERENCE_SPEC §1.2,
-§1.4) and are pinned here; the tests never read those files. Canonical JSON of a task =
+Expected hashes were computed once from the reference unified files and split files
+(`data/dataset/<key>.json`, `data/split/<key>__<split>.json` of github.com/itsnamgyu/reasoning-teacher) and are
+pinned here; the tests never read those files. Canonical JSON of a task =
 json.dumps([{sample_index, question, answer, rationale?}, ...], sort_keys=True, ensure_ascii=False,
 separators=(",", ":")) with `rationale` present only for tasks that have one; sha256 of its UTF-8 bytes.
 """
@@ -48,29 +49,106 @@ AQUA_TEST_SHA256 = "1add4e37b7121981af080984cf65fd2d31471621bcceb8720a19fb33c4dc
 
 # (task, split file) -> (sha256(train indices), sha256(test indices), n_train, n_test)
 SPLIT_SHA256 = {
-    ("addsub", "default"): ("459aabc3ab6d789e500b9a230f5d70e4d9633bb6e43c3b4e2660fc9ec0b74f79", "ba2974021c6e2e277dd35c33301696594f060f89234fc0764b3e520d0d6095c6", 276, 119),
-    ("aqua", "default"): ("fb025c384b92bbb72407333d855318d192bf3c447de892bc3406abfbc7bc3087", "86000c6a75bac5b83fc01ad676fff70bbd4433df305ad73c8fa114c76840866d", 10000, 254),
-    ("coin_flip", "default"): ("3e4ab7674e8de415c32eb177aefb66efc7c0425772e0ca61eeb8998baa4ac41f", "99c0bbe19444c26f5aa7b99b70bd0df5467f06ff806dc5bb8ae86d754799aa91", 350, 150),
-    ("commonsense_qa", "default"): ("bd7d979bba43c10748c2c02bf62e446480789532bfb8b001fc5fab111750084d", "8ef52baddfc6b0d99aceb6c4ffdd8d24b4f87d58c87cf200bcc5d6e44fe4ac5b", 9741, 1221),
-    ("date_understanding", "default"): ("0d0fcbdac73a6390f36d41226ef63feba1064f6b3f3ac60a5d7828e1c4e5ceeb", "28ee421b46b41ea28aed07eeb933a954c2798a4a122e137cb8cf789191a46304", 258, 111),
-    ("date_understanding", "template"): ("5ca97b4390596c85c65df6368a98e06cf40e20e1f037b587a0b57f04ace5ed4d", "cf21f8503d38640b34b5756970eafcc2ed4d1f84d50219b78a8e7137d189934f", 261, 108),
-    ("gsm8k", "default"): ("e09605460815ef2c0d8447da037a491f55088feb51dcd8e5d7514ca59ae67f1c", "119b6f5e76814d301622a7f0ba26c9364c4c4d542048f5f8ba528c0311066def", 7473, 1319),
-    ("last_letter_concatenation", "default"): ("3e4ab7674e8de415c32eb177aefb66efc7c0425772e0ca61eeb8998baa4ac41f", "99c0bbe19444c26f5aa7b99b70bd0df5467f06ff806dc5bb8ae86d754799aa91", 350, 150),
-    ("multiarith", "default"): ("02c81c4619bcd91cd8cc41d74f3c6620c9b340aeea72566248fe422b8620770b", "b4a135bf5b278718b87837471f335f1526cd67ab736d1f176daee1072c37d060", 420, 180),
-    ("multiarith", "template"): ("ae741a72b25072f35b655cf0cd10c7a10fa239919530797da720272ff9061acf", "e3e4e61d37cd1ef67892572cdbff5a01c3db4f34b9457243a014e66bb2d9b08f", 413, 187),
-    ("single_eq", "default"): ("f70f22aa8acb6017f7de63965356c75b4923fd29c26ec55a34d1548fa3015720", "ad2caf4a7e66846d95861c046749a2f424c6133a36a7d6c939e36feee16c388b", 356, 152),
-    ("strategy_qa", "default"): ("20d73b14a280c42a509b752b4f4e37504e851f9ccc47cb3138c09d034e2a65ac", "530dd079315f5a9211d9916fe64d03ab0d94b68f7393188077d8b172307c766a", 1603, 687),
-    ("svamp", "default"): ("022fea6055fb3f9f317a29566717fc10e47c7849fa0cc022940dee3c18c50413", "339e0d61707d2968cbd2fc19201daa211761a24e93ba1918d7cfc76ce565266a", 700, 300),
-    ("tracking_shuffled_objects", "default"): ("6849a32ae0cfe8f7fb99411939a3446ac14e0eb66b00f027d3a475e7a56815e1", "4d734b49d4d636fbf2331e6b15b719da2881dd896868592976f08f35da05ea93", 525, 225),
+    ("addsub", "default"): (
+        "459aabc3ab6d789e500b9a230f5d70e4d9633bb6e43c3b4e2660fc9ec0b74f79",
+        "ba2974021c6e2e277dd35c33301696594f060f89234fc0764b3e520d0d6095c6",
+        276,
+        119,
+    ),
+    ("aqua", "default"): (
+        "fb025c384b92bbb72407333d855318d192bf3c447de892bc3406abfbc7bc3087",
+        "86000c6a75bac5b83fc01ad676fff70bbd4433df305ad73c8fa114c76840866d",
+        10000,
+        254,
+    ),
+    ("coin_flip", "default"): (
+        "3e4ab7674e8de415c32eb177aefb66efc7c0425772e0ca61eeb8998baa4ac41f",
+        "99c0bbe19444c26f5aa7b99b70bd0df5467f06ff806dc5bb8ae86d754799aa91",
+        350,
+        150,
+    ),
+    ("commonsense_qa", "default"): (
+        "bd7d979bba43c10748c2c02bf62e446480789532bfb8b001fc5fab111750084d",
+        "8ef52baddfc6b0d99aceb6c4ffdd8d24b4f87d58c87cf200bcc5d6e44fe4ac5b",
+        9741,
+        1221,
+    ),
+    ("date_understanding", "default"): (
+        "0d0fcbdac73a6390f36d41226ef63feba1064f6b3f3ac60a5d7828e1c4e5ceeb",
+        "28ee421b46b41ea28aed07eeb933a954c2798a4a122e137cb8cf789191a46304",
+        258,
+        111,
+    ),
+    ("date_understanding", "template"): (
+        "5ca97b4390596c85c65df6368a98e06cf40e20e1f037b587a0b57f04ace5ed4d",
+        "cf21f8503d38640b34b5756970eafcc2ed4d1f84d50219b78a8e7137d189934f",
+        261,
+        108,
+    ),
+    ("gsm8k", "default"): (
+        "e09605460815ef2c0d8447da037a491f55088feb51dcd8e5d7514ca59ae67f1c",
+        "119b6f5e76814d301622a7f0ba26c9364c4c4d542048f5f8ba528c0311066def",
+        7473,
+        1319,
+    ),
+    ("last_letter_concatenation", "default"): (
+        "3e4ab7674e8de415c32eb177aefb66efc7c0425772e0ca61eeb8998baa4ac41f",
+        "99c0bbe19444c26f5aa7b99b70bd0df5467f06ff806dc5bb8ae86d754799aa91",
+        350,
+        150,
+    ),
+    ("multiarith", "default"): (
+        "02c81c4619bcd91cd8cc41d74f3c6620c9b340aeea72566248fe422b8620770b",
+        "b4a135bf5b278718b87837471f335f1526cd67ab736d1f176daee1072c37d060",
+        420,
+        180,
+    ),
+    ("multiarith", "template"): (
+        "ae741a72b25072f35b655cf0cd10c7a10fa239919530797da720272ff9061acf",
+        "e3e4e61d37cd1ef67892572cdbff5a01c3db4f34b9457243a014e66bb2d9b08f",
+        413,
+        187,
+    ),
+    ("single_eq", "default"): (
+        "f70f22aa8acb6017f7de63965356c75b4923fd29c26ec55a34d1548fa3015720",
+        "ad2caf4a7e66846d95861c046749a2f424c6133a36a7d6c939e36feee16c388b",
+        356,
+        152,
+    ),
+    ("strategy_qa", "default"): (
+        "20d73b14a280c42a509b752b4f4e37504e851f9ccc47cb3138c09d034e2a65ac",
+        "530dd079315f5a9211d9916fe64d03ab0d94b68f7393188077d8b172307c766a",
+        1603,
+        687,
+    ),
+    ("svamp", "default"): (
+        "022fea6055fb3f9f317a29566717fc10e47c7849fa0cc022940dee3c18c50413",
+        "339e0d61707d2968cbd2fc19201daa211761a24e93ba1918d7cfc76ce565266a",
+        700,
+        300,
+    ),
+    ("tracking_shuffled_objects", "default"): (
+        "6849a32ae0cfe8f7fb99411939a3446ac14e0eb66b00f027d3a475e7a56815e1",
+        "4d734b49d4d636fbf2331e6b15b719da2881dd896868592976f08f35da05ea93",
+        525,
+        225,
+    ),
 }
 
-# REFERENCE_SPEC §1.1 (DATASET_SIZES and the train / test columns).
+# The reference's `src/data/dataset.py` DATASET_SIZES and the train / test split sizes.
 SIZES = {
-    "single_eq": (508, 356, 152), "addsub": (395, 276, 119), "multiarith": (600, 420, 180),
-    "gsm8k": (8792, 7473, 1319), "aqua": (97721, 10000, 254), "svamp": (1000, 700, 300),
-    "date_understanding": (369, 258, 111), "tracking_shuffled_objects": (750, 525, 225),
-    "last_letter_concatenation": (500, 350, 150), "coin_flip": (500, 350, 150),
-    "commonsense_qa": (10962, 9741, 1221), "strategy_qa": (2290, 1603, 687),
+    "single_eq": (508, 356, 152),
+    "addsub": (395, 276, 119),
+    "multiarith": (600, 420, 180),
+    "gsm8k": (8792, 7473, 1319),
+    "aqua": (97721, 10000, 254),
+    "svamp": (1000, 700, 300),
+    "date_understanding": (369, 258, 111),
+    "tracking_shuffled_objects": (750, 525, 225),
+    "last_letter_concatenation": (500, 350, 150),
+    "coin_flip": (500, 350, 150),
+    "commonsense_qa": (10962, 9741, 1221),
+    "strategy_qa": (2290, 1603, 687),
 }
 
 
@@ -107,8 +185,18 @@ def _no_user_cache(tmp_path, monkeypatch):
 
 def test_task_names_paper_order():
     assert TASK_NAMES == (
-        "single_eq", "addsub", "multiarith", "gsm8k", "aqua", "svamp", "date_understanding",
-        "tracking_shuffled_objects", "last_letter_concatenation", "coin_flip", "commonsense_qa", "strategy_qa",
+        "single_eq",
+        "addsub",
+        "multiarith",
+        "gsm8k",
+        "aqua",
+        "svamp",
+        "date_understanding",
+        "tracking_shuffled_objects",
+        "last_letter_concatenation",
+        "coin_flip",
+        "commonsense_qa",
+        "strategy_qa",
     )
 
 
@@ -139,9 +227,11 @@ def test_documented_quirks():
     )
     assert date.answer == "C"
     n_choices = [e.question.count(", (") + 1 for e in load_task("date_understanding").examples]
-    assert (n_choices.count(6), n_choices.count(5)) == (311, 58)  # REFERENCE_SPEC §1.1
+    assert (n_choices.count(6), n_choices.count(5)) == (311, 58)  # the reference's date_understanding choice counts
     csqa = load_task("commonsense_qa").examples[20]
-    assert csqa.question.endswith("Answer choices: (A) excitement, (B) fatigue, (C) anger, (D) hurting, (E) getting tired.")
+    assert csqa.question.endswith(
+        "Answer choices: (A) excitement, (B) fatigue, (C) anger, (D) hurting, (E) getting tired."
+    )
     assert csqa.answer == "E"
     assert load_task("single_eq").examples[0].answer == "43.0"
     assert load_task("svamp").examples[0].answer == "51.0"
@@ -190,7 +280,9 @@ def test_split_generation_rules():
     aqua = load_task("aqua")
     assert aqua.split_indices("train") == sorted(np.random.RandomState(0).permutation(range(97467))[:10000].tolist())
     assert aqua.split_indices("test") == list(range(97467, 97721))
-    assert subsample_indices(list(range(100)), 8) == sorted(np.random.RandomState(0).permutation(range(100))[:8].tolist())
+    assert subsample_indices(list(range(100)), 8) == sorted(
+        np.random.RandomState(0).permutation(range(100))[:8].tolist()
+    )
 
 
 def test_template_splits_and_names():
@@ -204,9 +296,19 @@ def test_template_splits_and_names():
 
 
 def test_few_shot_prompts():
-    exemplars = {"single_eq": 8, "addsub": 8, "multiarith": 8, "gsm8k": 8, "svamp": 8, "aqua": 4,
-                 "date_understanding": 6, "commonsense_qa": 7, "strategy_qa": 6,
-                 "last_letter_concatenation": 8, "coin_flip": 8}
+    exemplars = {
+        "single_eq": 8,
+        "addsub": 8,
+        "multiarith": 8,
+        "gsm8k": 8,
+        "svamp": 8,
+        "aqua": 4,
+        "date_understanding": 6,
+        "commonsense_qa": 7,
+        "strategy_qa": 6,
+        "last_letter_concatenation": 8,
+        "coin_flip": 8,
+    }
     assert load_task("tracking_shuffled_objects").few_shot_cot_prompt is None
     for name, k in exemplars.items():
         prompt = load_task(name).few_shot_cot_prompt
@@ -243,7 +345,9 @@ def test_truncated_json_file(tmp_path):
     with pytest.raises(TaskDataError) as e:
         load_task("svamp", data_dir=root)
     msg = _one_line(e)
-    assert "task 'svamp'" in msg and str(path) in msg and "corrupt or truncated" in msg and "expected a JSON list" in msg
+    assert (
+        "task 'svamp'" in msg and str(path) in msg and "corrupt or truncated" in msg and "expected a JSON list" in msg
+    )
 
 
 def test_truncated_jsonl_file(tmp_path):
@@ -301,7 +405,9 @@ def test_aqua_train_offline_error(tmp_path):
     assert msg.startswith("task 'aqua': the train split needs AQuA train.json, which is not bundled and could not")
     assert aqua_mod.AQUA_TRAIN_URL in msg and "network disabled in tests" in msg
     assert str(tmp_path / "cache" / "data" / "AQuA" / "train.json") in msg
-    assert not (tmp_path / "cache" / "data" / "AQuA").exists() or not any((tmp_path / "cache" / "data" / "AQuA").iterdir())
+    assert not (tmp_path / "cache" / "data" / "AQuA").exists() or not any(
+        (tmp_path / "cache" / "data" / "AQuA").iterdir()
+    )
     assert len(task.split("test")) == 254  # the bundled part still works
 
 
@@ -316,7 +422,10 @@ def test_aqua_offline_flag_skips_network(monkeypatch):
 
 
 def _fake_aqua_train(first_question: str) -> bytes:
-    row = '{"question": "q%d ", "options": ["A)1", "B)2", "C)3", "D)4", "E) 5"], "rationale": " r%d\\n", "correct": "%s"}\n'
+    row = (
+        '{"question": "q%d ", "options": ["A)1", "B)2", "C)3", "D)4", "E) 5"], '
+        '"rationale": " r%d\\n", "correct": "%s"}\n'
+    )
     first = json.dumps({"question": first_question, "options": ["A)x"], "rationale": "", "correct": "A"}) + "\n"
     rest = "".join(row % (i, i, "ABCDE"[(i + 3) % 5]) for i in range(1, aqua_mod.AQUA_TRAIN_ROWS))
     return (first + rest).encode()
@@ -348,7 +457,9 @@ def test_aqua_train_download_verify_and_cache(tmp_path, monkeypatch):
 def test_aqua_train_wrong_file_rejected(tmp_path, monkeypatch):
     bad = _fake_aqua_train("Not the AQuA train set")
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(bad))
-    with pytest.raises(TaskDataError, match="the file downloaded from https://.* is not the official AQuA train.json") as e:
+    with pytest.raises(
+        TaskDataError, match="the file downloaded from https://.* is not the official AQuA train.json"
+    ) as e:
         Task("aqua", default_data_dir()).split("train")
     _one_line(e)
     assert not aqua_mod.train_path().exists()
@@ -368,7 +479,10 @@ def test_cli_tasks_list(capsys):
     assert row["gsm8k"].split()[2:5] == ["8792", "7473", "1319"]
     assert row["aqua"].split()[2:5] == ["97721*", "10000*", "254"]
     assert "needs" not in row["aqua"] and "downloaded from deepmind/AQuA on first use" in out
-    assert row["strategy_qa"].split()[-2:] == ["yes", "yes"] and row["tracking_shuffled_objects"].split()[-2:] == ["no", "no"]
+    assert row["strategy_qa"].split()[-2:] == ["yes", "yes"] and row["tracking_shuffled_objects"].split()[-2:] == [
+        "no",
+        "no",
+    ]
 
 
 def test_cli_tasks_show(capsys):
@@ -383,8 +497,24 @@ def test_cli_tasks_show(capsys):
 
 
 def test_cli_tasks_show_all_templates_encoder_decoder(capsys):
-    assert cli.main(["tasks", "show", "strategy_qa", "--split", "train", "-n", "1", "--template", "all",
-                     "--model-type", "encoder_decoder"]) == 0
+    assert (
+        cli.main(
+            [
+                "tasks",
+                "show",
+                "strategy_qa",
+                "--split",
+                "train",
+                "-n",
+                "1",
+                "--template",
+                "all",
+                "--model-type",
+                "encoder_decoder",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     ex = load_task("strategy_qa").split("train")[0]
     assert repr("question: " + ex.question) in out
@@ -395,7 +525,9 @@ def test_cli_tasks_show_all_templates_encoder_decoder(capsys):
 def test_cli_errors(capsys):
     assert cli.main(["tasks", "show", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ftcot tasks: error: unknown task 'nope'; expected one of: single_eq,") and err.count("\n") == 1
+    assert (
+        err.startswith("ftcot tasks: error: unknown task 'nope'; expected one of: single_eq,") and err.count("\n") == 1
+    )
     assert cli.main(["tasks", "show", "aqua", "--split", "train", "-n", "1"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "the train split needs AQuA train.json" in captured.err

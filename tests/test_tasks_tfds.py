@@ -35,7 +35,9 @@ def test_build_and_read_back(tmp_path, name):
     builder = prepare(name, tmp_path)
     assert builder.info.full_name == f"ftcot_reasoning_tasks/{name}/1.0.0"
     assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
-        "train": len(task.split_indices("train")), "test": len(task.split_indices("test"))}
+        "train": len(task.split_indices("train")),
+        "test": len(task.split_indices("test")),
+    }
     assert ("rationale" in builder.info.features) == task.has_rationale
     for split in ("train", "test"):
         assert _as_records(data_source(name, split, tmp_path)) == _expected(task, split)  # same rows, same order
@@ -95,6 +97,9 @@ def test_custom_source_dir_with_corrupt_file(tmp_path):
     shutil.copytree(default_data_dir() / "split", src / "split")
     shutil.copytree(default_data_dir() / "raw" / "coin_flip", src / "raw" / "coin_flip")
     (src / "raw" / "coin_flip" / "coin_flip.json").write_text('{"examples": [')
-    b = FtcotReasoningTasks(config=TaskConfig(task="coin_flip", source_dir=str(src), name="coin_flip_local"), data_dir=str(tmp_path / "tfds"))
+    b = FtcotReasoningTasks(
+        config=TaskConfig(task="coin_flip", source_dir=str(src), name="coin_flip_local"),
+        data_dir=str(tmp_path / "tfds"),
+    )
     with pytest.raises(TaskDataError, match=r"task 'coin_flip': .*coin_flip.json is corrupt or truncated"):
         b.download_and_prepare()

@@ -6,12 +6,11 @@ import json
 import random
 
 import pytest
-
 from fakes.fake_openai import FakeOpenAI
+
 from ftcot_jax import prompts
 from ftcot_jax.cli import main
 from ftcot_jax.teacher import pricing
-from ftcot_jax.teacher.backend import TeachItem
 from ftcot_jax.teacher.batch import BatchOptions, BatchPending, BatchRun
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.openai_backend import (
@@ -32,8 +31,21 @@ def _cache(root, model="gpt-4o-mini", temperature=0.7):
 
 
 def _teach(fake, tmp_path, *extra, model="gpt-4o-mini"):
-    return main(["teach", "--task", TASK, "--model", model, "--base-url", fake.base_url,
-                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", *extra])
+    return main(
+        [
+            "teach",
+            "--task",
+            TASK,
+            "--model",
+            model,
+            "--base-url",
+            fake.base_url,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture
@@ -82,14 +94,16 @@ def test_completions_protocol_exact_prompts_and_resume(tmp_path, keyed_env, caps
         reasoning, answers = fake.requests("reasoning"), fake.requests("answer")
         assert len(reasoning) == 4 and len(answers) == 12  # n=3 honoured: one step-1 request per question
         recs = _cache(tmp_path / "cache").records()
-        assert [(r.sample_index, r.completion_index) for r in recs] == [(it.sample_index, c) for it in items for c in range(3)]
+        assert [(r.sample_index, r.completion_index) for r in recs] == [
+            (it.sample_index, c) for it in items for c in range(3)
+        ]
         for r in recs:
             step1 = prompts.zs_cot_step1_prompt(r.question)
             assert r.reasoning_prompt == step1 and r.protocol == "completions"
             assert r.answer_prompt == prompts.zs_cot_step2_prompt(step1, r.rationale)
             assert r.endpoint == fake.base_url and r.temperature == 0.7 and r.seed == -1
             assert r.prompt_tokens > 0 and r.completion_tokens > 0
-        # Exact request bodies: spec §2.1 prompts, stop "END", max_tokens 128, step 2 greedy.
+        # Exact request bodies: the reference's zs_cot prompts, stop "END", max_tokens 128, step 2 greedy.
         bodies = {e["question"]: e for e in reasoning}
         assert {it.question for it in items} == set(bodies)
         assert all(e["n"] == 3 for e in reasoning) and all(e["n"] == 1 for e in answers)
@@ -131,11 +145,15 @@ def test_request_bodies(tmp_path, keyed_env, protocol):
     else:
         assert p1 == p2 == "/v1/chat/completions"
         assert b1 == {**common1, "messages": [{"role": "user", "content": step1}], "max_completion_tokens": 128}
-        assert b2 == {**common2, "max_completion_tokens": 128, "messages": [
-            {"role": "user", "content": step1},
-            {"role": "assistant", "content": rec.rationale},
-            {"role": "user", "content": "Therefore, the answer is"},
-        ]}
+        assert b2 == {
+            **common2,
+            "max_completion_tokens": 128,
+            "messages": [
+                {"role": "user", "content": step1},
+                {"role": "assistant", "content": rec.rationale},
+                {"role": "user", "content": "Therefore, the answer is"},
+            ],
+        }
     assert rec.protocol == protocol and rec.seed == 5 and rec.answer_text.strip()
 
 
@@ -210,7 +228,9 @@ def test_api_key_never_leaks(tmp_path, keyed_env, capsys):
 def _batch(fake, root, items, *, samples=2, temperature=0.7, max_wait=None):
     backend = OpenAIBackend("gpt-4o-mini", base_url=fake.base_url, retry=RetryPolicy(base_delay=0.01))
     cache = _cache(root, temperature=temperature)
-    run = BatchRun(backend, cache, cache.path / "batch", BatchOptions(poll_interval=0.01, max_wait=max_wait, progress=False))
+    run = BatchRun(
+        backend, cache, cache.path / "batch", BatchOptions(poll_interval=0.01, max_wait=max_wait, progress=False)
+    )
 
     async def go():
         try:
@@ -225,8 +245,26 @@ def _batch(fake, root, items, *, samples=2, temperature=0.7, max_wait=None):
 def test_batch_mode_via_cli(tmp_path, keyed_env, capsys, protocol):
     url = "/v1/completions" if protocol == "completions" else "/v1/chat/completions"
     with FakeOpenAI(api_key=KEY) as fake:
-        assert _teach(fake, tmp_path, "--batch", "--poll-interval", "0.01", "--split", "train", "--protocol", protocol,
-                      "--limit", "5", "--samples", "2", "--temperature", "0.7") == 0
+        assert (
+            _teach(
+                fake,
+                tmp_path,
+                "--batch",
+                "--poll-interval",
+                "0.01",
+                "--split",
+                "train",
+                "--protocol",
+                protocol,
+                "--limit",
+                "5",
+                "--samples",
+                "2",
+                "--temperature",
+                "0.7",
+            )
+            == 0
+        )
         assert fake.batch_creates == 2  # reasoning, then answers
         assert {b["endpoint"] for b in fake.batches.values()} == {url}
         reasoning, answer = sorted(fake.batches.values(), key=lambda b: int(b["id"].split("-")[1]))
@@ -275,7 +313,9 @@ def test_batch_fewer_choices_and_failed_lines(tmp_path, keyed_env):
         assert fake.batch_creates == 3  # reasoning (n=3 -> 1 choice), reasoning_rest (n=1 each), answer
         assert report.answered == 9 and report.failed == 3
     failed = cache.failed()
-    assert [(f["sample_index"], f["completion_index"]) for f in failed] == [(items[2].sample_index, c) for c in range(3)]
+    assert [(f["sample_index"], f["completion_index"]) for f in failed] == [
+        (items[2].sample_index, c) for c in range(3)
+    ]
     assert all(f["error"].startswith(f"batch answer request a-{items[2].sample_index}-") for f in failed)
     assert len(cache.failed()) == 3
     # A rerun (server healthy again) asks only for the failed three.
@@ -288,7 +328,18 @@ def test_batch_fewer_choices_and_failed_lines(tmp_path, keyed_env):
 def test_reference_model_through_run_teach(tmp_path, capsys):
     pytest.importorskip("ftcot_jax.teacher.reference")
     root = tmp_path / "cache"
-    argv = ["teach", "--task", "coin_flip", "--model", "reference", "--limit", "5", "--cache-dir", str(root), "--no-progress"]
+    argv = [
+        "teach",
+        "--task",
+        "coin_flip",
+        "--model",
+        "reference",
+        "--limit",
+        "5",
+        "--cache-dir",
+        str(root),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     recs = TeacherCache(root, task="coin_flip", teacher_model="reference", temperature=0.0).records()
     assert len(recs) == 5 and {r.protocol for r in recs} == {"reference"}
@@ -297,8 +348,9 @@ def test_reference_model_through_run_teach(tmp_path, capsys):
 
 
 def test_backoff_has_jitter_and_cap():
-    b = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", retry=RetryPolicy(base_delay=1.0, max_delay=8.0),
-                      rng=random.Random(0))
+    b = OpenAIBackend(
+        "m", base_url="http://127.0.0.1:9/v1", retry=RetryPolicy(base_delay=1.0, max_delay=8.0), rng=random.Random(0)
+    )
     delays = [b._backoff(a) for a in range(6)]
     assert all(0.5 * min(8, 2**a) <= d <= min(8, 2**a) for a, d in enumerate(delays))
     assert len({round(d, 6) for d in delays}) == 6

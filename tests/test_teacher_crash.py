@@ -14,17 +14,36 @@ import time
 import warnings
 
 from fakes.fake_openai import FakeOpenAI
-from ftcot_jax.tfrecord import RecordCorruptError, read_records
+
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.run import select_items
+from ftcot_jax.tfrecord import RecordCorruptError, read_records
 
 TASK, N, CONCURRENCY, KILLS = "single_eq", 32, 4, 3
 
 
 def _cmd(cache_dir):
-    return [sys.executable, "-m", "ftcot_jax", "teach", "--task", TASK, "--model", "fake-teacher", "--split", "train",
-            "--limit", str(N), "--concurrency", str(CONCURRENCY), "--cache-dir", str(cache_dir), "--no-progress",
-            "--max-attempts", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "ftcot_jax",
+        "teach",
+        "--task",
+        TASK,
+        "--model",
+        "fake-teacher",
+        "--split",
+        "train",
+        "--limit",
+        str(N),
+        "--concurrency",
+        str(CONCURRENCY),
+        "--cache-dir",
+        str(cache_dir),
+        "--no-progress",
+        "--max-attempts",
+        "2",
+    ]
 
 
 def _cached_questions(cache_dir, by_index) -> set[str]:

@@ -8,8 +8,8 @@ import random
 from collections import Counter
 
 import pytest
-
 from fakes.fake_openai import FakeOpenAI
+
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.openai_backend import OpenAIBackend, RetryPolicy
 from ftcot_jax.teacher.run import run_teach, select_items
@@ -29,8 +29,9 @@ def _cache(root):
 
 def _run(fake, root, items, samples=2, concurrency=4, **kw):
     backend = _backend(fake, concurrency=concurrency)
-    report = run_teach(backend, _cache(root), items, samples=samples, temperature=0.7,
-                       concurrency=concurrency, progress=False, **kw)
+    report = run_teach(
+        backend, _cache(root), items, samples=samples, temperature=0.7, concurrency=concurrency, progress=False, **kw
+    )
     return backend, report
 
 
@@ -49,10 +50,18 @@ def test_transient_faults_all_recover(tmp_path):
     q = [it.question for it in items]
     # (kind, question index) -> the faults of its first attempts; attempt k+1 is healthy.
     schedule = {
-        ("reasoning", 0): ["429"], ("reasoning", 1): ["500", "503"], ("reasoning", 2): ["stall"],
-        ("reasoning", 3): ["reset"], ("reasoning", 4): ["malformed"], ("reasoning", 5): ["no_choices"],
-        ("reasoning", 6): ["few"], ("reasoning", 7): ["ratelimit"], ("answer", 8): ["reset", "500"],
-        ("answer", 9): ["stall"], ("answer", 10): ["malformed", "429"], ("reasoning", 11): ["503", "reset", "few"],
+        ("reasoning", 0): ["429"],
+        ("reasoning", 1): ["500", "503"],
+        ("reasoning", 2): ["stall"],
+        ("reasoning", 3): ["reset"],
+        ("reasoning", 4): ["malformed"],
+        ("reasoning", 5): ["no_choices"],
+        ("reasoning", 6): ["few"],
+        ("reasoning", 7): ["ratelimit"],
+        ("answer", 8): ["reset", "500"],
+        ("answer", 9): ["stall"],
+        ("answer", 10): ["malformed", "429"],
+        ("reasoning", 11): ["503", "reset", "few"],
     }
 
     def faults(kind, question, attempt):
@@ -163,7 +172,15 @@ def test_dead_server_stops_the_run_early(tmp_path):
     items = select_items(TASK, "train", limit=40)
     backend = OpenAIBackend("fake-teacher", base_url=f"http://127.0.0.1:{port}/v1", retry=FAST, timeout=0.3)
     with pytest.raises(Exception, match="questions failed in a row; last error: .*connection error"):
-        run_teach(backend, _cache(tmp_path), items, samples=1, temperature=0.7, concurrency=2, progress=False,
-                  max_failed_in_a_row=6)
+        run_teach(
+            backend,
+            _cache(tmp_path),
+            items,
+            samples=1,
+            temperature=0.7,
+            concurrency=2,
+            progress=False,
+            max_failed_in_a_row=6,
+        )
     failed = _cache(tmp_path).failed()
     assert 6 <= len(failed) <= 8  # the streak, plus what the other worker had in flight; the rest untouched

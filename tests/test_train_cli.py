@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import char_tokenizer, tiny_gpt2_config
 
 from ftcot_jax.cli import main
 from ftcot_jax.samples import read_samples
-from train_helpers import char_tokenizer, tiny_gpt2_config
 
 pytestmark = pytest.mark.slow
 

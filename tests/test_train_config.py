@@ -8,6 +8,7 @@ import pytest
 
 from ftcot_jax.cli import main
 from ftcot_jax.config import MeshConfig, TrainConfig, from_dict, load_config, replace, to_dict
+from ftcot_jax.train.mesh import mesh_shape
 
 
 def test_defaults_are_the_reference_hyperparameters():
@@ -44,15 +45,15 @@ def test_bad_config_values(overrides, message):
 
 
 def test_mesh_must_match_the_devices():
-    assert MeshConfig().resolve(8) == (8, 1, 1)
-    assert MeshConfig(data=2, fsdp=-1, tensor=2).resolve(8) == (2, 2, 2)
-    assert MeshConfig(data=1, fsdp=1, tensor=1, num_devices=1).resolve(8) == (1, 1, 1)
+    assert mesh_shape(MeshConfig(), 8) == (8, 1, 1)
+    assert mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 2)
+    assert mesh_shape(MeshConfig(data=1, fsdp=1, tensor=1, num_devices=1), 8) == (1, 1, 1)
     with pytest.raises(ValueError, match=r"has 4 devices but 8 are available"):
-        MeshConfig(data=2, fsdp=2, tensor=1).resolve(8)
+        mesh_shape(MeshConfig(data=2, fsdp=2, tensor=1), 8)
     with pytest.raises(ValueError, match="not divisible by 3"):
-        MeshConfig(data=-1, fsdp=3).resolve(8)
+        mesh_shape(MeshConfig(data=-1, fsdp=3), 8)
     with pytest.raises(ValueError, match="num_devices=16 but only 8"):
-        MeshConfig(num_devices=16).resolve(8)
+        mesh_shape(MeshConfig(num_devices=16), 8)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -75,8 +76,9 @@ def test_cli_print_config(capsys):
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
-    from ftcot_jax.samples import write_samples
     from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
+
+    from ftcot_jax.samples import write_samples
 
     char_tokenizer().save_pretrained(tmp_path / "tok")
     write_samples(tmp_path / "s.tfrecord", last_letter_samples(8))
@@ -86,3 +88,13 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
                "--resume"])
     assert rc == 2
     assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
+def test_keys_of_the_flat_schema_move_into_the_student_and_eval_sections():
+    old = load_config(None, ["model=gpt2", "precision=bf16", "eval_limit=5", "eval_every_epochs=2"], cls=TrainConfig)
+    new = load_config(None, ["student.model=gpt2", "student.precision=bf16", "eval.limit=5", "eval.every_epochs=2"],
+                      cls=TrainConfig)
+    assert old == new
+    assert (old.student.model, old.precision, old.eval.limit, old.eval.every_epochs) == ("gpt2", "bf16", 5, 2)
+    with pytest.raises(ValueError, match="'eval_limit' and 'eval.limit' name the same setting"):
+        load_config(None, ["eval_limit=5", "eval.limit=6"], cls=TrainConfig)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
 
-from ftcot_jax import train as T
 from ftcot_jax.config import TrainConfig, from_dict
 from ftcot_jax.tasks import Example
-from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
+from ftcot_jax.train.loop import train
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +21,12 @@ def test_tiny_gpt2_learns_last_letters(tmp_path):
     test = [Example(sample_index=s.sample_index, question=s.question, answer=s.answer, rationale=None)
             for s in last_letter_samples(32, seed=99)]
     cfg = from_dict(TrainConfig, dict(
-        run_dir=str(tmp_path / "run"), from_scratch=True,
-        model_config=tiny_gpt2_config(n_embd=64, n_layer=2, n_head=4, n_positions=64),
-        epochs=12, batch_size=32, bucket=32, eval_every_epochs=6, eval_batch_size=32, eval_max_new_tokens=4,
+        run_dir=str(tmp_path / "run"),
+        student={"from_scratch": True, "model_config": tiny_gpt2_config(n_embd=64, n_layer=2, n_head=4, n_positions=64)},
+        epochs=12, batch_size=32, bucket=32, eval={"every_epochs": 6, "batch_size": 32, "max_new_tokens": 4},
         optim={"lr": 3e-3, "warmup_steps": 20, "decay": "cosine", "clip_grad_norm": 1.0},
         mesh={"data": 2, "fsdp": 2, "tensor": 1, "num_devices": 4}, log_every_steps=16))
-    result = T.train(cfg, tokenizer=tok, samples=train_samples, eval_examples=test)
+    result = train(cfg, tokenizer=tok, samples=train_samples, eval_examples=test)
 
     assert result.steps == 12 * 16
     assert [h["epoch"] for h in result.history] == [5, 11]

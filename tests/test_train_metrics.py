@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from ftcot_jax.metrics import EventWriter, MetricsLogger, mfu, peak_flops_per_device
 from ftcot_jax.tfrecord import read_records
+from ftcot_jax.train.metrics import EventWriter, MetricsLogger, mfu, peak_flops_per_device
 
 
 def _fields(buf: bytes) -> list[tuple[int, object]]:

@@ -7,7 +7,6 @@ import json
 import subprocess
 
 import pytest
-
 from train_subprocess import env, free_port, losses, make_inputs, run, train_cmd, write_config
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import pytest
-
-from ftcot_jax.checkpoint import tmp_dirs
 from train_subprocess import env, losses, make_inputs, run, train_cmd, write_config
+
+from ftcot_jax.train.checkpoint import tmp_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,8 @@ def test_kill_during_training_then_resume(setup):
     run_dir = root / "killed"
     cfg = write_config(root / "killed.yaml", run_dir, tok, samples, **COMMON)
     # A short pause per step keeps the run going long enough for this (possibly starved) poller.
-    slow = ("import time, ftcot_jax.train as T\n_run = T.Setup.run_step\n"
-            "T.Setup.run_step = lambda self, s, b: (time.sleep(0.1), _run(self, s, b))[1]")
+    slow = ("import time\nfrom ftcot_jax.train.step import TrainSetup\n_run = TrainSetup.run_step\n"
+            "TrainSetup.run_step = lambda self, s, b: (time.sleep(0.1), _run(self, s, b))[1]")
     proc = subprocess.Popen(train_cmd(cfg, prelude=slow), env=e, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     metrics = run_dir / "metrics.jsonl"

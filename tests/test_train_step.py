@@ -7,13 +7,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-
-from ftcot_jax import batching
-from ftcot_jax import train as T
-from ftcot_jax.config import TrainConfig, from_dict
 from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
+
+from ftcot_jax.config import TrainConfig, from_dict
+from ftcot_jax.train import batches
+from ftcot_jax.train.step import make_loss_fn, setup, uses_label_head
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
@@ -35,7 +34,7 @@ def encoded(tok):
     # ft_cot labels vary a lot in length, so micro-batches carry different label-token counts.
     samples = [s if i % 2 else dataclasses.replace(s, rationale=s.rationale[:4])
                for i, s in enumerate(last_letter_samples(8, seed=1, method="ft_cot"))]
-    return batching.encode_samples(samples, tok, model_type="decoder", max_length=128)
+    return batches.encode_samples(samples, tok, model_type="decoder", max_length=128)
 
 
 _RUNS: dict = {}
@@ -50,10 +49,10 @@ def _run(cfg, tok, encoded, accum=1):
 
 
 def _run_uncached(cfg, tok, encoded, accum):
-    st = T.setup(cfg, tokenizer=tok)
+    st = setup(cfg, tokenizer=tok)
     state = st.init_state()
     params0 = jax.device_get(state["params"])
-    b = batching.Batcher(encoded, 8, accum, seed=0, bucket=16, pad_id=0)
+    b = batches.Batcher(encoded, 8, accum, seed=0, bucket=16, pad_id=0)
     state, m = st.run_step(state, b.batch(0, 0))
     return params0, jax.device_get(state["params"]), jax.device_get(m), st
 
@@ -82,24 +81,24 @@ def test_gpt2_dropout_trains_on_the_fast_path_and_changes_the_step(tok, encoded)
     test_packing's packed == padded step run with it on too (per-token masks)."""
     st = _run(_cfg((1, 1, 1)), tok, encoded)[3]
     assert st.student.config.resid_pdrop == 0.1 and st.cfg.dropout
-    assert T.uses_label_head(st.student, True, st.cfg.head_chunk) and st.pack_multiple > 0
+    assert uses_label_head(st.student, st.cfg.head_chunk) and st.pack_multiple > 0
     _, p_on, m_on, _ = _run(_cfg((1, 1, 1)), tok, encoded)
     _, p_off, m_off, _ = _run(_cfg((1, 1, 1), dropout=False), tok, encoded)
     assert abs(float(m_on["loss"]) - float(m_off["loss"])) > 1e-5
     assert _max_diff(p_on, p_off) > 1e-6
-    b = batching.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    b = batches.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     assert float(m_on["computed_tokens"]) < b["input_ids"].size  # the packed layout
     mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
     params = st.init_state()["params"]
-    loss_fn = jax.jit(T.make_loss_fn(st.student, use_dropout=True, head_chunk=16))
+    loss_fn = jax.jit(make_loss_fn(st.student, use_dropout=True, head_chunk=16))
     a, a2, c = (float(loss_fn(params, mb, jax.random.key(k))[0]) for k in (1, 1, 2))
     assert a == a2 and a != c  # the key decides the masks
-    plain = float(T.make_loss_fn(st.student, use_dropout=False, head_chunk=16)(params, mb, None)[0])
+    plain = float(make_loss_fn(st.student, use_dropout=False, head_chunk=16)(params, mb, None)[0])
     assert a != plain
 
 
 def test_params_and_optimizer_are_sharded_by_the_rules(tok):
-    st = T.setup(_cfg((2, 2, 2)), tokenizer=tok)
+    st = setup(_cfg((2, 2, 2)), tokenizer=tok)
     state = st.init_state()
     wte = state["params"]["wte"]  # ("vocab", "embed") -> ("tensor", "fsdp")
     assert wte.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
@@ -118,9 +117,9 @@ def test_grad_accumulation_equals_one_big_batch(tok, encoded):
     assert float(m_big["label_tokens"]) == float(m_acc["label_tokens"])
     assert _max_diff(p_big, p_acc) <= 1e-5
     # The test has teeth: a mean of per-micro-batch means would be a different loss here.
-    b = batching.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    b = batches.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
     st = _run(cfg1, tok, encoded)[3]
-    loss_fn = T.make_loss_fn(st.student, use_dropout=False)
+    loss_fn = make_loss_fn(st.student, use_dropout=False)
     params = st.init_state()["params"]
     per_micro = [loss_fn(params, {k: v[i] for k, v in b.items()}, None) for i in range(4)]
     mean_of_means = np.mean([float(s / n) for s, n in per_micro])
@@ -132,9 +131,9 @@ def test_loss_counts_exactly_the_label_tokens(tok, encoded):
     logits of prompt/padding positions does not change it."""
     st = _run(_cfg((1, 1, 1)), tok, encoded)[3]
     params = st.init_state()["params"]
-    b = batching.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
+    b = batches.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
-    loss_sum, n = T.make_loss_fn(st.student, use_dropout=False)(params, mb, None)
+    loss_sum, n = make_loss_fn(st.student, use_dropout=False)(params, mb, None)
     from flax import nnx
 
     model = nnx.merge(st.student.graphdef, params)
@@ -143,7 +142,7 @@ def test_loss_counts_exactly_the_label_tokens(tok, encoded):
     logp = np.asarray(jax.nn.log_softmax(logits))
     want, count = 0.0, 0
     for r in range(8):
-        i = int(batching.Batcher(encoded, 8, 1, seed=0).rows(0, 0)[0, r])
+        i = int(batches.Batcher(encoded, 8, 1, seed=0).rows(0, 0)[0, r])
         p, t = encoded.source[i], encoded.target[i]
         seq = p + t
         for j in range(len(p) - 1, len(seq) - 1):  # position j predicts label token seq[j+1]
@@ -163,23 +162,23 @@ def _t5_cfg(mesh, **kw):
 @pytest.mark.slow
 def test_encoder_decoder_step_and_loss(tok):
     samples = last_letter_samples(8, seed=3, method="ft_cot")
-    enc = batching.encode_samples(samples, tok, model_type="encoder_decoder", max_length=128)
-    batch = batching.Batcher(enc, 8, 1, seed=0, bucket=16, pad_id=0, decoder_start_id=0).batch(0, 0)
+    enc = batches.encode_samples(samples, tok, model_type="encoder_decoder", max_length=128)
+    batch = batches.Batcher(enc, 8, 1, seed=0, bucket=16, pad_id=0, decoder_start_id=0).batch(0, 0)
     results = {}
     for mesh in [(1, 1, 1), (2, 2, 2)]:
-        st = T.setup(_t5_cfg(mesh, dropout=False), tokenizer=tok)
+        st = setup(_t5_cfg(mesh, dropout=False), tokenizer=tok)
         state = st.init_state()
         if mesh == (1, 1, 1):  # the loss is the CE of the target tokens (label + EOS), nothing else
             params = state["params"]
             mb = {k: jnp.asarray(v[0]) for k, v in batch.items()}
-            loss_sum, n = T.make_loss_fn(st.student, use_dropout=False)(params, mb, None)
+            loss_sum, n = make_loss_fn(st.student, use_dropout=False)(params, mb, None)
             from flax import nnx
 
             logits = nnx.merge(st.student.graphdef, params)(
                 mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
                 decoder_input_ids_BxT=mb["decoder_input_ids"], decoder_attention_mask_BxT=mb["decoder_attention_mask"])
             logp = np.asarray(jax.nn.log_softmax(logits))
-            rows = batching.Batcher(enc, 8, 1, seed=0).rows(0, 0)[0]
+            rows = batches.Batcher(enc, 8, 1, seed=0).rows(0, 0)[0]
             want = -sum(logp[r, j, t] for r, i in enumerate(rows) for j, t in enumerate(enc.target[i]))
             assert int(n) == sum(len(enc.target[i]) for i in rows)
             np.testing.assert_allclose(float(loss_sum), want, rtol=1e-5)
@@ -190,8 +189,8 @@ def test_encoder_decoder_step_and_loss(tok):
     # dropout (the reference trains in train mode) reaches the T5 module: a key changes the loss
     mb = {k: jnp.asarray(v[0]) for k, v in batch.items()}
     params = st.init_state()["params"]
-    plain = T.make_loss_fn(st.student, use_dropout=False)(params, mb, None)[0]
-    dropped = T.make_loss_fn(st.student, use_dropout=True)(params, mb, jax.random.key(1))[0]
+    plain = make_loss_fn(st.student, use_dropout=False)(params, mb, None)[0]
+    dropped = make_loss_fn(st.student, use_dropout=True)(params, mb, jax.random.key(1))[0]
     assert abs(float(dropped) - float(plain)) > 1e-4
 
 

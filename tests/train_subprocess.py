@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from train_helpers import char_tokenizer, last_letter_samples, tiny_gpt2_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +28,9 @@ def make_inputs(root: Path, n_samples: int = 64) -> tuple[Path, Path]:
 
 
 def write_config(path: Path, run_dir: Path, tok_dir: Path, samples: Path, **overrides) -> Path:
-    cfg = dict(run_dir=str(run_dir), from_scratch=True, model_config=tiny_gpt2_config(), tokenizer=str(tok_dir),
-               samples=[str(samples)], epochs=4, batch_size=8, bucket=32, eval_every_epochs=0,
+    cfg = dict(run_dir=str(run_dir), student={"from_scratch": True, "model_config": tiny_gpt2_config(),
+                                              "tokenizer": str(tok_dir)},
+               samples=[str(samples)], epochs=4, batch_size=8, bucket=32, eval={"every_epochs": 0},
                log_every_steps=1, export=False, mesh={"data": 2, "fsdp": 2, "tensor": 2})
     cfg.update(overrides)
     path.write_text(yaml.safe_dump(cfg))

@@ -2,50 +2,112 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+
 from ftcot_jax.cli.common import CLIError
+
+# flag dest -> CompareSpec key (the flags are shorthands for `--set key=value`)
+FLAG_KEYS = {
+    "model": "model",
+    "tokenizer": "tokenizer",
+    "task": "task",
+    "method": "method",
+    "out": "out_dir",
+    "steps": "steps",
+    "warmup_steps": "warmup_steps",
+    "batch_size": "batch_size",
+    "seq_len": "seq_len",
+    "lr": "lr",
+    "precisions": "precisions",
+    "torch_modes": "torch_modes",
+    "repeats": "repeats",
+    "eval_n": "eval_n",
+    "eval_batch_size": "eval_batch_size",
+    "max_new_tokens": "max_new_tokens",
+    "threads": "threads",
+    "xla_flags": "xla_flags",
+    "pack_multiple": "pack_multiple",
+}
+LIST_FLAGS = ("precisions", "torch_modes")  # comma-separated on the command line
 
 
 def add_compare_parser(sub):
-    p = sub.add_parser("compare", help="ftcot-jax vs the PyTorch reference trainer on the same job (docs/compare.md)",
-                       description="Train the same student on the same batches with ftcot-jax and with the PyTorch "
-                                   "baseline (HF transformers + torch.optim.AdamW; eager and torch.compile; fp32 and "
-                                   "bf16), then greedy-evaluate both; writes compare.md/json and loss_curves.png.")
-    p.add_argument("--model", default="gpt2-small",
-                   help="gpt2-small | t5-small (random init) | smollm2-135m-instruct | HF dir | .gguf")
-    p.add_argument("--tokenizer", default="", help="tokenizer dir for the random-init presets (default: SmolLM2's)")
-    p.add_argument("--task", default="gsm8k", help="training samples = this task's gold rationales/answers")
-    p.add_argument("--method", default="ft_cot", choices=("ft", "ft_cot"))
-    p.add_argument("--out", default="runs/compare", help="output directory")
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--warmup-steps", type=int, default=2, help="steps not counted in throughput")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256, help="every batch is padded to exactly this length")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--torch-modes", default="eager,compile")
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs per configuration")
-    p.add_argument("--eval-n", type=int, default=32, help="test prompts to greedy-decode (0 = none)")
-    p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for both systems (default: all cores)")
-    p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our runs")
-    p.add_argument("--pack-multiple", type=int, default=128,
-                   help="ours computes only on the tokens the loss needs, N rounded up to this (0 = on the padded "
-                        "batch, like the reference)")
-    p.add_argument("--quick", action="store_true",
-                   help="development run: 4 steps, 1 repeat, eager only, fp32, 8 eval prompts")
-    p.add_argument("--probe-xla-flags", action="store_true",
-                   help="only measure matmul GFLOP/s of XLA:CPU under the oneDNN/XNNPACK flag sets and of torch")
+    p = sub.add_parser(
+        "compare",
+        help="ftcot-jax vs the PyTorch reference trainer on the same job (docs/compare.md)",
+        description="Train the same student on the same batches with ftcot-jax and with the PyTorch "
+        "baseline (HF transformers + torch.optim.AdamW; eager and torch.compile; fp32 and "
+        "bf16), then greedy-evaluate both; writes compare.md/json and loss_curves.png. "
+        "Every key of ftcot_jax.config.CompareSpec can be set with --set (e.g. --set "
+        "jax_devices=2); the flags below are shorthands. Precedence: --config file < "
+        "flags < --set < --quick.",
+    )
+    p.add_argument("--config", default=None, help="YAML file with keys of ftcot_jax.config.CompareSpec")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. precisions=[fp32] or timeout_s=600 (repeatable)",
+    )
+    p.add_argument(
+        "--model", help="gpt2-small (default) | t5-small (random init) | smollm2-135m-instruct | HF dir | .gguf"
+    )
+    p.add_argument("--tokenizer", help="tokenizer dir for the random-init presets (default: SmolLM2's)")
+    p.add_argument("--task", help="training samples = this task's gold rationales/answers (default gsm8k)")
+    p.add_argument("--method", choices=("ft", "ft_cot"), help="default ft_cot")
+    p.add_argument("--out", help="output directory (default runs/compare)")
+    p.add_argument("--steps", type=int, help="default 12")
+    p.add_argument("--warmup-steps", type=int, help="steps not counted in throughput (default 2)")
+    p.add_argument("--batch-size", type=int, help="default 8")
+    p.add_argument("--seq-len", type=int, help="every batch is padded to exactly this length (default 256)")
+    p.add_argument("--lr", type=float, help="default 3e-4")
+    p.add_argument("--precisions", help="comma-separated (default fp32,bf16)")
+    p.add_argument("--torch-modes", help="comma-separated (default eager,compile)")
+    p.add_argument("--repeats", type=int, help="alternating runs per configuration (default 2)")
+    p.add_argument("--eval-n", type=int, help="test prompts to greedy-decode (0 = none; default 32)")
+    p.add_argument("--eval-batch-size", type=int, help="default 32")
+    p.add_argument("--max-new-tokens", type=int, help="default 64")
+    p.add_argument("--threads", type=int, help="CPU threads for both systems (default: all cores)")
+    p.add_argument("--xla-flags", help="extra XLA_FLAGS for our runs")
+    p.add_argument(
+        "--pack-multiple",
+        type=int,
+        help="ours computes only on the tokens the loss needs, N rounded up to this (0 = on the padded "
+        "batch, like the reference; default 128)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="development run: at most 4 steps, 1 repeat, eager only, fp32, 8 eval prompts",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved spec as JSON and exit")
+    p.add_argument("--probe-xla-flags", action="store_true", help=argparse.SUPPRESS)  # moved to a script
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args):
-    from ftcot_jax.compare import compare_command
+    if args.probe_xla_flags:
+        raise CLIError("--probe-xla-flags moved to a script: python scripts/probe_xla_flags.py")
+    # Deferred: `ftcot --help` and the other commands do not pay for importing JAX.
+    from ftcot_jax.compare.run import run_compare
+    from ftcot_jax.config import load_compare_spec, to_dict
 
-    try:
-        return compare_command(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from e
+    flags = {}
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            flags[key] = [x.strip() for x in value.split(",") if x.strip()] if dest in LIST_FLAGS else value
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items()] + list(args.overrides)
+    spec = load_compare_spec(args.config, overrides, quick=args.quick)
+    if args.print_config:
+        print(json.dumps(to_dict(spec), indent=2, sort_keys=True))
+        return 0
+    report = run_compare(spec)
+    print(f"\nwrote {spec.out_dir}/compare.md, compare.json, loss_curves.png")
+    return 1 if report["failed"] and not report["rows"] else 0
 
 
 def add_parsers(sub) -> None:

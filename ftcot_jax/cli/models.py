@@ -43,7 +43,7 @@ def _models_generate(args):
     gens = decode.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            stop=args.stop, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            rng=rng)
-    for p, g in zip(args.prompts, gens):
+    for p, g in zip(args.prompts, gens, strict=True):
         if len(gens) > 1:
             print(f"### {p}  [{g.finish_reason}, {len(g.token_ids)} tokens]")
         print(g.text)

@@ -1,18 +1,27 @@
-"""`ftcot curate`, `ftcot run`, `ftcot report`: the pipeline and its reports."""
+"""`ftcot curate`, `ftcot run`, `ftcot report`: the pipeline and its reports (ftcot_jax/pipeline/)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ftcot_jax.cli.common import CLIError
 
 
 def add_curate_parser(sub) -> None:
-    p = sub.add_parser("curate", help="teacher cache -> fine-tune sample files (keep correct rationales)",
-                       description="Fine-tune-CoT (ft_cot: greedy completion 0), diverse reasoning (diverse: all "
-                       "correct of D samples) or vanilla fine-tuning (ft: gold answers) samples of the train split, "
-                       "written to <out-dir>/<task>__<key>.tfrecord for `ftcot train`.")
+    p = sub.add_parser(
+        "curate",
+        help="teacher cache -> fine-tune sample files (keep correct rationales)",
+        description="Fine-tune-CoT (ft_cot: greedy completion 0), diverse reasoning (diverse: all "
+        "correct of D samples) or vanilla fine-tuning (ft: gold answers) samples of the train split, "
+        "written to <out-dir>/<task>__<key>.tfrecord for `ftcot train`.",
+    )
     p.add_argument("--task", action="append", required=True, help="task name (repeatable)")
     p.add_argument("--method", choices=("ft_cot", "diverse", "ft"), default="ft_cot")
     p.add_argument("--teacher-model", default=None, help="teacher whose cache to read (ft_cot, diverse)")
-    p.add_argument("--temperature", type=float, default=None, help="teacher temperature (default 0 ft_cot, 0.7 diverse)")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="teacher temperature (default 0 ft_cot, 0.7 diverse)"
+    )
     p.add_argument("--samples", type=int, default=8, metavar="D", help="diverse: completions per question (default 8)")
     p.add_argument("--split-name", default="default", help='split file ("default", or "template")')
     p.add_argument("--cache-dir", default=None, help="cache root (default $FTCOT_TEACHER_CACHE or ./teacher_cache)")
@@ -21,50 +30,107 @@ def add_curate_parser(sub) -> None:
 
 
 def _run_curate(args) -> int:
-    from ftcot_jax.curate import curate_command
+    """One sample file per task; prints teacher accuracy and kept/total."""
+    from ftcot_jax.pipeline.curate import curate
+    from ftcot_jax.teacher.cache import default_cache_dir
 
-    return curate_command(args)
-
-
-
-
-
+    root = None
+    if args.method != "ft":
+        if not args.teacher_model:
+            raise CLIError(f"--method {args.method} needs --teacher-model (the teacher whose cache to read)")
+        root = args.cache_dir or default_cache_dir()
+    for task in args.task:
+        cur, path = curate(
+            task,
+            args.method,
+            cache_root=root,
+            teacher_model=args.teacher_model,
+            temperature=args.temperature,
+            samples=args.samples,
+            split_name=args.split_name,
+            out_dir=args.out_dir,
+        )
+        print(cur.summary(path))
+    return 0
 
 
 def add_run_parser(sub):
-    p = sub.add_parser("run", help="teach -> curate -> train -> evaluate -> report, resumable (docs/pipeline.md)",
-                       description="Run the whole pipeline from a YAML config. Stages whose outputs are present "
-                                   "and made by the same configuration are skipped; an interrupted training "
-                                   "resumes from its last checkpoint. Example: ftcot run configs/quickstart.yaml "
-                                   "train.epochs=2 eval.limit=50")
-    p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config (configs/quickstart.yaml, configs/paper/...)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. train.optim.lr=1e-4 (right after CONFIG; after options use --set)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_overrides",
-                   help="an override that may also come after options (repeatable)")
+    p = sub.add_parser(
+        "run",
+        help="teach -> curate -> train -> evaluate -> report, resumable (docs/pipeline.md)",
+        description="Run the whole pipeline from a YAML config. Stages whose outputs are present "
+        "and made by the same configuration are skipped; an interrupted training "
+        "resumes from its last checkpoint. Example: ftcot run configs/quickstart.yaml "
+        "train.epochs=2 eval.limit=50",
+    )
+    p.add_argument(
+        "config", nargs="?", metavar="CONFIG", help="YAML config (configs/quickstart.yaml, configs/paper/...)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.optim.lr=1e-4 (right after CONFIG; after options use --set)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="set_overrides",
+        help="an override that may also come after options (repeatable)",
+    )
     p.add_argument("--run-dir", default=None, help="same as run_dir=PATH")
-    p.add_argument("--paper-cell", default=None, metavar="STUDENT/TASK/METHOD",
-                   help="one cell of the paper's grid (e.g. gpt2/multiarith/ft_cot) on top of CONFIG")
+    p.add_argument(
+        "--paper-cell",
+        default=None,
+        metavar="STUDENT/TASK/METHOD",
+        help="one cell of the paper's grid (e.g. gpt2/multiarith/ft_cot) on top of CONFIG",
+    )
     p.add_argument("--list-paper-cells", action="store_true", help="print the paper grid's cells and exit")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_run_pipeline)
 
 
-def _run_pipeline(args):
-    from ftcot_jax.pipeline import run_command
+def _run_pipeline(args) -> int:
+    from ftcot_jax.config import load_run_config, to_dict
+    from ftcot_jax.pipeline.paper import paper_cell, paper_grid
 
-    return run_command(args)
+    if args.list_paper_cells:
+        for name, _ in paper_grid():
+            print(name)
+        return 0
+    if not args.config:
+        raise CLIError("ftcot run needs CONFIG (a YAML file), e.g. configs/quickstart.yaml")
+    overrides = list(args.overrides) + list(args.set_overrides)
+    if args.paper_cell:
+        try:
+            overrides = paper_cell(args.paper_cell) + overrides
+        except ValueError as e:
+            raise CLIError(f"{e} (list them with `ftcot run --list-paper-cells`)") from None
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    cfg = load_run_config(args.config, overrides)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from ftcot_jax.pipeline.run import run  # JAX and the trainer: only when something runs
 
-
-
-
-
+    res = run(cfg)
+    print(res.table)
+    ran = sum(e == "ran" for _, e in res.events)
+    skipped = sum(e == "skipped" for _, e in res.events)
+    print(f"\nreport: {res.report_path}   wall time: {res.seconds:.0f}s   stages ran: {ran}, skipped: {skipped}")
+    return 0
 
 
 def add_report_parser(sub):
-    p = sub.add_parser("report", help="paper-style markdown table + PNG plots from run directories",
-                       description="Tasks x methods (Zero-shot, Fine-tune, Fine-tune-CoT, Diverse reasoning D), best "
-                                   "over epochs and last epoch, beside the paper's numbers for the same student.")
+    p = sub.add_parser(
+        "report",
+        help="paper-style markdown table + PNG plots from run directories",
+        description="Tasks x methods (Zero-shot, Fine-tune, Fine-tune-CoT, Diverse reasoning D), best "
+        "over epochs and last epoch, beside the paper's numbers for the same student.",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="output directory (default: the run dir when there is one)")
     p.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
@@ -72,10 +138,16 @@ def add_report_parser(sub):
     p.set_defaults(func=_run_report)
 
 
-def _run_report(args):
-    from ftcot_jax.report import report_command
+def _run_report(args) -> int:
+    from ftcot_jax.pipeline.report import write_report
 
-    return report_command(args)
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else None
+    if out is None:
+        raise CLIError("several run directories: say where the report goes with --out DIR")
+    rep = write_report(args.run_dirs, out, paper=not args.no_paper, plots=not args.no_plots)
+    print(rep.table)
+    print(f"\nreport: {rep.path}" + (f"; plots: {', '.join(str(p) for p in rep.plots)}" if rep.plots else ""))
+    return 0
 
 
 def add_parsers(sub) -> None:

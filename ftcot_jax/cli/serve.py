@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from ftcot_jax.cli.common import CLIError
+from ftcot_jax.config.serve import ServeConfig, default_model_id
 
 
 def add_serve_parser(sub):
@@ -30,18 +33,17 @@ def add_serve_parser(sub):
 
 
 def _run_serve(args):
-    import os
-
-    from ftcot_jax import serve
+    from ftcot_jax.serve import http  # JAX and the model code: only when serving
 
     if args.batch_window_ms < 0:
         raise CLIError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     api_key = args.api_key if args.api_key is not None else (os.environ.get("FTCOT_API_KEY") or None)
-    serve.serve(args.checkpoint, dict(
-        model_id=args.model_id, host=args.host, port=args.port, api_key=api_key, max_batch=args.max_batch,
-        max_new_tokens_limit=args.max_new_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
-        max_prompt_chars=args.max_prompt_chars, max_n=args.max_n, batch_window_s=args.batch_window_ms / 1000,
-        max_queue=args.max_queue))
+    config = ServeConfig(
+        model_id=args.model_id or default_model_id(args.checkpoint), host=args.host, port=args.port,
+        api_key=api_key, max_batch=args.max_batch, max_new_tokens_limit=args.max_new_tokens_limit,
+        max_prompt_tokens=args.max_prompt_tokens, max_prompt_chars=args.max_prompt_chars, max_n=args.max_n,
+        batch_window_s=args.batch_window_ms / 1000, max_queue=args.max_queue)
+    http.serve(args.checkpoint, config)
     return 0
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from ftcot_jax.cli.common import CLIError
 
 
 def add_train_parser(sub):
@@ -23,7 +26,8 @@ def add_train_parser(sub):
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.set_defaults(func=_run_train)
 
-    g = sub.add_parser("gold-samples", help="write fine-tune samples from a task's gold answers (ft) or rationales (ft_cot)")
+    g = sub.add_parser("gold-samples",
+                       help="write fine-tune samples from a task's gold answers (ft) or rationales (ft_cot)")
     g.add_argument("--task", required=True)
     g.add_argument("--method", required=True, choices=("ft", "ft_cot"))
     g.add_argument("--out", required=True, help="output sample file (TFRecord, samples.write_samples)")
@@ -32,25 +36,27 @@ def add_train_parser(sub):
 
 
 def _run_train(args):
-    import json
+    # Deferred: `ftcot --help` and the other commands do not pay for importing JAX.
+    import jax
 
     from ftcot_jax.config import TrainConfig, load_config, to_dict
+    from ftcot_jax.train.checkpoint import NoCheckpointError
+    from ftcot_jax.train.loop import train
 
-    flags = {"run_dir": args.run_dir, "model": args.model, "samples": args.samples, "task": args.task,
+    flags = {"run_dir": args.run_dir, "student.model": args.model, "samples": args.samples, "task": args.task,
              "method": args.method, "epochs": args.epochs}
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = load_config(args.config, overrides, cls=TrainConfig)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
         return 0
-    from ftcot_jax.train import train
-
-    result = train(cfg, require_checkpoint=args.resume)
+    try:
+        result = train(cfg, require_checkpoint=args.resume)
+    except NoCheckpointError as e:
+        raise CLIError(f"--resume: {e}") from e
     summary = {"run_dir": str(result.run_dir), "steps": result.steps, "best_over_epochs": result.best,
                "last_epoch": result.last, "truncated_prompts": result.truncated_prompts,
                "truncated_labels": result.truncated_labels}
-    import jax
-
     if jax.process_index() == 0:
         print(json.dumps(summary, default=str))
     return 0

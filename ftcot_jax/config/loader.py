@@ -86,7 +86,7 @@ def _coerce(where: str, tp: Any, value: Any) -> Any:
 
 def from_dict(cls, data: dict | None, *, prefix: str = ""):
     """Build dataclass `cls` from a (nested) dict; unknown keys raise ValueError naming them."""
-    data = dict(data or {})
+    data = _move_renamed(cls, dict(data or {}), prefix)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
@@ -94,6 +94,30 @@ def from_dict(cls, data: dict | None, *, prefix: str = ""):
             raise ValueError(f"unknown config key '{prefix}{key}'; expected one of: {', '.join(fields)}")
     kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _move_renamed(cls, data: dict, prefix: str) -> dict:
+    """Keys a schema renamed (its `RENAMED_KEYS`, old -> new dotted path) move to their new place; the same
+    setting given under both names is an error naming both."""
+    for old, new in getattr(cls, "RENAMED_KEYS", {}).items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        *parents, leaf = new.split(".")
+        node = data
+        for p in parents:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            elif not isinstance(child, dict):
+                raise ValueError(f"config key '{prefix}{old}' is now '{prefix}{new}', but '{prefix}{p}' is not a mapping")
+            else:
+                child = node[p] = dict(child)
+            node = child
+        if leaf in node:
+            raise ValueError(f"config keys '{prefix}{old}' and '{prefix}{new}' name the same setting; keep '{prefix}{new}'")
+        node[leaf] = value
+    return data
 
 
 def to_dict(cfg) -> dict:

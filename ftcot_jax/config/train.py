@@ -5,6 +5,8 @@ of `ftcot train` and is written as JSON into the run directory.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from pathlib import Path
 
 from ftcot_jax.config.loader import check_choice as _check_choice
 from ftcot_jax.prompts import METHOD_TEMPLATE
@@ -12,7 +14,8 @@ from ftcot_jax.prompts import METHOD_TEMPLATE
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh (data, fsdp, tensor). -1 on one axis = all devices not used by the others."""
+    """Device mesh (data, fsdp, tensor). -1 on one axis = all devices not used by the others (resolved against
+    the devices by `models.sharding.resolve_mesh_shape`, through `train.mesh.mesh_shape`)."""
 
     data: int = -1
     fsdp: int = 1
@@ -26,32 +29,10 @@ class MeshConfig:
         if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
             raise ValueError(f"mesh: axis sizes must be positive (at most one -1 = 'the rest'), got {sizes}")
 
-    def resolve(self, n_devices: int) -> tuple[int, int, int]:
-        """Concrete (data, fsdp, tensor) for `n_devices`; a clear error when it cannot fit."""
-        if self.num_devices:
-            if self.num_devices > n_devices:
-                raise ValueError(f"mesh.num_devices={self.num_devices} but only {n_devices} devices are available")
-            n_devices = self.num_devices
-        sizes = [self.data, self.fsdp, self.tensor]
-        known = 1
-        for s in sizes:
-            if s != -1:
-                known *= s
-        if -1 in sizes:
-            if n_devices % known:
-                raise ValueError(f"mesh {tuple(sizes)} does not fit {n_devices} devices "
-                                 f"({n_devices} is not divisible by {known})")
-            sizes[sizes.index(-1)] = n_devices // known
-        if sizes[0] * sizes[1] * sizes[2] != n_devices:
-            raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has "
-                             f"{sizes[0] * sizes[1] * sizes[2]} devices but {n_devices} are available; "
-                             "the product must equal the device count (use -1 for one axis)")
-        return tuple(sizes)
-
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW; defaults are torch.optim.AdamW's with the reference lr (spec 4.2): no schedule, no clipping."""
+    """AdamW; defaults are torch.optim.AdamW's with the reference lr (3e-4): no schedule, no clipping."""
 
     lr: float = 3e-4
     b1: float = 0.9
@@ -86,17 +67,78 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One student fine-tuning run. Defaults follow the reference trainer (spec 4.2)."""
+class StudentSection:
+    """The student: an HF dir / hub id / "smollm2-135m-instruct" / .gguf (ftcot_jax.models.load), or with
+    `from_scratch` a random init of `model_config` (HF config dict) with the tokenizer dir `tokenizer`."""
 
-    run_dir: str = ""
-    # Student: an HF dir / hub id / "smollm2-135m-instruct" / .gguf path (ftcot_jax.models.load) ...
     model: str = ""
-    # ... or, with `from_scratch`, a random init of that model's config (model = a dir with config.json,
-    # or model_config = an HF config dict); `tokenizer` then names the tokenizer dir (default: model).
+    tokenizer: str = ""
     from_scratch: bool = False
     model_config: dict | None = None
-    tokenizer: str = ""
+    precision: str = "fp32"  # fp32 | bf16 (bf16 compute; fp32 params, optimizer, logits, loss)
+    name: str = ""  # shown in reports; "" = derived from model
+
+    def __post_init__(self):
+        _check_choice("student.precision", self.precision, ("fp32", "bf16"))
+
+    def check_given(self) -> None:
+        """A student must be named (or described, from scratch) when no model object is passed in."""
+        if not self.model and not (self.from_scratch and self.model_config):
+            raise ValueError(
+                "student.model is empty; expected an HF dir, hub id, smollm2-135m-instruct or .gguf "
+                "(or student.from_scratch with student.model_config)"
+            )
+
+    @property
+    def display_name(self) -> str:
+        """The name reports show: `name`, else the model's last path part, else "<model_type>-from-scratch"."""
+        if self.name:
+            return self.name
+        if self.model:
+            return Path(self.model.rstrip("/")).name
+        return f"{(self.model_config or {}).get('model_type', 'model')}-from-scratch"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Test-split evaluation: per epoch inside training (greedy); `zero_shot*` are the pipeline's zero-shot
+    baseline (`ftcot run`), which `ftcot train` does not run."""
+
+    limit: int = 0  # 0 = whole test split; N = its first N questions
+    batch_size: int = 32
+    max_new_tokens: int = 256  # fine-tuned students (rationale + answer)
+    every_epochs: int = 1
+    zero_shot: bool = True  # evaluate the student before fine-tuning ("Q: {q}\n\nA:")
+    zero_shot_max_new_tokens: int = 64
+    zero_shot_stop: tuple[str, ...] = ()  # reference: none (the whole completion is parsed)
+
+    def __post_init__(self):
+        if self.limit < 0 or self.every_epochs < 0:
+            raise ValueError("eval.limit and eval.every_epochs must be >= 0")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.zero_shot_max_new_tokens < 1:
+            raise ValueError("eval.batch_size, max_new_tokens, zero_shot_max_new_tokens must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One student fine-tuning run. Defaults follow the reference trainer (`custom_train.py` and
+    `src/custom/model.py` of github.com/itsnamgyu/reasoning-teacher)."""
+
+    # Keys of earlier versions of this schema -> where they live now (the loader moves them there).
+    RENAMED_KEYS: typing.ClassVar[dict[str, str]] = {
+        "model": "student.model",
+        "tokenizer": "student.tokenizer",
+        "from_scratch": "student.from_scratch",
+        "model_config": "student.model_config",
+        "precision": "student.precision",
+        "eval_limit": "eval.limit",
+        "eval_batch_size": "eval.batch_size",
+        "eval_max_new_tokens": "eval.max_new_tokens",
+        "eval_every_epochs": "eval.every_epochs",
+    }
+
+    run_dir: str = ""
+    student: StudentSection = StudentSection()
     # Data: fine-tune sample files (samples.write_samples); empty = build them from the dataset's gold
     # answers / gold rationales for `task` + `method` (written to run_dir/samples/ first).
     task: str = ""
@@ -110,9 +152,8 @@ class TrainConfig:
     grad_accum: int = 1              # micro-batches per step (batch_size must be divisible by it)
     max_length: int = 512            # prompt and label are each truncated to this (reference); counted
     bucket: int = 64                 # sequence lengths are padded up to a multiple of this
-    precision: str = "fp32"          # fp32 | bf16 (bf16 compute; fp32 params, optimizer, logits, loss)
     dropout: bool = True             # the model's own dropout in training (reference: train mode; T5 has it)
-    # Decoder students: the LM head runs only on label tokens, this many at a time (ftcot_jax/head_loss.py);
+    # Decoder students: the LM head runs only on label tokens, this many at a time (ftcot_jax/train/head_loss.py);
     # 0 = full [B, L, V] logits as the reference computes them. Same loss either way.
     head_chunk: int = 256
     # Decoder students with the label-only head: projections and MLPs run only on the tokens the loss
@@ -122,10 +163,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
-    eval_every_epochs: int = 1       # 0 = no evaluation during training
-    eval_batch_size: int = 32
-    eval_max_new_tokens: int = 256
-    eval_limit: int = 0              # 0 = whole test split
+    eval: EvalSection = EvalSection()
     checkpoint_every_steps: int = 0  # 0 = only at epoch ends
     keep_last: int = 2
     keep_best: int = 1               # best by eval accuracy, kept in addition to the last `keep_last`
@@ -135,13 +173,10 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choice("method", self.method, ("ft", "ft_cot"))
-        _check_choice("precision", self.precision, ("fp32", "bf16"))
-        for name in ("epochs", "batch_size", "grad_accum", "max_length", "bucket", "eval_batch_size",
-                     "eval_max_new_tokens", "keep_last", "log_every_steps"):
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "bucket", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("head_chunk", "pack_multiple", "max_steps", "eval_every_epochs", "eval_limit",
-                     "checkpoint_every_steps", "keep_best"):
+        for name in ("head_chunk", "pack_multiple", "max_steps", "checkpoint_every_steps", "keep_best"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
@@ -150,5 +185,9 @@ class TrainConfig:
     @property
     def template(self) -> str:
         return METHOD_TEMPLATE[self.method]
+
+    @property
+    def precision(self) -> str:
+        return self.student.precision
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
-import numpy as np
 from flax import nnx
 
 ModelKind = Literal["decoder", "encoder_decoder"]
@@ -84,14 +83,13 @@ class Seq2SeqLM(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One model family: its HF model types, its Config and Model classes, and its HF tensor maps."""
+    """One model family: its HF model types, its Config and Model classes, and its HF checkpoint layout."""
 
     name: str
     hf_model_types: tuple[str, ...]
     config_cls: type
     model_cls: type
-    params_from_hf: Callable[[Any, Mapping[str, np.ndarray]], dict]
-    params_to_hf: Callable[[Any], dict[str, np.ndarray]]
+    hf_names: Callable[[Any], Any]  # config -> models.hf.HFMap (our param <-> HF tensor names, both directions)
 
 
 def model_kind(model_or_config) -> ModelKind:

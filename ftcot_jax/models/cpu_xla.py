@@ -2,6 +2,7 @@
 
 - `grad_barrier`: stops XLA:CPU from duplicating residual-gradient sums across blocks in the backward pass.
 - `linear`: a projection as one 2-D matmul with a hand-written backward.
+- `loop_compiler_options`: Eigen dots instead of YNNPACK for the decode loop at 2-16 rows.
 
 docs/train.md and docs/compare.md have the measurements behind each.
 """
@@ -9,6 +10,7 @@ docs/train.md and docs/compare.md have the measurements behind each.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -62,3 +64,39 @@ def linear(x, w, n_in: int = 1):
     lead = x.shape[:x.ndim - n_in]
     y = _dense(x.reshape(math.prod(lead), in_size), w.reshape(in_size, math.prod(out_shape)))
     return y.reshape(*lead, *out_shape)
+
+
+# XLA:CPU's default (YNNPACK) dots are slow at a few rows; with Eigen dots the decode loop at 2-16 rows is faster,
+# at 1 and 32+ rows not (docs/compare.md, "Greedy decoding: what limits it", has the measurements). The option is
+# experimental and may be renamed: a jaxlib that rejects an option set compiles with XLA's defaults instead.
+CPU_FEW_ROWS = (2, 16)
+FEW_ROWS_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_rejected: set[frozenset] = set()  # option sets this jaxlib refused to compile
+
+
+def platform_of(tree) -> str:
+    """The platform ("cpu", "gpu", "tpu") of the devices the arrays in `tree` live on (e.g. a model's params);
+    JAX's default backend when `tree` holds no array."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array):
+            return next(iter(leaf.devices())).platform
+    return jax.default_backend()
+
+
+def loop_compiler_options(batch: int, platform: str) -> dict | None:
+    """The XLA compile options for the decode loop at `batch` rows on `platform` (None = XLA's defaults)."""
+    few_rows = platform == "cpu" and CPU_FEW_ROWS[0] <= batch <= CPU_FEW_ROWS[1]
+    return dict(FEW_ROWS_OPTIONS) if few_rows and frozenset(FEW_ROWS_OPTIONS.items()) not in _rejected else None
+
+
+def run_with_compiler_options(run: Callable, options: dict | None):
+    """`run(options)`; when this jaxlib rejects the options at compile time (nothing ran, so donated arguments
+    are intact), the option set is remembered as rejected and `run(None)` compiles with XLA's defaults."""
+    if options is not None:
+        try:
+            return run(options)
+        except jax.errors.JaxRuntimeError as e:
+            if "compile option" not in str(e):
+                raise
+            _rejected.add(frozenset(options.items()))
+    return run(None)

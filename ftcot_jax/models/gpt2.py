@@ -6,27 +6,30 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from ftcot_jax.models.api import Family
 from ftcot_jax.models.cpu_xla import grad_barrier, linear
-from ftcot_jax.models.layers import (NO_DROPOUT, DropoutKeys, HFTensors, LayerNorm, dot_attention, dropout,
-                                     init_kv_cache, normal_init, param, prepare_inputs,
-                                     update_cache, zeros_init)
+from ftcot_jax.models.hf import gpt2_names
+from ftcot_jax.models.layers import (
+    ACTIVATIONS,
+    NO_DROPOUT,
+    DecoderLM,
+    DropoutKeys,
+    LayerNorm,
+    dot_attention,
+    dropout,
+    init_kv_cache,
+    normal_init,
+    param,
+    prepare_inputs,
+    update_cache,
+    zeros_init,
+)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("gpt2",)
-
-_ACTIVATIONS = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +72,9 @@ class Config:
         for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
             if not 0.0 <= getattr(self, k) < 1.0:
                 raise ValueError(f"gpt2 config: {k}={getattr(self, k)} is not a probability in [0, 1)")
-        if self.activation_function not in _ACTIVATIONS:
+        if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"gpt2 config: activation_function '{self.activation_function}' is not supported; "
-                             f"expected one of: {', '.join(_ACTIVATIONS)}")
+                             f"expected one of: {', '.join(ACTIVATIONS)}")
 
     @classmethod
     def from_hf_config(cls, hf: Mapping) -> Config:
@@ -127,7 +130,7 @@ class Mlp(nnx.Module):
         self.fc_bias = param(rngs, zeros_init, (F,), ("mlp",))
         self.proj_kernel = param(rngs, init, (F, D), ("mlp", "embed"))
         self.proj_bias = param(rngs, zeros_init, (D,), ("embed",))
-        self.act, self.dtype, self.resid_pdrop = _ACTIVATIONS[cfg.activation_function], dtype, cfg.resid_pdrop
+        self.act, self.dtype, self.resid_pdrop = ACTIVATIONS[cfg.activation_function], dtype, cfg.resid_pdrop
 
     def __call__(self, x_BxTxD, keys=NO_DROPOUT, tokens=None):
         dt = self.dtype
@@ -152,7 +155,7 @@ class Block(nnx.Module):
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
 
 
-class Model(nnx.Module):
+class Model(DecoderLM):
     """`model(ids_BxL, attention_mask_BxL=..., positions_BxL=None) -> fp32 logits_BxLxV`.
 
     Decoding passes `cache` (from `init_cache`) and `cache_index`; then attention_mask covers all cache
@@ -201,85 +204,6 @@ class Model(nnx.Module):
         """The LM head as [V, D] (fp32 param): tied to the token embedding."""
         return self.wte[...]
 
-    def logits(self, x_BxTxD):
-        # Tied head; fp32 accumulation and output whatever the compute dtype.
-        return jnp.einsum("btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype),
-                          preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, attention_mask=None, positions=None, dropout_rng=None):
-        # `attention_mask` / `positions` are accepted as aliases of the shape-suffixed names.
-        attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
-        positions_BxL = positions if positions_BxL is None else positions_BxL
-        x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
-                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index,
-                                     dropout_rng=dropout_rng)
-        logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
-        return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
-
-
-def _hf_prefix(tensors: Mapping) -> str:
-    # Hub `gpt2` checkpoints name tensors without the "transformer." prefix.
-    return "transformer." if "transformer.wte.weight" in tensors else ""
-
-
-def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
-    """HF GPT2LMHeadModel tensors -> nested state dict for `nnx.update(model, ...)`.
-    HF Conv1D weights are already [in, out]."""
-    c = config
-    D, H, K, F = c.n_embd, c.n_head, c.head_dim, c.d_ff
-    t = HFTensors(tensors, "gpt2")
-    p = _hf_prefix(tensors)
-    blocks = {}
-    for i in range(c.n_layer):
-        h = f"{p}h.{i}."
-        blocks[i] = {
-            "ln_1": {"scale": t.get(h + "ln_1.weight", (D,)), "bias": t.get(h + "ln_1.bias", (D,))},
-            "attn": {
-                "qkv_kernel": t.get(h + "attn.c_attn.weight", (D, 3 * D)).reshape(D, 3, H, K),
-                "qkv_bias": t.get(h + "attn.c_attn.bias", (3 * D,)).reshape(3, H, K),
-                "out_kernel": t.get(h + "attn.c_proj.weight", (D, D)).reshape(H, K, D),
-                "out_bias": t.get(h + "attn.c_proj.bias", (D,)),
-            },
-            "ln_2": {"scale": t.get(h + "ln_2.weight", (D,)), "bias": t.get(h + "ln_2.bias", (D,))},
-            "mlp": {
-                "fc_kernel": t.get(h + "mlp.c_fc.weight", (D, F)), "fc_bias": t.get(h + "mlp.c_fc.bias", (F,)),
-                "proj_kernel": t.get(h + "mlp.c_proj.weight", (F, D)),
-                "proj_bias": t.get(h + "mlp.c_proj.bias", (D,)),
-            },
-        }
-    out = {
-        "wte": t.get(p + "wte.weight", (c.vocab_size, D)),
-        "wpe": t.get(p + "wpe.weight", (c.n_positions, D)),
-        "blocks": blocks,
-        "ln_f": {"scale": t.get(p + "ln_f.weight", (D,)), "bias": t.get(p + "ln_f.bias", (D,))},
-    }
-    if t.has("lm_head.weight"):
-        head = t.get("lm_head.weight", (c.vocab_size, D))
-        if not np.array_equal(head, out["wte"]):
-            raise ValueError("gpt2 checkpoint: 'lm_head.weight' differs from 'transformer.wte.weight' "
-                             "(GPT-2 ties the head to the embedding)")
-    # attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
-    t.warn_unused(ignore=(".attn.bias", ".attn.masked_bias"))
-    return out
-
-
-def params_to_hf(model: Model) -> dict[str, np.ndarray]:
-    c = model.config
-    D = c.n_embd
-    g = lambda v: np.asarray(v[...], np.float32)
-    out = {"transformer.wte.weight": g(model.wte), "transformer.wpe.weight": g(model.wpe),
-           "transformer.ln_f.weight": g(model.ln_f.scale), "transformer.ln_f.bias": g(model.ln_f.bias)}
-    for i, b in enumerate(model.blocks):
-        h = f"transformer.h.{i}."
-        out.update({
-            h + "ln_1.weight": g(b.ln_1.scale), h + "ln_1.bias": g(b.ln_1.bias),
-            h + "attn.c_attn.weight": g(b.attn.qkv_kernel).reshape(D, 3 * D),
-            h + "attn.c_attn.bias": g(b.attn.qkv_bias).reshape(3 * D),
-            h + "attn.c_proj.weight": g(b.attn.out_kernel).reshape(D, D),
-            h + "attn.c_proj.bias": g(b.attn.out_bias),
-            h + "ln_2.weight": g(b.ln_2.scale), h + "ln_2.bias": g(b.ln_2.bias),
-            h + "mlp.c_fc.weight": g(b.mlp.fc_kernel), h + "mlp.c_fc.bias": g(b.mlp.fc_bias),
-            h + "mlp.c_proj.weight": g(b.mlp.proj_kernel), h + "mlp.c_proj.bias": g(b.mlp.proj_bias),
-        })
-    return out
+FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model,
+                hf_names=gpt2_names)

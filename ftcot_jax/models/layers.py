@@ -1,5 +1,5 @@
-"""Building blocks shared by the decoder families: named params, norms, masked attention with a KV cache,
-and the HF tensor-name bookkeeping used by `params_from_hf`.
+"""Building blocks shared by the model families: named params, activations, norms, masked attention with a KV
+cache, dropout, the padding-free `Packing`, and `DecoderLM` (what GPT-2 and Llama share above `features`).
 
 Shape suffixes: B batch, T query length, S key length (cache slots), D embed, H heads, G kv heads,
 R = H // G, K head dim, F mlp, V vocab.
@@ -8,15 +8,25 @@ R = H // G, K head dim, F mlp, V vocab.
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from ftcot_jax.models.sharding import constrain
+
 NEG_INF = -1e30  # finite, so a fully masked row (left padding) gives a uniform softmax, not NaN
+
+# HF activation names (GPT-2 activation_function, T5 feed_forward_proj) -> functions.
+ACTIVATIONS = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
 
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
@@ -63,7 +73,7 @@ class Packing:
     row). Every projection, norm and MLP is per token, so it runs on the packed [G, N, ...] layout (G data
     shards, N = the shard's needed tokens rounded up); only attention, which mixes positions within a row,
     runs on the padded [B, L, ...] layout: `unpack` before it, `pack` after. Both directions are gathers
-    (built on the host by `batching.packing_indices`), and each one's gradient is the other gather.
+    (built on the host by `train.batches.packing_indices`), and each one's gradient is the other gather.
     The values are those of the padded computation: a dropped position has no loss weight and is never
     attended to by a kept one (it is padding, or after the row's last label token).
     """
@@ -217,28 +227,23 @@ def prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cach
     return attention_mask_BxTxS(kv_mask, q_slot_BxT), positions_BxL
 
 
-class HFTensors:
-    """Reads HF tensors by name, checks shapes, and reports names that were never used."""
+class DecoderLM(nnx.Module):
+    """The part of a decoder-only family (models.api.CausalLM) written once: the LM head matmul and `__call__`.
+    A family supplies `config`, `dtype`, `features` and `head_VxD`."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], family: str):
-        self.tensors, self.family, self.used = tensors, family, set()
+    def logits(self, x_BxTxD):
+        # fp32 accumulation and output whatever the compute dtype.
+        return jnp.einsum("btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype),
+                          preferred_element_type=jnp.float32)
 
-    def has(self, name: str) -> bool:
-        return name in self.tensors
-
-    def get(self, name: str, shape: Sequence[int]) -> np.ndarray:
-        if name not in self.tensors:
-            raise KeyError(f"{self.family} checkpoint is missing tensor '{name}' (expected shape {tuple(shape)})")
-        arr = np.asarray(self.tensors[name])
-        if tuple(arr.shape) != tuple(shape):
-            raise ValueError(f"{self.family} checkpoint tensor '{name}' has shape {tuple(arr.shape)}, "
-                             f"expected {tuple(shape)}")
-        self.used.add(name)
-        return arr.astype(np.float32)
-
-    def warn_unused(self, ignore: Sequence[str] = ()):
-        unused = sorted(n for n in self.tensors if n not in self.used and not any(s in n for s in ignore))
-        if unused:
-            more = f" (+{len(unused) - 5} more)" if len(unused) > 5 else ""
-            warnings.warn(f"{self.family}: {len(unused)} checkpoint tensors were not used: "
-                          f"{', '.join(unused[:5])}{more}", stacklevel=3)
+    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
+                 cache_index=None, attention_mask=None, positions=None, dropout_rng=None):
+        """fp32 logits_BxLxV; with `cache` (decoding) (logits, new_cache). `attention_mask` / `positions` are
+        accepted as aliases of the shape-suffixed names."""
+        attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
+        positions_BxL = positions if positions_BxL is None else positions_BxL
+        x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
+                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index,
+                                     dropout_rng=dropout_rng)
+        logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
+        return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)

@@ -12,9 +12,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ftcot_jax.models.api import Family
 from ftcot_jax.models.cpu_xla import grad_barrier, linear
-from ftcot_jax.models.layers import (DropoutKeys, HFTensors, RMSNorm, dot_attention, init_kv_cache,
-                                     normal_init, param, prepare_inputs, update_cache, zeros_init)
+from ftcot_jax.models.hf import llama_names
+from ftcot_jax.models.layers import (
+    DecoderLM,
+    DropoutKeys,
+    RMSNorm,
+    dot_attention,
+    init_kv_cache,
+    normal_init,
+    param,
+    prepare_inputs,
+    update_cache,
+    zeros_init,
+)
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -67,7 +79,8 @@ class Config:
             raise ValueError(f"{self.model_type} config: attention_dropout={self.attention_dropout} is not a "
                              "probability in [0, 1)")
         if self.hidden_act != "silu":
-            raise ValueError(f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; expected 'silu'")
+            raise ValueError(f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; "
+                             "expected 'silu'")
         rope_type = self.rope.get("rope_type", "default")
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"{self.model_type} config: rope_type '{rope_type}' is not supported; "
@@ -168,7 +181,8 @@ class Attention(nnx.Module):
         init = normal_init(cfg.initializer_range)
         # Group-major fused kernel: per kv head g, its R query heads then k then v; shards on kv_heads.
         self.qkv_kernel = param(rngs, init, (D, G, R + 2, K), ("embed", "kv_heads", "qkv", "head_dim"))
-        self.qkv_bias = param(rngs, zeros_init, (G, R + 2, K), ("kv_heads", "qkv", "head_dim")) if cfg.qkv_bias else None
+        self.qkv_bias = (param(rngs, zeros_init, (G, R + 2, K), ("kv_heads", "qkv", "head_dim")) if cfg.qkv_bias
+                         else None)
         self.o_kernel = param(rngs, init, (G * R, K, D), ("heads", "head_dim", "embed"))
         self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
         self.G, self.R, self.K, self.dtype, self.dropout_rate = G, R, K, dtype, cfg.attention_dropout
@@ -233,7 +247,7 @@ class Block(nnx.Module):
         return constrain(x_BxTxD, ("batch", "length", "embed")), cache
 
 
-class Model(nnx.Module):
+class Model(DecoderLM):
     """`model(ids_BxL, attention_mask_BxL=..., positions_BxL=None) -> fp32 logits_BxLxV`;
     with `cache`/`cache_index` (decoding) returns (logits, new_cache), see gpt2.Model."""
 
@@ -279,94 +293,6 @@ class Model(nnx.Module):
         """The LM head as [V, D] (fp32 param): the embedding when tied."""
         return self.embed[...] if self.lm_head is None else self.lm_head[...]
 
-    def logits(self, x_BxTxD):
-        return jnp.einsum("btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype),
-                          preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, attention_mask=None, positions=None, dropout_rng=None):
-        attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
-        positions_BxL = positions if positions_BxL is None else positions_BxL
-        x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
-                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index,
-                                     dropout_rng=dropout_rng)
-        logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
-        return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
-
-
-def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
-    """HF LlamaForCausalLM / Qwen2ForCausalLM tensors -> nested state dict for `nnx.update`.
-    HF Linear weights are [out, in]: transposed here."""
-    c = config
-    D, H, G, K, F, V = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                        c.intermediate_size, c.vocab_size)
-    R = H // G
-    t = HFTensors(tensors, c.model_type)
-    layers = {}
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        q_GxRxKxD = t.get(p + "self_attn.q_proj.weight", (H * K, D)).reshape(G, R, K, D)
-        k_Gx1xKxD = t.get(p + "self_attn.k_proj.weight", (G * K, D)).reshape(G, 1, K, D)
-        v_Gx1xKxD = t.get(p + "self_attn.v_proj.weight", (G * K, D)).reshape(G, 1, K, D)
-        attn = {"qkv_kernel": np.concatenate([q_GxRxKxD, k_Gx1xKxD, v_Gx1xKxD], 1).transpose(3, 0, 1, 2),
-                "o_kernel": t.get(p + "self_attn.o_proj.weight", (D, H * K)).T.reshape(H, K, D)}
-        if c.qkv_bias:
-            attn["qkv_bias"] = np.concatenate([t.get(p + "self_attn.q_proj.bias", (H * K,)).reshape(G, R, K),
-                                               t.get(p + "self_attn.k_proj.bias", (G * K,)).reshape(G, 1, K),
-                                               t.get(p + "self_attn.v_proj.bias", (G * K,)).reshape(G, 1, K)], 1)
-        if c.o_bias:
-            attn["o_bias"] = t.get(p + "self_attn.o_proj.bias", (D,))
-        mlp = {"gate_up_kernel": np.stack([t.get(p + "mlp.gate_proj.weight", (F, D)).T,
-                                           t.get(p + "mlp.up_proj.weight", (F, D)).T], 1),
-               "down_kernel": t.get(p + "mlp.down_proj.weight", (D, F)).T}
-        if c.mlp_bias:
-            mlp["gate_up_bias"] = np.stack([t.get(p + "mlp.gate_proj.bias", (F,)), t.get(p + "mlp.up_proj.bias", (F,))])
-            mlp["down_bias"] = t.get(p + "mlp.down_proj.bias", (D,))
-        layers[i] = {"input_norm": {"scale": t.get(p + "input_layernorm.weight", (D,))},
-                     "post_norm": {"scale": t.get(p + "post_attention_layernorm.weight", (D,))},
-                     "attn": attn, "mlp": mlp}
-    out = {"embed": t.get("model.embed_tokens.weight", (V, D)), "layers": layers,
-           "norm": {"scale": t.get("model.norm.weight", (D,))}}
-    if not c.tie_word_embeddings:
-        out["lm_head"] = t.get("lm_head.weight", (V, D))
-    elif t.has("lm_head.weight"):  # some tied checkpoints still store the (identical) head
-        if not np.array_equal(t.get("lm_head.weight", (V, D)), out["embed"]):
-            raise ValueError(f"{c.model_type} checkpoint: tie_word_embeddings=True but 'lm_head.weight' differs "
-                             "from 'model.embed_tokens.weight'")
-    t.warn_unused(ignore=("rotary_emb.inv_freq",))
-    return out
-
-
-def params_to_hf(model: Model) -> dict[str, np.ndarray]:
-    c = model.config
-    D, H, G, K = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    R = H // G
-    g = lambda v: np.asarray(v[...], np.float32)
-    out = {"model.embed_tokens.weight": g(model.embed), "model.norm.weight": g(model.norm.scale)}
-    if model.lm_head is not None:
-        out["lm_head.weight"] = g(model.lm_head)
-    for i, layer in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        qkv_GxCxKxD = g(layer.attn.qkv_kernel).transpose(1, 2, 3, 0)
-        out[p + "self_attn.q_proj.weight"] = qkv_GxCxKxD[:, :R].reshape(H * K, D)
-        out[p + "self_attn.k_proj.weight"] = qkv_GxCxKxD[:, R].reshape(G * K, D)
-        out[p + "self_attn.v_proj.weight"] = qkv_GxCxKxD[:, R + 1].reshape(G * K, D)
-        if layer.attn.qkv_bias is not None:
-            b = g(layer.attn.qkv_bias)
-            out[p + "self_attn.q_proj.bias"] = b[:, :R].reshape(H * K)
-            out[p + "self_attn.k_proj.bias"] = b[:, R].reshape(G * K)
-            out[p + "self_attn.v_proj.bias"] = b[:, R + 1].reshape(G * K)
-        out[p + "self_attn.o_proj.weight"] = g(layer.attn.o_kernel).reshape(H * K, D).T
-        if layer.attn.o_bias is not None:
-            out[p + "self_attn.o_proj.bias"] = g(layer.attn.o_bias)
-        gu = g(layer.mlp.gate_up_kernel)
-        out[p + "mlp.gate_proj.weight"] = gu[:, 0].T
-        out[p + "mlp.up_proj.weight"] = gu[:, 1].T
-        out[p + "mlp.down_proj.weight"] = g(layer.mlp.down_kernel).T
-        if layer.mlp.gate_up_bias is not None:
-            gub = g(layer.mlp.gate_up_bias)
-            out[p + "mlp.gate_proj.bias"], out[p + "mlp.up_proj.bias"] = gub[0], gub[1]
-            out[p + "mlp.down_proj.bias"] = g(layer.mlp.down_bias)
-        out[p + "input_layernorm.weight"] = g(layer.input_norm.scale)
-        out[p + "post_attention_layernorm.weight"] = g(layer.post_norm.scale)
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model,
+                hf_names=llama_names)

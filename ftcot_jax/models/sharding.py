@@ -7,11 +7,13 @@ models build without a mesh). `logical_to_sharding` turns an (abstract) nnx stat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -35,26 +37,38 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *, devices=None) -> Mesh:
-    """A ("data", "fsdp", "tensor") mesh; one axis may be -1 (= all remaining devices)."""
-    devices = list(jax.devices() if devices is None else devices)
+def check_mesh_axes(data: int, fsdp: int, tensor: int) -> None:
+    """Axis sizes are positive, except at most one -1 (= all the devices the other axes leave)."""
+    sizes = (data, fsdp, tensor)
+    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+        raise ValueError(f"mesh: axis sizes must be positive (at most one -1 = 'the rest'), got {sizes}")
+
+
+def resolve_mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int, *,
+                       exact: bool = True) -> tuple[int, int, int]:
+    """Concrete (data, fsdp, tensor) for `n_devices` devices, the -1 axis filled with what the others leave.
+    `exact`: the product must equal `n_devices`; otherwise it may be smaller (the mesh uses the first ones)."""
+    check_mesh_axes(data, fsdp, tensor)
     sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"make_mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
-    known = 1
-    for s in sizes:
-        if s != -1:
-            if s < 1:
-                raise ValueError(f"make_mesh: axis sizes must be >= 1 or -1, got {sizes}")
-            known *= s
+    known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"make_mesh: {len(devices)} devices not divisible by {known} (data={data} fsdp={fsdp} tensor={tensor})")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if sizes[0] * sizes[1] * sizes[2] > len(devices):
-        raise ValueError(f"make_mesh: mesh {tuple(sizes)} needs {sizes[0]*sizes[1]*sizes[2]} devices, have {len(devices)}")
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                         devices=devices[: sizes[0] * sizes[1] * sizes[2]])
+        if n_devices % known:
+            raise ValueError(f"mesh {tuple(sizes)} does not fit {n_devices} devices "
+                             f"({n_devices} is not divisible by {known})")
+        sizes[sizes.index(-1)] = n_devices // known
+    total = math.prod(sizes)
+    if total > n_devices or (exact and total != n_devices):
+        raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has {total} devices but "
+                         f"{n_devices} are available" +
+                         ("; the product must equal the device count (use -1 for one axis)" if exact else ""))
+    return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *, devices=None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh over the first devices it needs; one axis may be -1 (= all the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(data, fsdp, tensor, len(devices), exact=False)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[: math.prod(shape)])
 
 
 def _axis_size(mesh_shape: dict, axes) -> int:

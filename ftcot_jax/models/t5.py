@@ -22,21 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ftcot_jax.models.api import Family
 from ftcot_jax.models.cpu_xla import grad_barrier
-from ftcot_jax.models.layers import (NEG_INF, DropoutKeys, HFTensors, RMSNorm, dropout, normal_init,
-                                     param)
+from ftcot_jax.models.hf import t5_names
+from ftcot_jax.models.layers import ACTIVATIONS, NEG_INF, DropoutKeys, RMSNorm, dropout, normal_init, param
 from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
-
-_ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -68,7 +60,7 @@ class Config:
         if self.model_type not in HF_MODEL_TYPES:
             raise ValueError(f"t5 config: model_type '{self.model_type}' is not supported; expected one of: "
                              f"{', '.join(HF_MODEL_TYPES)}")
-        self.activation  # validates feed_forward_proj
+        _ = self.activation  # validates feed_forward_proj
         if self.model_type == "mt5" and (self.tie_word_embeddings or self.scale_decoder_outputs):
             raise ValueError("t5 config: mt5 has an untied, unscaled head; set tie_word_embeddings=False")
         if self.relative_attention_num_buckets < 4:
@@ -86,9 +78,9 @@ class Config:
             raise ValueError(f"t5 config: feed_forward_proj '{self.feed_forward_proj}' is not of the form "
                              "'{act}' or 'gated-{act}'")
         act = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]  # as HF does
-        if act not in _ACTIVATIONS:
+        if act not in ACTIVATIONS:
             raise ValueError(f"t5 config: feed_forward_proj '{self.feed_forward_proj}' uses an unsupported "
-                             f"activation '{act}'; expected one of: {', '.join(_ACTIVATIONS)}")
+                             f"activation '{act}'; expected one of: {', '.join(ACTIVATIONS)}")
         return act
 
     @classmethod
@@ -210,7 +202,7 @@ class FeedForward(nnx.Module):
         if self.gated:
             self.wi_gate = param(rngs, normal_init(D**-0.5), (D, F), ("embed", "mlp"))
         self.wo = param(rngs, normal_init(F**-0.5), (F, D), ("mlp", "embed"))
-        self.act, self.dtype, self.dropout_rate = _ACTIVATIONS[cfg.activation], dtype, cfg.dropout_rate
+        self.act, self.dtype, self.dropout_rate = ACTIVATIONS[cfg.activation], dtype, cfg.dropout_rate
 
     def __call__(self, x_BxTxD, rng=None):
         dt = self.dtype
@@ -285,7 +277,9 @@ class Model(nnx.Module):
 
     def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        if jnp.dtype(dtype) == jnp.float16:  # T5 activations overflow fp16 (t5 #539, transformers #10956)
+        # T5 activations overflow fp16 (google-research/text-to-text-transfer-transformer#539,
+        # huggingface/transformers#10956).
+        if jnp.dtype(dtype) == jnp.float16:
             raise ValueError("t5: dtype float16 is not supported (T5 overflows in fp16); use bfloat16 or float32")
         cfg = self.config = config
         self.dtype = dtype
@@ -401,109 +395,5 @@ class Model(nnx.Module):
                            decoder_attention_mask_BxT=decoder_attention_mask_BxT, dropout_rng=dec_rng)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# HF tensors <-> our params. nn.Linear weights are [out, in]: transpose.
-
-def _hf_block_names(stack: str, i: int, decoder: bool) -> dict:
-    b = f"{stack}.block.{i}.layer."
-    ff = f"{b}{2 if decoder else 1}."
-    names = {"self_norm": f"{b}0.layer_norm.weight", "self_attn": f"{b}0.SelfAttention.",
-             "ff_norm": f"{ff}layer_norm.weight", "ff": f"{ff}DenseReluDense."}
-    if decoder:
-        names.update(cross_norm=f"{b}1.layer_norm.weight", cross_attn=f"{b}1.EncDecAttention.")
-    return names
-
-
-def _shared_from_hf(t: HFTensors, V: int, D: int) -> np.ndarray:
-    aliases = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-    present = [n for n in aliases if t.has(n)]
-    if not present:
-        raise KeyError(f"t5 checkpoint is missing tensor 'shared.weight' (expected shape {(V, D)}; "
-                       "'encoder.embed_tokens.weight' / 'decoder.embed_tokens.weight' are accepted aliases)")
-    arrays = [t.get(n, (V, D)) for n in present]
-    for n, a in zip(present[1:], arrays[1:]):
-        if not np.array_equal(a, arrays[0]):
-            raise ValueError(f"t5 checkpoint: '{n}' differs from '{present[0]}'; this model shares one "
-                             "embedding between encoder and decoder")
-    return arrays[0]
-
-
-def params_from_hf(config: Config, tensors: Mapping[str, np.ndarray]) -> dict:
-    """HF T5ForConditionalGeneration tensors -> nested state dict for `nnx.update(model, ...)`."""
-    c = config
-    D, H, K, F, V, N = c.d_model, c.num_heads, c.d_kv, c.d_ff, c.vocab_size, c.relative_attention_num_buckets
-    t = HFTensors(tensors, "t5")
-
-    def attn(p):
-        return {"q": t.get(p + "q.weight", (H * K, D)).T.reshape(D, H, K),
-                "k": t.get(p + "k.weight", (H * K, D)).T.reshape(D, H, K),
-                "v": t.get(p + "v.weight", (H * K, D)).T.reshape(D, H, K),
-                "o": t.get(p + "o.weight", (D, H * K)).T.reshape(H, K, D)}
-
-    def ff(p):
-        if c.is_gated:
-            return {"wi_gate": t.get(p + "wi_0.weight", (F, D)).T, "wi": t.get(p + "wi_1.weight", (F, D)).T,
-                    "wo": t.get(p + "wo.weight", (D, F)).T}
-        return {"wi": t.get(p + "wi.weight", (F, D)).T, "wo": t.get(p + "wo.weight", (D, F)).T}
-
-    def stack(name, n, decoder):
-        blocks = {}
-        for i in range(n):
-            hf = _hf_block_names(name, i, decoder)
-            blk = {"self_norm": {"scale": t.get(hf["self_norm"], (D,))}, "self_attn": attn(hf["self_attn"]),
-                   "ff_norm": {"scale": t.get(hf["ff_norm"], (D,))}, "ff": ff(hf["ff"])}
-            if decoder:
-                blk["cross_norm"] = {"scale": t.get(hf["cross_norm"], (D,))}
-                blk["cross_attn"] = attn(hf["cross_attn"])
-            blocks[i] = blk
-        return {"rel_bias": t.get(f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", (N, H)),
-                "blocks": blocks, "final_norm": {"scale": t.get(f"{name}.final_layer_norm.weight", (D,))}}
-
-    out = {"shared": _shared_from_hf(t, V, D), "encoder": stack("encoder", c.num_layers, False),
-           "decoder": stack("decoder", c.num_decoder_layers, True)}
-    if c.tie_word_embeddings:
-        if t.has("lm_head.weight") and not np.array_equal(t.get("lm_head.weight", (V, D)), out["shared"]):
-            raise ValueError("t5 checkpoint: 'lm_head.weight' differs from 'shared.weight' but the config ties "
-                             "them (tie_word_embeddings=true); a T5 v1.1 / Flan-T5 config needs "
-                             "tie_word_embeddings=false")
-    elif t.has("lm_head.weight"):
-        out["lm_head"] = t.get("lm_head.weight", (V, D)).T
-    else:
-        # transformers v5 ties a missing lm_head to the shared embedding; do the same, loudly.
-        warnings.warn("t5 checkpoint has no 'lm_head.weight'; using 'shared.weight' for the untied head",
-                      stacklevel=2)
-        out["lm_head"] = out["shared"].T.copy()
-    # Old checkpoints carry an unused cross-attention relative bias in decoder layer 0.
-    t.warn_unused(ignore=("EncDecAttention.relative_attention_bias",))
-    return out
-
-
-def params_to_hf(model: Model) -> dict[str, np.ndarray]:
-    """Our params -> HF tensor names (shared.weight once; lm_head.weight only when untied)."""
-    c = model.config
-    D, H, K = c.d_model, c.num_heads, c.d_kv
-    g = lambda v: np.asarray(v[...], np.float32)
-    out = {"shared.weight": g(model.shared)}
-    if not c.tie_word_embeddings:
-        out["lm_head.weight"] = np.ascontiguousarray(g(model.lm_head).T)
-    for name, st, decoder in (("encoder", model.encoder, False), ("decoder", model.decoder, True)):
-        out[f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = g(st.rel_bias)
-        out[f"{name}.final_layer_norm.weight"] = g(st.final_norm.scale)
-        for i, blk in enumerate(st.blocks):
-            hf = _hf_block_names(name, i, decoder)
-            for part in ("self_norm", "ff_norm") + (("cross_norm",) if decoder else ()):
-                out[hf[part]] = g(getattr(blk, part).scale)
-            for part in ("self_attn",) + (("cross_attn",) if decoder else ()):
-                a, p = getattr(blk, part), hf[part]
-                out[p + "q.weight"] = np.ascontiguousarray(g(a.q).reshape(D, H * K).T)
-                out[p + "k.weight"] = np.ascontiguousarray(g(a.k).reshape(D, H * K).T)
-                out[p + "v.weight"] = np.ascontiguousarray(g(a.v).reshape(D, H * K).T)
-                out[p + "o.weight"] = np.ascontiguousarray(g(a.o).reshape(H * K, D).T)
-            p = hf["ff"]
-            if c.is_gated:
-                out[p + "wi_0.weight"] = np.ascontiguousarray(g(blk.ff.wi_gate).T)
-                out[p + "wi_1.weight"] = np.ascontiguousarray(g(blk.ff.wi).T)
-            else:
-                out[p + "wi.weight"] = np.ascontiguousarray(g(blk.ff.wi).T)
-            out[p + "wo.weight"] = np.ascontiguousarray(g(blk.ff.wo).T)
-    return out
+FAMILY = Family(name="t5", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model,
+                hf_names=t5_names)

@@ -1,4 +1,5 @@
-"""The 12 Fine-tune-CoT reasoning tasks, preprocessed exactly like the reference (REFERENCE_SPEC §1).
+"""The 12 Fine-tune-CoT reasoning tasks, preprocessed and split exactly like the reference
+(github.com/itsnamgyu/reasoning-teacher: `notebooks/old/Data Preparation.ipynb`, `src/data/split.py`).
 
     from ftcot_jax.tasks import load_task
     task = load_task("date_understanding")

@@ -22,7 +22,7 @@ from ftcot_jax.tasks.preprocess import Row, TaskDataError, aqua_rows
 
 AQUA_TRAIN_URL = "https://raw.githubusercontent.com/deepmind/AQuA/master/train.json"
 AQUA_TRAIN_ROWS = 97467
-# Rows the reference notebook printed from the unified file (REFERENCE_SPEC §8.3): a cheap identity check.
+# Rows the reference's `notebooks/old/Data Preparation.ipynb` printed from the unified file: a cheap identity check.
 _FIRST_QUESTION_PREFIX = "Two friends plan to walk along a 43-km trail"
 _ROW20_ANSWER = "D"
 DOWNLOAD_TIMEOUT_S = 30.0

@@ -1,4 +1,4 @@
-"""Raw benchmark files -> reference unified rows (REFERENCE_SPEC §1.3).
+"""Raw benchmark files -> reference unified rows (the reference's `notebooks/old/Data Preparation.ipynb`).
 
 Each `build_<task>(data_dir)` returns a list of (question, answer, rationale | None) tuples in the
 reference's row order (position == sample_index). The rules, including the quirks, are the reference
@@ -9,8 +9,11 @@ every task's rows so any drift fails loudly.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import numpy as np
 
 Row = tuple[str, str, "str | None"]
 
@@ -89,16 +92,13 @@ def verbalize_multichoice(question: str, choices: list[str]) -> str:
     return question + " Answer choices: " + listed + "."
 
 
-def _bigbench_choice(
-    task: str, path: Path, n: int, *, strip_input: bool, shuffle_seed: int | None
-) -> list[Row]:
+def _bigbench_choice(task: str, path: Path, n: int, *, strip_input: bool, shuffle_seed: int | None) -> list[Row]:
     """BIG-bench multiple-choice tasks (reference preprocess_bigbench_choice)."""
     examples = _field(task, path, read_json(path, task, "a BIG-bench task.json"), None, "examples")
     _check_count(task, path, examples, n)
     state = None
     if shuffle_seed is not None:
-        import numpy as np  # legacy RandomState: its permutation stream is frozen across numpy versions
-
+        # legacy RandomState: its permutation stream is frozen across numpy versions
         state = np.random.RandomState(shuffle_seed)
     rows = []
     for i, ex in enumerate(examples):
@@ -220,7 +220,9 @@ def build_tracking_shuffled_objects(raw: Path) -> list[Row]:
 def _kojima_symbolic(task: str, path: Path) -> list[Row]:
     examples = _field(task, path, read_json(path, task, "{'examples': [{question, answer}]}"), None, "examples")
     _check_count(task, path, examples, 500)
-    return [(_field(task, path, e, i, "question"), _field(task, path, e, i, "answer"), None) for i, e in enumerate(examples)]
+    return [
+        (_field(task, path, e, i, "question"), _field(task, path, e, i, "answer"), None) for i, e in enumerate(examples)
+    ]
 
 
 def build_last_letter_concatenation(raw: Path) -> list[Row]:

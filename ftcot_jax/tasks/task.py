@@ -12,10 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ftcot_jax.tasks import aqua as _aqua
 from ftcot_jax.tasks.preprocess import BUILDERS, TaskDataError, read_json
 
-# Paper table order (REFERENCE_SPEC §1.1).
+# Paper table order (the reference's `src/data/dataset.py` DATASET_KEYS).
 TASK_NAMES: tuple[str, ...] = (
     "single_eq",
     "addsub",
@@ -63,7 +65,8 @@ AQUA_TEST_START = 97467  # AQuA rows 0..97466 are the official train set (not bu
 
 @dataclass(frozen=True)
 class Example:
-    """One unified row, exactly as the reference stored it (REFERENCE_SPEC §1.2/§1.3)."""
+    """One unified row, exactly as the reference stored it (`data/dataset/<key>.json`, built by its
+    `notebooks/old/Data Preparation.ipynb`)."""
 
     sample_index: int
     question: str
@@ -202,7 +205,7 @@ class Task:
         return [] if self._few_shot is None else list(self._few_shot.get("sample_indices", []))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(name: str, data_dir: str) -> Task:
     return Task(name, Path(data_dir))
 
@@ -216,9 +219,8 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
 
 
 def subsample_indices(indices: list[int], n: int, seed: int = 0) -> list[int]:
-    """Reference `subsample_indices`: sorted(RandomState(seed).permutation(indices)[:n]) (few-shot ablations)."""
-    import numpy as np
-
+    """Reference `subsample_indices` (`src/data/split.py`): sorted(RandomState(seed).permutation(indices)[:n])
+    (few-shot ablations)."""
     if n > len(indices):
         raise ValueError(f"cannot subsample {n} of {len(indices)} indices; expected n <= {len(indices)}")
     return sorted(int(i) for i in np.random.RandomState(seed).permutation(indices)[:n])

@@ -1,17 +1,17 @@
-"""The teacher backend interface: one question in, cache records out.
+"""The teacher backend interface: one question in, cache records out, and the report of a run.
 
 Every teacher (an OpenAI-compatible server, the Batch API, the offline reference
 teacher) produces `TeacherRecord`s through this interface so that
-`teacher.run.run_teach` drives them all the same way.
+`teacher.run.run_teach` drives them all the same way; every kind of run ends in a `TeachReport`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
-if TYPE_CHECKING:  # cache.py (records helper) imports nothing from here; avoid a cycle at import time
-    from ftcot_jax.teacher.cache import TeacherRecord
+from ftcot_jax.teacher.cache import TeacherRecord
+from ftcot_jax.teacher.pricing import format_cost
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,36 @@ class Backend(Protocol):
     endpoint: str
     protocol: str
 
-    async def teach(
-        self, item: TeachItem, completion_indices: list[int], temperature: float
-    ) -> list[TeacherRecord]:
+    async def teach(self, item: TeachItem, completion_indices: list[int], temperature: float) -> list[TeacherRecord]:
         """One record per completion index it could produce (may be fewer; the caller asks
         again for the rest). Raises TeacherError on failure after its own retries."""
         ...
+
+
+@dataclass
+class TeachReport:
+    """What one teach run (live or Batch API) did; `summary()` is the text `ftcot teach` prints."""
+
+    items: int = 0  # questions selected
+    pairs: int = 0  # (sample, completion) pairs selected
+    cached: int = 0  # pairs already in the cache before this run
+    answered: int = 0  # pairs answered and appended by this run
+    failed: int = 0  # pairs that failed this run (in the cache's failed list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None  # USD; None = unknown price
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # first few failure messages
+
+    def summary(self) -> str:
+        rate = self.answered / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"questions {self.items}, samples {self.pairs}: {self.cached} already cached, "
+            f"{self.answered} answered, {self.failed} failed ({self.seconds:.1f}s, {rate:.2f} samples/s)",
+            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion; "
+            f"estimated cost {format_cost(self.cost)}",
+        ]
+        if self.failed:
+            lines.append("failed samples are kept in the cache's failed list and retried by the next run:")
+            lines += [f"  {e}" for e in self.errors]
+        return "\n".join(lines)

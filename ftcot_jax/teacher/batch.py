@@ -24,8 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
+from tqdm import tqdm
+
 from ftcot_jax import prompts
-from ftcot_jax.teacher.backend import TeachItem, TeacherError
+from ftcot_jax.files import write_json_atomic
+from ftcot_jax.teacher.backend import TeacherError, TeachItem, TeachReport
+from ftcot_jax.teacher.cache import TeacherRecord
 from ftcot_jax.teacher.openai_backend import (
     OpenAIBackend,
     parse_response,
@@ -33,7 +38,6 @@ from ftcot_jax.teacher.openai_backend import (
     step1_input,
     step2_input,
 )
-from ftcot_jax.teacher.run import TeachReport
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 STATE_VERSION = 1
@@ -51,15 +55,6 @@ class BatchPending(TeacherError):
     """Polling stopped (max_wait) while a batch is still running; rerun to resume."""
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class BatchRun:
     def __init__(self, backend: OpenAIBackend, cache, state_dir, options: BatchOptions = BatchOptions()):
         self.b, self.cache, self.opt = backend, cache, options
@@ -75,25 +70,27 @@ class BatchRun:
         try:
             state = json.loads(self.path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"batch state {self.path} is not valid JSON ({e}); delete it only if no batch is running") from None
+            raise ValueError(
+                f"batch state {self.path} is not valid JSON ({e}); delete it only if no batch is running"
+            ) from None
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"batch state {self.path}: version {state.get('version')!r}, expected {STATE_VERSION}")
         return state
 
     def _save(self, state: dict) -> None:
-        _write_json_atomic(self.path, state)
+        write_json_atomic(self.path, state, indent=1, sort_keys=True)
 
     # -- server calls with our retries ------------------------------------------------------------
     async def _call(self, what: str, fn):
-        import openai
-
         last = ""
         for attempt in range(self.b.retry.max_attempts):
             try:
                 return await fn()
             except openai.APIStatusError as e:
                 if e.status_code != 429 and e.status_code < 500:
-                    raise TeacherError(self.b.redact(f"batch {what}: HTTP {e.status_code}: {e.response.text[:300]}")) from None
+                    raise TeacherError(
+                        self.b.redact(f"batch {what}: HTTP {e.status_code}: {e.response.text[:300]}")
+                    ) from None
                 last = f"HTTP {e.status_code}"
             except openai.APIConnectionError as e:
                 last = type(e).__name__
@@ -105,13 +102,23 @@ class BatchRun:
         data = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode()
         (self.dir / f"{self.run_id}-{name}.input.jsonl").write_bytes(data)  # what was sent, for audit
         if not slot.get("input_file_id"):
-            f = await self._call("upload", lambda: self.b.client.files.create(
-                file=(f"ftcot_{name}.jsonl", data, "application/jsonl"), purpose="batch"))
+            f = await self._call(
+                "upload",
+                lambda: self.b.client.files.create(
+                    file=(f"ftcot_{name}.jsonl", data, "application/jsonl"), purpose="batch"
+                ),
+            )
             slot["input_file_id"] = f.id
             self._save(state)
-        batch = await self._call("create", lambda: self.b.client.batches.create(
-            input_file_id=slot["input_file_id"], endpoint=self.url, completion_window=self.opt.completion_window,
-            metadata={"ftcot": name}))
+        batch = await self._call(
+            "create",
+            lambda: self.b.client.batches.create(
+                input_file_id=slot["input_file_id"],
+                endpoint=self.url,
+                completion_window=self.opt.completion_window,
+                metadata={"ftcot": name},
+            ),
+        )
         slot["batch_id"] = batch.id
         slot["status"] = batch.status
         self._save(state)
@@ -120,8 +127,6 @@ class BatchRun:
         t0 = time.monotonic()
         bar = None
         if self.opt.progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=slot.get("requests", 0), desc=f"batch {name}", unit="req", file=sys.stderr)
         try:
             while True:
@@ -160,7 +165,7 @@ class BatchRun:
                 continue
             local = self.dir / f"{self.run_id}-{slot['batch_id']}.{key.split('_')[0]}.jsonl"
             if not local.exists():  # downloaded once; a crash after this re-reads the local copy
-                content = await self._call("download", lambda: self.b.client.files.content(fid))
+                content = await self._call("download", lambda fid=fid: self.b.client.files.content(fid))
                 tmp = local.with_suffix(".tmp")
                 tmp.write_bytes(content.content)
                 os.replace(tmp, local)
@@ -207,11 +212,19 @@ class BatchRun:
                 report.seconds = time.perf_counter() - t0
                 return report
             state = {
-                "version": STATE_VERSION, "run": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3), "model": self.b.model, "protocol": self.b.protocol,
-                "temperature": temperature, "samples": samples, "endpoint": self.b.endpoint,
+                "version": STATE_VERSION,
+                "run": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3),
+                "model": self.b.model,
+                "protocol": self.b.protocol,
+                "temperature": temperature,
+                "samples": samples,
+                "endpoint": self.b.endpoint,
                 "items": {str(i): dataclasses.asdict(by_index[i]) for i in todo},
                 "pending": {str(i): m for i, m in todo.items()},
-                "rationales": {}, "errors": {}, "phase": "r0", "batches": {},
+                "rationales": {},
+                "errors": {},
+                "phase": "r0",
+                "batches": {},
             }
             self._save(state)
         self.run_id = state["run"]  # prefixes this run's local files (server ids are not ours to trust)
@@ -226,7 +239,10 @@ class BatchRun:
                 if len(report.errors) < 5:
                     report.errors.append(f"{by_index[i].task}#{i} [{c}]: {err}")
         report.answered = state.get("answered", 0)
-        report.prompt_tokens, report.completion_tokens = state.get("prompt_tokens", 0), state.get("completion_tokens", 0)
+        report.prompt_tokens, report.completion_tokens = (
+            state.get("prompt_tokens", 0),
+            state.get("completion_tokens", 0),
+        )
         os.replace(self.path, self.dir / f"{state['run']}-state.done.json")  # finished: the next run starts anew
         report.seconds = time.perf_counter() - t0
         return report
@@ -250,9 +266,23 @@ class BatchRun:
                     for group in groups:
                         seed = None if b.seed is None else b.seed + group[0]
                         cid = f"r0-{key}" if state["phase"] == "r0" else f"r1-{key}-{group[0]}"
-                        lines.append({"custom_id": cid, "method": "POST", "url": self.url, "body": request_body(
-                            b.protocol, b.model, step1_input(b.protocol, it.question), max_tokens=b.max_tokens,
-                            temperature=temperature, n=len(group), stop=b.stop, seed=seed)})
+                        lines.append(
+                            {
+                                "custom_id": cid,
+                                "method": "POST",
+                                "url": self.url,
+                                "body": request_body(
+                                    b.protocol,
+                                    b.model,
+                                    step1_input(b.protocol, it.question),
+                                    max_tokens=b.max_tokens,
+                                    temperature=temperature,
+                                    n=len(group),
+                                    stop=b.stop,
+                                    seed=seed,
+                                ),
+                            }
+                        )
                 slot["requests"] = len(lines)
                 await self._submit(state, slot, lines, name)
             await self._wait(state, slot, name)
@@ -279,16 +309,24 @@ class BatchRun:
                     k = min(len(choices), len(group))
                     for j, c in enumerate(group[:k]):
                         state["rationales"][f"{key}-{c}"] = {
-                            "text": choices[j].text, "finish_reason": choices[j].finish_reason, "seed": seed,
-                            "prompt_tokens": pt if j == 0 else 0, "completion_tokens": ct // k + (j < ct % k),
+                            "text": choices[j].text,
+                            "finish_reason": choices[j].finish_reason,
+                            "seed": seed,
+                            "prompt_tokens": pt if j == 0 else 0,
+                            "completion_tokens": ct // k + (j < ct % k),
                         }
                     if k < len(group):
                         short[key] = group[k:]
             if state["phase"] == "r0" and short:
                 state["pending"], state["phase"] = short, "r1"  # fewer choices than n: one request per sample
             else:
-                state["errors"].update({f"{k}-{c}": "the server returned fewer choices than requested"
-                                        for k, m in short.items() for c in m})
+                state["errors"].update(
+                    {
+                        f"{k}-{c}": "the server returned fewer choices than requested"
+                        for k, m in short.items()
+                        for c in m
+                    }
+                )
                 state["phase"] = "answer"
             self._save(state)
         if state["phase"] == "answer":
@@ -298,9 +336,23 @@ class BatchRun:
                 lines = []
                 for key in sorted(rats, key=lambda k: tuple(map(int, k.split("-")))):
                     it = by_index[int(key.split("-")[0])]
-                    lines.append({"custom_id": f"a-{key}", "method": "POST", "url": self.url, "body": request_body(
-                        b.protocol, b.model, step2_input(b.protocol, it.question, rats[key]["text"]),
-                        max_tokens=b.max_tokens, temperature=0.0, n=1, stop=b.stop, seed=None)})
+                    lines.append(
+                        {
+                            "custom_id": f"a-{key}",
+                            "method": "POST",
+                            "url": self.url,
+                            "body": request_body(
+                                b.protocol,
+                                b.model,
+                                step2_input(b.protocol, it.question, rats[key]["text"]),
+                                max_tokens=b.max_tokens,
+                                temperature=0.0,
+                                n=1,
+                                stop=b.stop,
+                                seed=None,
+                            ),
+                        }
+                    )
                 slot["requests"] = len(lines)
                 await self._submit(state, slot, lines, "answer")
             if rats:
@@ -311,8 +363,6 @@ class BatchRun:
             self._save(state)
 
     def _ingest(self, state, by_index, ok, bad, slot, temperature) -> None:
-        from ftcot_jax.teacher.cache import TeacherRecord
-
         b = self.b
         done = self.cache.done_keys()
         answered = 0
@@ -333,26 +383,49 @@ class BatchRun:
                 continue
             it = by_index[i]
             step1 = prompts.zs_cot_step1_prompt(it.question)
-            self.cache.append(TeacherRecord(
-                task=it.task, split=it.split, sample_index=i, completion_index=c,
-                teacher_model=b.model, endpoint=b.endpoint, protocol="batch",
-                question=it.question, gold_answer=it.gold_answer,
-                reasoning_prompt=step1, rationale=r["text"], reasoning_finish_reason=r["finish_reason"],
-                answer_prompt=prompts.zs_cot_step2_prompt(step1, r["text"]),
-                answer_text=ch.text, finish_reason=ch.finish_reason,
-                temperature=float(temperature), seed=int(r["seed"]),
-                prompt_tokens=r["prompt_tokens"] + pt, completion_tokens=r["completion_tokens"] + ct,
-                timestamp=time.time(),
-            ))
+            self.cache.append(
+                TeacherRecord(
+                    task=it.task,
+                    split=it.split,
+                    sample_index=i,
+                    completion_index=c,
+                    teacher_model=b.model,
+                    endpoint=b.endpoint,
+                    protocol="batch",
+                    question=it.question,
+                    gold_answer=it.gold_answer,
+                    reasoning_prompt=step1,
+                    rationale=r["text"],
+                    reasoning_finish_reason=r["finish_reason"],
+                    answer_prompt=prompts.zs_cot_step2_prompt(step1, r["text"]),
+                    answer_text=ch.text,
+                    finish_reason=ch.finish_reason,
+                    temperature=float(temperature),
+                    seed=int(r["seed"]),
+                    prompt_tokens=r["prompt_tokens"] + pt,
+                    completion_tokens=r["completion_tokens"] + ct,
+                    timestamp=time.time(),
+                )
+            )
             answered += 1
         state["answered"] = state.get("answered", 0) + answered
 
 
-def run_batch(backend: OpenAIBackend, cache, items: list[TeachItem], *, samples: int, temperature: float,
-              state_dir, options: BatchOptions = BatchOptions()) -> TeachReport:
+def run_batch(
+    backend: OpenAIBackend,
+    cache,
+    items: list[TeachItem],
+    *,
+    samples: int,
+    temperature: float,
+    state_dir,
+    options: BatchOptions = BatchOptions(),
+) -> TeachReport:
     async def go():
         try:
-            return await BatchRun(backend, cache, state_dir, options).run(items, samples=samples, temperature=temperature)
+            return await BatchRun(backend, cache, state_dir, options).run(
+                items, samples=samples, temperature=temperature
+            )
         finally:
             await backend.aclose()
 

@@ -68,8 +68,11 @@ _INT_FIELDS = tuple(n for n, t in _FIELDS if t == "int")
 
 # On-disk schema v1: feature name -> tf.train.Example list kind (every feature holds exactly one value).
 FEATURES: dict[str, str] = {
-    **{n: "bytes" for n in _STR_FIELDS}, **{n: "int64" for n in _INT_FIELDS},
-    "temperature": "float", "timestamp_us": "int64", "schema_version": "int64",
+    **{n: "bytes" for n in _STR_FIELDS},
+    **{n: "int64" for n in _INT_FIELDS},
+    "temperature": "float",
+    "timestamp_us": "int64",
+    "schema_version": "int64",
 }
 
 
@@ -111,8 +114,9 @@ def record_from_example(data: bytes, where: str = "record") -> TeacherRecord:
             kind = FEATURES[name]
             v = feats.get(name)
             if v is None or len(v) != 1 or not isinstance(v[0], kinds[kind]):
-                raise ValueError(f"{where}: no single-valued {kind} feature '{name}'; expected a teacher cache "
-                                 "record") from None
+                raise ValueError(
+                    f"{where}: no single-valued {kind} feature '{name}'; expected a teacher cache record"
+                ) from None
         raise
     except UnicodeDecodeError:
         raise ValueError(f"{where}: a text feature is not UTF-8") from None
@@ -196,7 +200,7 @@ class TeacherCache:
         self._check_identity()
 
     @classmethod
-    def from_dir(cls, path) -> "TeacherCache":
+    def from_dir(cls, path) -> TeacherCache:
         """Opens an existing cache directory (the one holding cache.json)."""
         path = Path(path)
         meta = _read_meta(path / "cache.json")
@@ -207,8 +211,12 @@ class TeacherCache:
         return cache
 
     def _identity(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "task": self.task, "teacher_model": self.teacher_model,
-                "temperature": self.temperature}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "task": self.task,
+            "teacher_model": self.teacher_model,
+            "temperature": self.temperature,
+        }
 
     def _check_identity(self) -> None:
         meta_path = self.path / "cache.json"
@@ -259,8 +267,12 @@ class TeacherCache:
                 warnings.warn(f"{e}; left as is (see `ftcot cache verify`)", RuntimeWarning, stacklevel=3)
                 continue
             if cut:
-                warnings.warn(f"{path}: removed a torn last record ({cut} bytes) left by a killed writer; "
-                              "that item is asked for again", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"{path}: removed a torn last record ({cut} bytes) left by a killed writer; "
+                    "that item is asked for again",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         self._writer = tfrecord.RecordWriter(self._new_record_file(), lock=True)
 
     def _validate(self, rec: TeacherRecord) -> None:
@@ -282,7 +294,7 @@ class TeacherCache:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> "TeacherCache":
+    def __enter__(self) -> TeacherCache:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -290,8 +302,14 @@ class TeacherCache:
 
     def mark_failed(self, sample_index: int, completion_index: int, error: str) -> None:
         self._ensure_dir()
-        line = json.dumps({"sample_index": int(sample_index), "completion_index": int(completion_index),
-                           "error": scrub(str(error), self._secrets)[:2000], "timestamp": time.time()})
+        line = json.dumps(
+            {
+                "sample_index": int(sample_index),
+                "completion_index": int(completion_index),
+                "error": scrub(str(error), self._secrets)[:2000],
+                "timestamp": time.time(),
+            }
+        )
         with open(self.path / "failed.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")  # one write of a whole line: a crash can only cut the last line
 
@@ -339,8 +357,13 @@ class TeacherCache:
                     continue
                 raise ValueError(f"{path}: line {lineno} is not a failed-item entry") from None
             attempts = latest.get(key, {}).get("attempts", 0) + 1
-            latest[key] = {"sample_index": key[0], "completion_index": key[1], "error": row.get("error", ""),
-                           "attempts": attempts, "timestamp": row.get("timestamp", 0.0)}
+            latest[key] = {
+                "sample_index": key[0],
+                "completion_index": key[1],
+                "error": row.get("error", ""),
+                "attempts": attempts,
+                "timestamp": row.get("timestamp", 0.0),
+            }
         done = self.done_keys() if latest else set()
         return [latest[k] for k in sorted(latest) if k not in done]
 
@@ -353,8 +376,10 @@ class TeacherCache:
         for path, i, data in self._raw(on_corrupt="raise"):
             rec = record_from_example(data, where=f"{path} record {i}")
             if (rec.task, rec.teacher_model) != (self.task, self.teacher_model):
-                raise ValueError(f"{path} record {i} is for {rec.task}/{rec.teacher_model}; the cache is "
-                                 f"{self.task}/{self.teacher_model}")
+                raise ValueError(
+                    f"{path} record {i} is for {rec.task}/{rec.teacher_model}; the cache is "
+                    f"{self.task}/{self.teacher_model}"
+                )
             n += 1
             dups += rec.key in keys
             keys.add(rec.key)
@@ -394,3 +419,11 @@ def find_caches(root) -> list[TeacherCache]:
     if not root.is_dir():
         raise FileNotFoundError(f"cache root {root} does not exist")
     return [TeacherCache.from_dir(p.parent) for p in sorted(root.glob("*/*/*/cache.json"))]
+
+
+DEFAULT_CACHE_DIR = "teacher_cache"  # relative to the working directory; $FTCOT_TEACHER_CACHE overrides
+
+
+def default_cache_dir() -> str:
+    """The cache root when none is given: $FTCOT_TEACHER_CACHE, else ./teacher_cache."""
+    return os.environ.get("FTCOT_TEACHER_CACHE") or DEFAULT_CACHE_DIR

@@ -1,4 +1,4 @@
-"""The reference repo's CompletionDataset JSON (REFERENCE_SPEC §2.3) <-> our teacher cache.
+"""The reference repo's CompletionDataset JSON (`src/data/completion_dataset.py`) <-> our teacher cache.
 
 Export writes `<out>/B_<teacher>__C_<completion_key>/D_<task>.json`, the path layout of the reference's
 `saved/completion_data/`, so its loaders and notebooks read it. Import reads such a file, e.g. the paper's
@@ -20,15 +20,15 @@ timestamp and the split looked up in the task's default split ("other" for indic
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
+from ftcot_jax.files import write_json_atomic
+from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, slug
 
-_EXTRA = ("split", "endpoint", "protocol", "seed", "prompt_tokens",
-          "completion_tokens", "timestamp")
+_EXTRA = ("split", "endpoint", "protocol", "seed", "prompt_tokens", "completion_tokens", "timestamp")
 
 
 def completion_key(temperature: float) -> str:
@@ -51,19 +51,31 @@ def to_completion_dataset(cache: TeacherCache) -> dict:
     recs = cache.records()
     data: dict[str, list[dict]] = {}
     for r in recs:
-        data.setdefault(str(r.sample_index), []).append({
-            "sample_index": r.sample_index, "completion_index": r.completion_index,
-            "question": r.question, "answer": r.gold_answer,
-            "reasoning_prompt": r.reasoning_prompt, "reasoning_completion": r.rationale,
-            "reasoning_finish_reason": r.reasoning_finish_reason,
-            "prompt": r.answer_prompt, "completion": r.answer_text, "finish_reason": r.finish_reason,
-            "ftcot": {k: getattr(r, k) for k in _EXTRA},
-        })
+        data.setdefault(str(r.sample_index), []).append(
+            {
+                "sample_index": r.sample_index,
+                "completion_index": r.completion_index,
+                "question": r.question,
+                "answer": r.gold_answer,
+                "reasoning_prompt": r.reasoning_prompt,
+                "reasoning_completion": r.rationale,
+                "reasoning_finish_reason": r.reasoning_finish_reason,
+                "prompt": r.answer_prompt,
+                "completion": r.answer_text,
+                "finish_reason": r.finish_reason,
+                "ftcot": {k: getattr(r, k) for k in _EXTRA},
+            }
+        )
     return {
         "metadata": {
-            "base_model": cache.teacher_model, "dataset_key": cache.task,
-            "completion_key": completion_key(cache.temperature), "finetune_key": None, "train_key": None,
-            "epoch": None, "prediction_template": "zs_cot", "reasoning_temperature": cache.temperature,
+            "base_model": cache.teacher_model,
+            "dataset_key": cache.task,
+            "completion_key": completion_key(cache.temperature),
+            "finetune_key": None,
+            "train_key": None,
+            "epoch": None,
+            "prediction_template": "zs_cot",
+            "reasoning_temperature": cache.temperature,
         },
         "data": data,
     }
@@ -76,10 +88,7 @@ def export_cache(cache: TeacherCache, out_dir) -> tuple[Path, int]:
     if n == 0:
         raise ValueError(f"teacher cache {cache.path} holds no records to export")
     path = export_path(out_dir, cache.task, cache.teacher_model, cache.temperature)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, doc, indent=1)
     return path, n
 
 
@@ -96,13 +105,26 @@ def read_completion_dataset(path) -> dict:
     return doc
 
 
-_REQUIRED = ("sample_index", "completion_index", "question", "answer", "reasoning_prompt", "reasoning_completion",
-             "prompt", "completion")
+_REQUIRED = (
+    "sample_index",
+    "completion_index",
+    "question",
+    "answer",
+    "reasoning_prompt",
+    "reasoning_completion",
+    "prompt",
+    "completion",
+)
 
 
-def records_from_completion_dataset(doc: dict, *, source: str, task: str | None = None,
-                                    teacher_model: str | None = None,
-                                    temperature: float | None = None) -> tuple[str, str, float, list[TeacherRecord]]:
+def records_from_completion_dataset(
+    doc: dict,
+    *,
+    source: str,
+    task: str | None = None,
+    teacher_model: str | None = None,
+    temperature: float | None = None,
+) -> tuple[str, str, float, list[TeacherRecord]]:
     """(task, teacher_model, temperature, records). Arguments override the file's metadata."""
     meta = doc["metadata"]
     task = task or meta.get("dataset_key")
@@ -111,15 +133,18 @@ def records_from_completion_dataset(doc: dict, *, source: str, task: str | None 
         temperature = meta.get("reasoning_temperature")
     if temperature is None:
         temperature = temperature_from_key(meta.get("completion_key"))
-    for name, value, flag in (("dataset_key", task, "--task"), ("base_model", teacher_model, "--teacher-model"),
-                              ("reasoning temperature", temperature, "--temperature")):
+    for name, value, arg in (
+        ("dataset_key", task, "task"),
+        ("base_model", teacher_model, "teacher_model"),
+        ("reasoning temperature", temperature, "temperature"),
+    ):
         if value is None:
-            raise ValueError(f"{source}: metadata has no {name}; pass {flag}")
+            raise ValueError(f"{source}: metadata has no {name}; give the {arg} explicitly")
     if meta.get("prediction_template", "zs_cot") != "zs_cot" or meta.get("train_key") is not None:
-        raise ValueError(f"{source}: holds student completions (train_key={meta.get('train_key')!r}, "
-                         f"prediction_template={meta.get('prediction_template')!r}); expected teacher zs_cot data")
-    from ftcot_jax.tasks import load_task
-
+        raise ValueError(
+            f"{source}: holds student completions (train_key={meta.get('train_key')!r}, "
+            f"prediction_template={meta.get('prediction_template')!r}); expected teacher zs_cot data"
+        )
     t = load_task(task)
     train, test = set(t.split_indices("train")), set(t.split_indices("test"))
     now = time.time()
@@ -130,36 +155,51 @@ def records_from_completion_dataset(doc: dict, *, source: str, task: str | None 
         for j, c in enumerate(comps):
             missing = [f for f in _REQUIRED if not isinstance(c, dict) or f not in c]
             if missing:
-                raise ValueError(f"{source}: data[{key!r}][{j}] lacks {', '.join(missing)}; expected zs_cot teacher data")
+                raise ValueError(
+                    f"{source}: data[{key!r}][{j}] lacks {', '.join(missing)}; expected zs_cot teacher data"
+                )
             if str(c["sample_index"]) != str(key):
                 raise ValueError(f"{source}: data[{key!r}][{j}] has sample_index {c['sample_index']}")
             idx = int(c["sample_index"])
             extra = c.get("ftcot") or {}
             split = "train" if idx in train else "test" if idx in test else "other"
-            out.append(TeacherRecord(
-                task=task, split=extra.get("split", split), sample_index=idx,
-                completion_index=int(c["completion_index"]), teacher_model=teacher_model,
-                endpoint=extra.get("endpoint", f"import:{Path(source).name}"),
-                protocol=extra.get("protocol", "completions"), question=c["question"], gold_answer=c["answer"],
-                reasoning_prompt=c["reasoning_prompt"], rationale=c["reasoning_completion"] or "",
-                reasoning_finish_reason=c.get("reasoning_finish_reason") or "",
-                answer_prompt=c["prompt"], answer_text=c["completion"] or "",
-                finish_reason=c.get("finish_reason") or "", temperature=float(temperature),
-                seed=int(extra.get("seed", -1)), prompt_tokens=int(extra.get("prompt_tokens", 0)),
-                completion_tokens=int(extra.get("completion_tokens", 0)),
-                timestamp=float(extra.get("timestamp", now)),
-            ))
+            out.append(
+                TeacherRecord(
+                    task=task,
+                    split=extra.get("split", split),
+                    sample_index=idx,
+                    completion_index=int(c["completion_index"]),
+                    teacher_model=teacher_model,
+                    endpoint=extra.get("endpoint", f"import:{Path(source).name}"),
+                    protocol=extra.get("protocol", "completions"),
+                    question=c["question"],
+                    gold_answer=c["answer"],
+                    reasoning_prompt=c["reasoning_prompt"],
+                    rationale=c["reasoning_completion"] or "",
+                    reasoning_finish_reason=c.get("reasoning_finish_reason") or "",
+                    answer_prompt=c["prompt"],
+                    answer_text=c["completion"] or "",
+                    finish_reason=c.get("finish_reason") or "",
+                    temperature=float(temperature),
+                    seed=int(extra.get("seed", -1)),
+                    prompt_tokens=int(extra.get("prompt_tokens", 0)),
+                    completion_tokens=int(extra.get("completion_tokens", 0)),
+                    timestamp=float(extra.get("timestamp", now)),
+                )
+            )
     out.sort(key=lambda r: r.key)
     return task, teacher_model, float(temperature), out
 
 
-def import_file(path, cache_root, *, task: str | None = None, teacher_model: str | None = None,
-                temperature: float | None = None) -> tuple[TeacherCache, int, int]:
+def import_file(
+    path, cache_root, *, task: str | None = None, teacher_model: str | None = None, temperature: float | None = None
+) -> tuple[TeacherCache, int, int]:
     """Appends the file's completions to the matching cache under `cache_root`; completions whose
     (sample_index, completion_index) is already cached are skipped. Returns (cache, added, skipped)."""
     doc = read_completion_dataset(path)
     task, teacher_model, temperature, recs = records_from_completion_dataset(
-        doc, source=str(path), task=task, teacher_model=teacher_model, temperature=temperature)
+        doc, source=str(path), task=task, teacher_model=teacher_model, temperature=temperature
+    )
     if not recs:
         raise ValueError(f"{path} holds no completions")
     cache = TeacherCache(cache_root, task=task, teacher_model=teacher_model, temperature=temperature)

@@ -1,7 +1,7 @@
 """Zero-shot-CoT teacher over any OpenAI-compatible server (official `openai` client, async).
 
-Two steps per question (spec §2.1): step 1 samples D rationales at temperature T,
-step 2 asks for the answer greedily (T=0, spec §2.2) once per rationale.
+Two steps per question, as in the reference's `src/oai/inference.py`: step 1 samples D rationales at
+temperature T, step 2 asks for the answer greedily (T=0) once per rationale.
 Protocols (exact messages in docs/teacher.md):
   completions: prompt = zs_cot_step1_prompt(q), then zs_cot_step2_prompt(step1, rationale)
   chat:        [user: step1]  then  [user: step1, assistant: rationale, user: "Therefore, the answer is"]
@@ -24,11 +24,14 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 
+import openai
+
 from ftcot_jax import prompts
-from ftcot_jax.teacher.backend import TeachItem, TeacherError
+from ftcot_jax.teacher.backend import TeacherError, TeachItem
+from ftcot_jax.teacher.cache import TeacherRecord
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_STOP = ("END",)  # the reference passes stop="END" on every teacher call (spec §2.2)
+DEFAULT_STOP = ("END",)  # the reference passes stop="END" on every teacher call (src/oai/inference.py)
 PROTOCOLS = ("completions", "chat")
 ANSWER_TRIGGER = "Therefore, the answer is"  # step-2 user turn of the chat protocol
 _NO_KEY = "sk-no-key-required"  # local servers need none; the client insists on a string
@@ -242,10 +245,9 @@ class OpenAIBackend:
             if public_endpoint(base_url) == DEFAULT_BASE_URL:
                 raise ValueError("OPENAI_API_KEY is not set (needed for the OpenAI API; local servers need none)")
             api_key = _NO_KEY
-        from openai import AsyncOpenAI  # lazy: `ftcot --help` should not import the client
 
         self._secret = api_key
-        self.client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
         self.model, self.protocol = model, protocol
         self.endpoint = public_endpoint(base_url)
         self.max_tokens, self.stop, self.seed = max_tokens, tuple(stop), seed
@@ -274,8 +276,6 @@ class OpenAIBackend:
         return d / 2 + self._rng.uniform(0, d / 2)  # "equal jitter": never 0, spreads herds
 
     async def _attempt(self, body: dict) -> tuple[list[Choice], int, int]:
-        import openai
-
         create = (
             self.client.completions.with_raw_response.create
             if self.protocol == "completions"
@@ -290,7 +290,9 @@ class OpenAIBackend:
             raise _Retryable("timeout", f"no response within {self.timeout:g}s") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e.__context__
-            raise _Retryable("connection", f"connection error ({type(cause).__name__ if cause else 'unknown'})") from None
+            raise _Retryable(
+                "connection", f"connection error ({type(cause).__name__ if cause else 'unknown'})"
+            ) from None
         except openai.APIStatusError as e:
             status, h = e.status_code, e.response.headers
             detail = e.response.text[:300].replace("\n", " ")
@@ -351,8 +353,14 @@ class OpenAIBackend:
     async def _reasoning(self, item: TeachItem, indices: list[int], temperature: float, n: int):
         seed = None if self.seed is None else self.seed + indices[0]
         body = request_body(
-            self.protocol, self.model, step1_input(self.protocol, item.question),
-            max_tokens=self.max_tokens, temperature=temperature, n=n, stop=self.stop, seed=seed,
+            self.protocol,
+            self.model,
+            step1_input(self.protocol, item.question),
+            max_tokens=self.max_tokens,
+            temperature=temperature,
+            n=n,
+            stop=self.stop,
+            seed=seed,
         )
         choices, pt, ct = await self._post(f"{item.task}#{item.sample_index} reasoning", body)
         choices = choices[:n]
@@ -360,28 +368,45 @@ class OpenAIBackend:
             self.n_supported = len(choices) == n  # 1 of n: the server ignores n (other counts: a glitch)
         pts, cts = _split(pt, len(choices)), _split(ct, len(choices))
         return {
-            c: (ch, pts[i], cts[i], -1 if seed is None else seed) for i, (c, ch) in enumerate(zip(indices, choices))
+            c: (ch, pts[i], cts[i], -1 if seed is None else seed)
+            for i, (c, ch) in enumerate(zip(indices, choices, strict=False))
         }
 
     async def _answer(self, item: TeachItem, c: int, temperature: float, reasoning):
-        from ftcot_jax.teacher.cache import TeacherRecord
-
         ch1, pt1, ct1, seed = reasoning
         body = request_body(
-            self.protocol, self.model, step2_input(self.protocol, item.question, ch1.text),
-            max_tokens=self.max_tokens, temperature=0.0, n=1, stop=self.stop, seed=None,
+            self.protocol,
+            self.model,
+            step2_input(self.protocol, item.question, ch1.text),
+            max_tokens=self.max_tokens,
+            temperature=0.0,
+            n=1,
+            stop=self.stop,
+            seed=None,
         )
         (ch2, *_), pt2, ct2 = await self._post(f"{item.task}#{item.sample_index}/{c} answer", body)
         step1 = prompts.zs_cot_step1_prompt(item.question)
         return TeacherRecord(
-            task=item.task, split=item.split, sample_index=item.sample_index, completion_index=c,
-            teacher_model=self.model, endpoint=self.endpoint, protocol=self.protocol,
-            question=item.question, gold_answer=item.gold_answer,
-            reasoning_prompt=step1, rationale=ch1.text, reasoning_finish_reason=ch1.finish_reason,
+            task=item.task,
+            split=item.split,
+            sample_index=item.sample_index,
+            completion_index=c,
+            teacher_model=self.model,
+            endpoint=self.endpoint,
+            protocol=self.protocol,
+            question=item.question,
+            gold_answer=item.gold_answer,
+            reasoning_prompt=step1,
+            rationale=ch1.text,
+            reasoning_finish_reason=ch1.finish_reason,
             answer_prompt=prompts.zs_cot_step2_prompt(step1, ch1.text),
-            answer_text=ch2.text, finish_reason=ch2.finish_reason,
-            temperature=float(temperature), seed=seed,
-            prompt_tokens=pt1 + pt2, completion_tokens=ct1 + ct2, timestamp=time.time(),
+            answer_text=ch2.text,
+            finish_reason=ch2.finish_reason,
+            temperature=float(temperature),
+            seed=seed,
+            prompt_tokens=pt1 + pt2,
+            completion_tokens=ct1 + ct2,
+            timestamp=time.time(),
         )
 
     async def teach(self, item: TeachItem, completion_indices: list[int], temperature: float) -> list:

@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 from ftcot_jax import prompts
-from ftcot_jax.teacher.backend import TeachItem, TeacherError
+from ftcot_jax.tasks import TASK_NAMES, load_task
+from ftcot_jax.teacher.backend import TeacherError, TeachItem
 from ftcot_jax.teacher.cache import TeacherRecord
 
 MODEL = "reference"
@@ -48,12 +49,12 @@ UNSUPPORTED_REASON = "it has no gold rationales, equations or a parseable struct
 
 def check_supported(task: str) -> None:
     if task not in SUPPORTED_TASKS:
-        from ftcot_jax.tasks import TASK_NAMES
-
         if task not in TASK_NAMES:
             raise ValueError(f"unknown task '{task}'; expected one of: {', '.join(TASK_NAMES)}")
-        raise ValueError(f"the reference teacher cannot teach '{task}': {UNSUPPORTED_REASON}; "
-                         f"it supports: {', '.join(SUPPORTED_TASKS)}")
+        raise ValueError(
+            f"the reference teacher cannot teach '{task}': {UNSUPPORTED_REASON}; "
+            f"it supports: {', '.join(SUPPORTED_TASKS)}"
+        )
 
 
 class RationaleError(ValueError):
@@ -62,8 +63,12 @@ class RationaleError(ValueError):
 
 # --- numbers and equations ---------------------------------------------------------------------
 
-_OPS = {ast.Add: ("+", lambda a, b: a + b), ast.Sub: ("-", lambda a, b: a - b),
-        ast.Mult: ("*", lambda a, b: a * b), ast.Div: ("/", lambda a, b: a / b)}
+_OPS = {
+    ast.Add: ("+", lambda a, b: a + b),
+    ast.Sub: ("-", lambda a, b: a - b),
+    ast.Mult: ("*", lambda a, b: a * b),
+    ast.Div: ("/", lambda a, b: a / b),
+}
 
 
 def fmt(x: float) -> str:
@@ -81,7 +86,8 @@ def _parse(expr: str) -> ast.expr:
         raise RationaleError(f"cannot parse equation side {expr!r}") from None
     for n in ast.walk(node):
         ok = isinstance(n, (ast.BinOp, ast.operator, ast.Name, ast.Load)) or (
-            isinstance(n, ast.Constant) and isinstance(n.value, (int, float)))
+            isinstance(n, ast.Constant) and isinstance(n.value, (int, float))
+        )
         if not ok or (isinstance(n, ast.BinOp) and type(n.op) not in _OPS) or (isinstance(n, ast.Name) and n.id != "x"):
             raise RationaleError(f"unsupported element in equation side {expr!r}")
     return node
@@ -119,7 +125,7 @@ def _join_steps(steps: list[str]) -> str:
     if len(steps) == 1:
         return f"{steps[0]}."
     words = ["First"] + ["Then"] * (len(steps) - 2) + ["Finally"]
-    return " ".join(f"{w}, {s}." for w, s in zip(words, steps))
+    return " ".join(f"{w}, {s}." for w, s in zip(words, steps, strict=True))
 
 
 def equation_rationale(equation: str) -> tuple[str, float]:
@@ -164,7 +170,11 @@ def equation_rationale(equation: str) -> tuple[str, float]:
                 raise RationaleError("multiplication by zero hides the unknown")
             new, how = value / known, f"{fmt(value)} / {fmt(known)}"
         elif sym == "-":
-            new, how = (value + known, f"{fmt(value)} + {fmt(known)}") if x_left else (known - value, f"{fmt(known)} - {fmt(value)}")
+            new, how = (
+                (value + known, f"{fmt(value)} + {fmt(known)}")
+                if x_left
+                else (known - value, f"{fmt(known)} - {fmt(value)}")
+            )
         else:  # "/"
             if x_left:
                 new, how = value * known, f"{fmt(value)} * {fmt(known)}"
@@ -201,8 +211,9 @@ def coin_flip_rationale(question: str) -> tuple[str, str]:
         else:
             text.append(f"{name} does not flip the coin, so it stays {'heads' if heads else 'tails'} up.")
     flips = sum(v == "flips" for _, v in steps)
-    text.append(f"The coin was flipped {flips} time{'s' if flips != 1 else ''}, so it ends "
-                f"{'heads' if heads else 'tails'} up.")
+    text.append(
+        f"The coin was flipped {flips} time{'s' if flips != 1 else ''}, so it ends {'heads' if heads else 'tails'} up."
+    )
     return " ".join(text), "yes" if heads else "no"
 
 
@@ -218,7 +229,7 @@ def last_letter_rationale(question: str, gold: str | None = None) -> tuple[str, 
     if gold is not None and 0 < len(gold) < len(words):
         for cuts in itertools.combinations(range(1, len(words)), len(gold) - 1):
             bounds = (0, *cuts, len(words))
-            groups = [words[a:b] for a, b in zip(bounds, bounds[1:])]
+            groups = [words[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
             if "".join(g[-1][-1] for g in groups) == gold:
                 names = groups
                 break
@@ -277,12 +288,16 @@ def tracking_rationale(question: str) -> tuple[str, str]:
 # --- raw equation files -----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _equations(task: str, data_dir: str) -> tuple[tuple[str, str], ...]:
     """(question as the task stores it, equation) per sample_index, from the bundled raw file."""
     raw = Path(data_dir) / "raw"
-    files = {"single_eq": "SingleEq/questions.json", "addsub": "AddSub/AddSub.json",
-             "multiarith": "MultiArith/MultiArith.json", "svamp": "SVAMP/SVAMP.json"}
+    files = {
+        "single_eq": "SingleEq/questions.json",
+        "addsub": "AddSub/AddSub.json",
+        "multiarith": "MultiArith/MultiArith.json",
+        "svamp": "SVAMP/SVAMP.json",
+    }
     path = raw / files[task]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -324,8 +339,6 @@ class ReferenceBackend:
 
     def _task(self, name: str):
         if name not in self._tasks:
-            from ftcot_jax.tasks import load_task
-
             self._tasks[name] = load_task(name) if self._data_dir is None else load_task(name, data_dir=self._data_dir)
         return self._tasks[name]
 
@@ -359,16 +372,31 @@ class ReferenceBackend:
         fn = {"coin_flip": coin_flip_rationale, "tracking_shuffled_objects": tracking_rationale}[task]
         return fn(question)
 
-    def record(self, item: TeachItem, completion_index: int, temperature: float, rationale: str,
-               answer: str) -> TeacherRecord:
+    def record(
+        self, item: TeachItem, completion_index: int, temperature: float, rationale: str, answer: str
+    ) -> TeacherRecord:
         step1 = prompts.zs_cot_step1_prompt(item.question)
         return TeacherRecord(
-            task=item.task, split=item.split, sample_index=item.sample_index, completion_index=completion_index,
-            teacher_model=self.model, endpoint=self.endpoint, protocol=self.protocol, question=item.question,
-            gold_answer=item.gold_answer, reasoning_prompt=step1, rationale=rationale,
-            reasoning_finish_reason="stop", answer_prompt=prompts.zs_cot_step2_prompt(step1, rationale),
-            answer_text=_answer_text(item.task, answer), finish_reason="stop",
-            temperature=float(temperature), seed=-1, prompt_tokens=0, completion_tokens=0, timestamp=time.time(),
+            task=item.task,
+            split=item.split,
+            sample_index=item.sample_index,
+            completion_index=completion_index,
+            teacher_model=self.model,
+            endpoint=self.endpoint,
+            protocol=self.protocol,
+            question=item.question,
+            gold_answer=item.gold_answer,
+            reasoning_prompt=step1,
+            rationale=rationale,
+            reasoning_finish_reason="stop",
+            answer_prompt=prompts.zs_cot_step2_prompt(step1, rationale),
+            answer_text=_answer_text(item.task, answer),
+            finish_reason="stop",
+            temperature=float(temperature),
+            seed=-1,
+            prompt_tokens=0,
+            completion_tokens=0,
+            timestamp=time.time(),
         )
 
     async def teach(self, item: TeachItem, completion_indices: list[int], temperature: float) -> list[TeacherRecord]:

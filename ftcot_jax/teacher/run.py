@@ -1,34 +1,45 @@
-"""`ftcot teach` orchestration, the same for every Backend (OpenAI-compatible, reference).
+"""Teach a task: select the questions, build the backend, run it into the cache (the same for every Backend).
 
 For each question it asks the backend for the (sample, completion) pairs that are not
 in the cache yet, appends every record the moment it arrives (the cache flushes each
 append), and records pairs that still fail as failed (retried on the next run, never
 dropped). Workers are bounded by `concurrency`; a fatal backend error (bad key,
-unknown model) stops the run instead of failing every item the same way.
+unknown model) stops the run instead of failing every item the same way. `teach` picks
+live requests or the OpenAI Batch API (teacher/batch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ftcot_jax.teacher.backend import Backend, TeachItem, TeacherError
+from tqdm import tqdm
+
+from ftcot_jax.tasks import load_task
+from ftcot_jax.teacher import pricing
+from ftcot_jax.teacher.backend import Backend, TeacherError, TeachItem, TeachReport
+from ftcot_jax.teacher.batch import BatchOptions, run_batch
+from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.openai_backend import OpenAIBackend, RetryPolicy
+from ftcot_jax.teacher.reference import ReferenceBackend
 
 SPLIT_CHOICES = ("train", "test", "all")
 
+CostFn = Callable[[int, int], float | None]  # (prompt tokens, completion tokens) -> USD, None = unknown
+
 
 def default_split(temperature: float) -> str:
-    """The reference ran the greedy teacher on train+test and diverse reasoning (T>0) on train only (spec §2.2)."""
+    """The reference ran the greedy teacher on train+test and diverse reasoning (T>0) on train only
+    (the reference's notebooks/old/All Experiments.ipynb)."""
     return "all" if temperature == 0 else "train"
 
 
 def select_items(task_name: str, split: str, *, limit: int | None = None) -> list[TeachItem]:
     """The questions of `split` ("train" | "test" | "all"), in split order, at most `limit` of them."""
-    from ftcot_jax.tasks import load_task
-
     if split not in SPLIT_CHOICES:
         raise ValueError(f"unknown split {split!r}; expected one of: {', '.join(SPLIT_CHOICES)}")
     if limit is not None and limit < 1:
@@ -41,35 +52,6 @@ def select_items(task_name: str, split: str, *, limit: int | None = None) -> lis
             if limit is not None and len(items) >= limit:
                 return items
     return items
-
-
-@dataclass
-class TeachReport:
-    items: int = 0  # questions selected
-    pairs: int = 0  # (sample, completion) pairs selected
-    cached: int = 0  # pairs already in the cache before this run
-    answered: int = 0  # pairs answered and appended by this run
-    failed: int = 0  # pairs that failed this run (in the cache's failed list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None  # USD; None = unknown price
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)  # first few failure messages
-
-    def summary(self) -> str:
-        from ftcot_jax.teacher.pricing import format_cost
-
-        rate = self.answered / self.seconds if self.seconds > 0 else 0.0
-        lines = [
-            f"questions {self.items}, samples {self.pairs}: {self.cached} already cached, "
-            f"{self.answered} answered, {self.failed} failed ({self.seconds:.1f}s, {rate:.2f} samples/s)",
-            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion; "
-            f"estimated cost {format_cost(self.cost)}",
-        ]
-        if self.failed:
-            lines.append("failed samples are kept in the cache's failed list and retried by the next run:")
-            lines += [f"  {e}" for e in self.errors]
-        return "\n".join(lines)
 
 
 def _tokens(backend: Backend, report: TeachReport) -> tuple[int, int]:
@@ -85,19 +67,15 @@ class _Progress:
         self.inflight = 0
         self.bar = None
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
     def update(self, report: TeachReport, n: int = 0) -> None:
         if self.bar is None:
             return
-        from ftcot_jax.teacher.pricing import format_cost
-
         pt, ct = _tokens(self.backend, report)
         self.bar.set_postfix_str(
             f"done={report.answered} failed={report.failed} in-flight={self.inflight} "
-            f"tok={pt + ct} cost={format_cost(self.cost_fn(pt, ct))}",
+            f"tok={pt + ct} cost={pricing.format_cost(self.cost_fn(pt, ct))}",
             refresh=False,
         )
         self.bar.update(n)
@@ -117,7 +95,7 @@ async def run_teach_async(
     concurrency: int = 8,
     rounds: int = 3,
     progress: bool = True,
-    cost_fn: Callable[[int, int], float | None] | None = None,
+    cost_fn: CostFn | None = None,
     max_failed_in_a_row: int | None = None,
 ) -> TeachReport:
     """Teach `items` (D=`samples` each) into `cache`. After `max_failed_in_a_row` questions failed
@@ -222,93 +200,90 @@ async def run_teach_async(
 
 
 def run_teach(backend: Backend, cache, items: list[TeachItem], **kwargs) -> TeachReport:
-    """Synchronous entry point (`ftcot teach`); see run_teach_async for the arguments."""
+    """Synchronous entry point; see run_teach_async for the arguments."""
     return asyncio.run(run_teach_async(backend, cache, items, **kwargs))
 
 
-# --- `ftcot teach` (the CLI block in cli.py parses; this runs) --------------------------------------
-
-DEFAULT_CACHE_DIR = "teacher_cache"  # relative to the working directory; $FTCOT_TEACHER_CACHE overrides
-
-
-def default_cache_dir() -> str:
-    import os
-
-    return os.environ.get("FTCOT_TEACHER_CACHE") or DEFAULT_CACHE_DIR
-
-
-def make_backend(args):
-    """The Backend for `--model`: "reference" is the offline non-LLM teacher, anything else a model
-    name on an OpenAI-compatible server."""
-    import os
-
-    if args.model == "reference":
-        from ftcot_jax.teacher.reference import ReferenceBackend
-
+def make_backend(
+    model: str,
+    *,
+    protocol: str = "completions",
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    max_tokens: int = 128,
+    stop: tuple[str, ...] | list[str] = ("END",),
+    concurrency: int = 8,
+    timeout: float = 60.0,
+    max_attempts: int = 8,
+    seed: int | None = None,
+) -> Backend:
+    """The Backend for `model`: "reference" is the offline non-LLM teacher (the other arguments do not
+    apply), anything else a model name on an OpenAI-compatible server. `api_key_env` names the environment
+    variable holding the key (default OPENAI_API_KEY); empty stop strings are dropped ("" = no stop)."""
+    if model == "reference":
         return ReferenceBackend()
-    from ftcot_jax.teacher.openai_backend import OpenAIBackend, RetryPolicy
-
     api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+            raise ValueError(f"environment variable {api_key_env} is not set (it should hold the teacher's API key)")
     return OpenAIBackend(
-        args.model, protocol=args.protocol, base_url=args.base_url, api_key=api_key,
-        max_tokens=args.max_tokens, stop=tuple(s for s in args.stop if s), concurrency=args.concurrency,
-        timeout=args.timeout, retry=RetryPolicy(max_attempts=args.max_attempts), seed=args.seed,
+        model,
+        protocol=protocol,
+        base_url=base_url,
+        api_key=api_key,
+        max_tokens=max_tokens,
+        stop=tuple(s for s in stop if s),
+        concurrency=concurrency,
+        timeout=timeout,
+        retry=RetryPolicy(max_attempts=max_attempts),
+        seed=seed,
     )
 
 
-def teach_command(args) -> int:
-    from ftcot_jax.teacher import pricing
-    from ftcot_jax.teacher.cache import TeacherCache
-
-    split = args.split or default_split(args.temperature)
-    items = select_items(args.task, split, limit=args.limit)
-    backend = make_backend(args)
-    table = pricing.load_prices(args.prices) if args.prices else None
-    free = backend.protocol == "reference"  # a program, not a priced model
-
-    def cost_fn(pt: int, ct: int) -> float | None:
-        return 0.0 if free else pricing.estimate_cost(backend.model, pt, ct, batch=args.batch, table=table)
-
-    root = args.cache_dir or default_cache_dir()
-    with TeacherCache(root, task=args.task, teacher_model=backend.model, temperature=args.temperature) as cache:
-        print(
-            f"teach {args.task} ({split}, {len(items)} questions x {args.samples} samples, T={args.temperature:g}) "
-            f"with {backend.model} [{backend.protocol}{', batch' if args.batch else ''}] at {backend.endpoint}"
-            f" -> {cache.path}",
-            file=sys.stderr,
-        )
-        try:
-            report = _teach(args, backend, cache, items, cost_fn)
-        except TeacherError as e:  # fatal (bad key, unknown model) or a batch still pending
-            raise ValueError(f"teacher: {e} (answers so far are in {cache.path})") from None
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: answers so far are in {cache.path}; rerun the same command to resume",
-                  file=sys.stderr)
-            return 130
-        print(report.summary())
-        if report.cost is None and not free:
-            print(f"(no price for {backend.model!r} in the table: pass --prices FILE for a cost estimate)")
-    return 1 if report.failed else 0
+def cost_estimator(backend: Backend, *, batch: bool = False, table: dict | None = None) -> CostFn:
+    """Estimated USD for a token count: 0 for the reference teacher (a program), None for an unpriced model."""
+    if backend.protocol == "reference":
+        return lambda pt, ct: 0.0
+    return lambda pt, ct: pricing.estimate_cost(backend.model, pt, ct, batch=batch, table=table)
 
 
-def _teach(args, backend, cache, items, cost_fn) -> TeachReport:
-    if not args.batch:
+def teach(
+    backend: Backend,
+    cache: TeacherCache,
+    items: list[TeachItem],
+    *,
+    samples: int = 1,
+    temperature: float = 0.0,
+    concurrency: int = 8,
+    batch: BatchOptions | None = None,
+    progress: bool = True,
+    cost_fn: CostFn | None = None,
+) -> TeachReport:
+    """Teach `items` into `cache` with live requests, or through the OpenAI Batch API when `batch` options
+    are given (state kept in <cache>/batch so a rerun resumes the same batch). Raises TeacherError when the
+    run stops early (fatal backend error, a batch still pending)."""
+    if batch is None:
         return run_teach(
-            backend, cache, items, samples=args.samples, temperature=args.temperature,
-            concurrency=args.concurrency, progress=not args.no_progress, cost_fn=cost_fn,
+            backend,
+            cache,
+            items,
+            samples=samples,
+            temperature=temperature,
+            concurrency=concurrency,
+            progress=progress,
+            cost_fn=cost_fn,
         )
-    if args.model == "reference":
-        raise ValueError("--batch needs an OpenAI Batch API endpoint; the reference teacher has none")
-    from ftcot_jax.teacher.batch import BatchOptions, run_batch
-
+    if not isinstance(backend, OpenAIBackend):
+        raise ValueError(f"batch mode needs an OpenAI Batch API endpoint; the {backend.model} teacher has none")
     report = run_batch(
-        backend, cache, items, samples=args.samples, temperature=args.temperature,
+        backend,
+        cache,
+        items,
+        samples=samples,
+        temperature=temperature,
         state_dir=cache.path / "batch",
-        options=BatchOptions(poll_interval=args.poll_interval, max_wait=args.max_wait, progress=not args.no_progress),
+        options=dataclasses.replace(batch, progress=progress),
     )
-    report.cost = cost_fn(report.prompt_tokens, report.completion_tokens)
+    report.cost = (cost_fn or (lambda pt, ct: None))(report.prompt_tokens, report.completion_tokens)
     return report

@@ -83,7 +83,8 @@ class FakeOpenAI:
     def requests(self, kind: str | None = None, question: str | None = None) -> list[dict]:
         with self._lock:
             return [
-                e for e in self.log
+                e
+                for e in self.log
                 if (kind is None or e["kind"] == kind) and (question is None or e["question"] == question)
             ]
 
@@ -111,14 +112,21 @@ class FakeOpenAI:
                 texts.append(f" {fake_answer(question)}.")
         chat = path.endswith("/chat/completions")
         choices = [
-            {"index": i, "finish_reason": "stop", **({"message": {"role": "assistant", "content": t}} if chat else {"text": t})}
+            {
+                "index": i,
+                "finish_reason": "stop",
+                **({"message": {"role": "assistant", "content": t}} if chat else {"text": t}),
+            }
             for i, t in enumerate(texts)
         ]
         ptoks = len(prompt.split())
         ctoks = sum(len(t.split()) for t in texts)
         return {
-            "id": self._new_id("cmpl"), "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": body.get("model", "fake"), "choices": choices,
+            "id": self._new_id("cmpl"),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": choices,
             "usage": {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks},
         }
 
@@ -148,19 +156,42 @@ class FakeOpenAI:
                 attempt = self.attempts[(kind, question)]
                 self.attempts[(kind, question)] += 1
             fault = self.faults(kind, question, attempt)
-            entry = {"path": req["url"], "kind": kind, "question": question, "n": req["body"].get("n", 1),
-                     "fault": fault, "batch": b["id"], "t": time.time(), "sent": fault is None}
+            entry = {
+                "path": req["url"],
+                "kind": kind,
+                "question": question,
+                "n": req["body"].get("n", 1),
+                "fault": fault,
+                "batch": b["id"],
+                "t": time.time(),
+                "sent": fault is None,
+            }
             with self._lock:
                 self.log.append(entry)
             rid = self._new_id("batch_req")
             if fault is None or fault == "few":
                 body = self.complete(req["url"], req["body"], fault=fault)
-                out.append({"id": rid, "custom_id": req["custom_id"],
-                            "response": {"status_code": 200, "request_id": rid, "body": body}, "error": None})
+                out.append(
+                    {
+                        "id": rid,
+                        "custom_id": req["custom_id"],
+                        "response": {"status_code": 200, "request_id": rid, "body": body},
+                        "error": None,
+                    }
+                )
             else:
-                err.append({"id": rid, "custom_id": req["custom_id"],
-                            "response": {"status_code": 500, "request_id": rid, "body": {"error": {"message": f"injected {fault}"}}},
-                            "error": None})
+                err.append(
+                    {
+                        "id": rid,
+                        "custom_id": req["custom_id"],
+                        "response": {
+                            "status_code": 500,
+                            "request_id": rid,
+                            "body": {"error": {"message": f"injected {fault}"}},
+                        },
+                        "error": None,
+                    }
+                )
         for name, lines in (("output_file_id", out), ("error_file_id", err)):
             if lines:
                 fid = self._new_id("file")
@@ -230,21 +261,38 @@ class FakeOpenAI:
                         return self._send(400, {"error": {"message": "purpose must be batch"}})
                     fid = fake._new_id("file")
                     fake.files[fid] = parts["file"].get_payload(decode=True)
-                    return self._send(200, {"id": fid, "object": "file", "bytes": len(fake.files[fid]),
-                                            "created_at": int(time.time()), "filename": "input.jsonl",
-                                            "purpose": "batch", "status": "processed"})
+                    return self._send(
+                        200,
+                        {
+                            "id": fid,
+                            "object": "file",
+                            "bytes": len(fake.files[fid]),
+                            "created_at": int(time.time()),
+                            "filename": "input.jsonl",
+                            "purpose": "batch",
+                            "status": "processed",
+                        },
+                    )
                 if self.path == "/v1/batches":
                     body = json.loads(raw)
                     if body.get("input_file_id") not in fake.files:
                         return self._send(400, {"error": {"message": "unknown input_file_id"}})
                     bid = fake._new_id("batch")
                     fake.batch_creates += 1
-                    fake.batches[bid] = {"id": bid, "object": "batch", "endpoint": body["endpoint"],
-                                         "input_file_id": body["input_file_id"],
-                                         "completion_window": body["completion_window"], "status": "validating",
-                                         "created_at": int(time.time()), "output_file_id": None,
-                                         "error_file_id": None, "errors": None,
-                                         "request_counts": {"total": 0, "completed": 0, "failed": 0}, "_polls": 0}
+                    fake.batches[bid] = {
+                        "id": bid,
+                        "object": "batch",
+                        "endpoint": body["endpoint"],
+                        "input_file_id": body["input_file_id"],
+                        "completion_window": body["completion_window"],
+                        "status": "validating",
+                        "created_at": int(time.time()),
+                        "output_file_id": None,
+                        "error_file_id": None,
+                        "errors": None,
+                        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                        "_polls": 0,
+                    }
                     return self._send(200, fake._batch_object(fake.batches[bid]))
                 if self.path not in ("/v1/completions", "/v1/chat/completions"):
                     return self._send(404, {"error": {"message": f"not found: {self.path}"}})
@@ -257,9 +305,17 @@ class FakeOpenAI:
                     attempt = fake.attempts[(kind, question)]
                     fake.attempts[(kind, question)] += 1
                 fault = fake.faults(kind, question, attempt)
-                entry = {"path": self.path, "kind": kind, "question": question, "n": body.get("n", 1),
-                         "fault": fault, "t": time.time(), "sent": False, "seed": body.get("seed"),
-                         "auth": self.headers.get("Authorization")}
+                entry = {
+                    "path": self.path,
+                    "kind": kind,
+                    "question": question,
+                    "n": body.get("n", 1),
+                    "fault": fault,
+                    "t": time.time(),
+                    "sent": False,
+                    "seed": body.get("seed"),
+                    "auth": self.headers.get("Authorization"),
+                }
                 with fake._lock:
                     fake.log.append(entry)
                 if fake.delay:
@@ -267,14 +323,24 @@ class FakeOpenAI:
                 if fault == "429":
                     return self._send(429, {"error": {"message": "rate limited"}}, {"retry-after-ms": "150"})
                 if fault == "quota":
-                    return self._send(429, {"error": {"message": "You exceeded your current quota",
-                                                      "type": "insufficient_quota", "code": "insufficient_quota"}})
+                    return self._send(
+                        429,
+                        {
+                            "error": {
+                                "message": "You exceeded your current quota",
+                                "type": "insufficient_quota",
+                                "code": "insufficient_quota",
+                            }
+                        },
+                    )
                 if fault == "429s":
                     return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"})
                 if fault in ("500", "503"):
                     return self._send(int(fault), {"error": {"message": "server error"}})
                 if fault == "echo_auth":
-                    return self._send(500, {"error": {"message": f"bad gateway, you sent {self.headers.get('Authorization')}"}})
+                    return self._send(
+                        500, {"error": {"message": f"bad gateway, you sent {self.headers.get('Authorization')}"}}
+                    )
                 if fault == "stall":
                     time.sleep(fake.stall_seconds)
                     self.close_connection = True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import socket
 import subprocess
 import sys
@@ -56,17 +55,29 @@ class LlamaCppServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> "LlamaCppServer":
+    def __enter__(self) -> LlamaCppServer:
         self._log = tempfile.TemporaryFile()
-        cmd = [sys.executable, __file__, "--port", str(self.port), "--threads", str(self.threads),
-               "--parallel", str(self.parallel), "--ctx", str(self.ctx)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--port",
+            str(self.port),
+            "--threads",
+            str(self.threads),
+            "--parallel",
+            str(self.parallel),
+            "--ctx",
+            str(self.ctx),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._log.seek(0)
-                raise RuntimeError(f"llama.cpp server exited with {self.proc.returncode}: "
-                                   f"{self._log.read()[-2000:].decode(errors='replace')}")
+                raise RuntimeError(
+                    f"llama.cpp server exited with {self.proc.returncode}: "
+                    f"{self._log.read()[-2000:].decode(errors='replace')}"
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
                     if r.status == 200:

@@ -5,9 +5,9 @@ Input: what `ftcot run` leaves in a run dir — config.json (the resolved RunCon
 eval/<task>/<method>.json (summary per epoch; zero_shot.json for the base student).
 Output: report.md and plots/{accuracy_per_epoch,loss,accuracy_vs_d}.png in the output directory.
 
-Two numbers per cell, as the brief of the reference protocol demands both:
+Two numbers per cell:
 - "best": the best test accuracy over the evaluated epochs: the paper's protocol for open students
-  (model selection on the test split, REFERENCE_SPEC §4.4);
+  (model selection on the test split);
 - "last": the accuracy after the last epoch (no selection on the test split).
 """
 
@@ -16,54 +16,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from importlib import resources
 from pathlib import Path
 
+from ftcot_jax.config import RunConfig, from_dict
+from ftcot_jax.files import write_text_atomic
+from ftcot_jax.pipeline.curate import METHOD_LABELS, methods_of
+from ftcot_jax.pipeline.paper import PAPER_NEAREST_DECODER, PAPER_STUDENTS, paper_diverse_d, paper_key, paper_value
+
 TASK_COLUMNS = {  # paper table header names
-    "single_eq": "SingleEq", "addsub": "AddSub", "multiarith": "MultiArith", "gsm8k": "GSM8K", "aqua": "AQuA",
-    "svamp": "SVAMP", "date_understanding": "Date", "tracking_shuffled_objects": "Shuffled",
-    "last_letter_concatenation": "LastLetter", "coin_flip": "Coin", "commonsense_qa": "CSQA",
+    "single_eq": "SingleEq",
+    "addsub": "AddSub",
+    "multiarith": "MultiArith",
+    "gsm8k": "GSM8K",
+    "aqua": "AQuA",
+    "svamp": "SVAMP",
+    "date_understanding": "Date",
+    "tracking_shuffled_objects": "Shuffled",
+    "last_letter_concatenation": "LastLetter",
+    "coin_flip": "Coin",
+    "commonsense_qa": "CSQA",
     "strategy_qa": "StrategyQA",
 }
-PAPER_METHOD = {"zero_shot": "Zero-shot", "ft": "Fine-tune", "ft_cot": "Fine-tune-CoT", "diverse": "Diverse reasoning"}
-# Our student name (basename, lower case, "_" -> "-") -> (paper table, Params column of its rows, display name).
-PAPER_STUDENTS = {
-    "gpt2": ("tab:performance_gpt2", "124M", "GPT-2 124M"),
-    "gpt2-medium": ("tab:performance_gpt2", "355M", "GPT-2 Medium 355M"),
-    "gpt2-large": ("tab:performance_gpt2", "774M", "GPT-2 Large 774M"),
-    "t5-small": ("tab:performance_t5", "60M", "T5-Small 60M"),
-    "t5-base": ("tab:performance_t5", "220M", "T5-Base 220M"),
-    "t5-large": ("tab:performance_t5", "700M", "T5-Large 700M"),
-    "flan-t5-small": ("tab:performance_flan_t5", "60M", "Flan-T5-Small 60M"),
-    "flan-t5-base": ("tab:performance_flan_t5", "220M", "Flan-T5-Base 220M"),
-    "flan-t5-large": ("tab:performance_flan_t5", "700M", "Flan-T5-Large 700M"),
-}
-# For a student the paper did not train: its smallest open decoder student, for scale only.
-PAPER_NEAREST_DECODER = "gpt2"
 METHOD_ORDER = {"zero_shot": 0, "ft": 1, "ft_cot": 2, "diverse": 3}
-
-
-def paper_results() -> dict:
-    return json.loads(resources.files("ftcot_jax").joinpath("paper_results.json").read_text())
-
-
-def paper_key(student: str) -> str | None:
-    name = student.rstrip("/").split("/")[-1].lower().replace("_", "-")
-    return name if name in PAPER_STUDENTS else None
-
-
-def paper_diverse_d(task: str) -> int | None:
-    from ftcot_jax.pipeline import paper_diverse_d as d
-
-    return d(task)
-
-
-def paper_value(student_key: str, method: str, task: str) -> float | None:
-    table, params, _ = PAPER_STUDENTS[student_key]
-    for row in paper_results()["tables"][table]:
-        if row["method"] == PAPER_METHOD[method] and row["params"] == params:
-            return row.get(task)
-    return None
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -74,9 +48,9 @@ class Cell:
     run_dir: Path
     student: str
     task: str
-    method: str              # zero_shot | ft | ft_cot | ft_cot_t70_8aug ...
-    kind: str                # zero_shot | ft | ft_cot | diverse
-    d: int | None            # diverse D
+    method: str  # zero_shot | ft | ft_cot | ft_cot_t70_8aug ...
+    kind: str  # zero_shot | ft | ft_cot | diverse
+    d: int | None  # diverse D
     label: str
     best: dict | None
     last: dict | None
@@ -90,24 +64,11 @@ class Cell:
         return (METHOD_ORDER[self.kind], self.d or 0)
 
 
-def _student_name(cfg: dict) -> str:
-    s = cfg.get("student") or {}
-    if s.get("name"):
-        return s["name"]
-    if s.get("model"):
-        return Path(s["model"].rstrip("/")).name
-    return f"{(s.get('model_config') or {}).get('model_type', 'model')}-from-scratch"
-
-
-def _method_keys(cfg: dict, where: Path) -> list[str]:
-    from ftcot_jax import config as config_lib
-    from ftcot_jax.pipeline import RunConfig, methods_of
-
+def _run_config(cfg: dict, where: Path) -> RunConfig:
     try:
-        run_cfg = config_lib.from_dict(RunConfig, cfg)
+        return from_dict(RunConfig, cfg)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where} is not a valid run config ({e})") from None
-    return (["zero_shot"] if run_cfg.eval.zero_shot else []) + [m.key for m in methods_of(run_cfg)]
 
 
 def read_run(run_dir: str | Path) -> list[Cell]:
@@ -115,11 +76,11 @@ def read_run(run_dir: str | Path) -> list[Cell]:
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} does not exist; expected a run directory made by `ftcot run`")
-    cfg = json.loads(cfg_path.read_text())
-    student = _student_name(cfg)
-    keys = _method_keys(cfg, cfg_path)
+    run_cfg = _run_config(json.loads(cfg_path.read_text()), cfg_path)
+    student = run_cfg.student.display_name
+    keys = (["zero_shot"] if run_cfg.eval.zero_shot else []) + [m.key for m in methods_of(run_cfg)]
     cells = []
-    for task in cfg.get("tasks", []):
+    for task in run_cfg.tasks:
         d = run_dir / "eval" / task
         # only the methods of the run's current config: results another config left behind are not shown
         for f in [d / f"{k}.json" for k in keys if (d / f"{k}.json").is_file()]:
@@ -130,10 +91,23 @@ def read_run(run_dir: str | Path) -> list[Cell]:
             kind = r.get("kind") or ("zero_shot" if r.get("method") == "zero_shot" else r.get("method"))
             if kind not in METHOD_ORDER:
                 raise ValueError(f"{f}: unknown method kind {kind!r}")
-            cells.append(Cell(run_dir, student, task, r["method"], kind, r.get("diverse_samples"), r.get("label", kind),
-                              r.get("best_over_epochs"), r.get("last_epoch"), r.get("history", []),
-                              run_dir / r["train_dir"] if r.get("train_dir") else None, r.get("samples"),
-                              r.get("params")))
+            cells.append(
+                Cell(
+                    run_dir,
+                    student,
+                    task,
+                    r["method"],
+                    kind,
+                    r.get("diverse_samples"),
+                    r.get("label", kind),
+                    r.get("best_over_epochs"),
+                    r.get("last_epoch"),
+                    r.get("history", []),
+                    run_dir / r["train_dir"] if r.get("train_dir") else None,
+                    r.get("samples"),
+                    r.get("params"),
+                )
+            )
     return cells
 
 
@@ -155,7 +129,7 @@ def _fmt_params(n: int | None) -> str:
 @dataclasses.dataclass
 class Report:
     path: Path
-    table: str        # the markdown tables (what `ftcot run` prints)
+    table: str  # the markdown tables (what `ftcot run` prints)
     plots: list[Path]
     cells: list[Cell]
 
@@ -166,8 +140,10 @@ def build_tables(cells: list[Cell], *, paper: bool = True) -> str:
     head = "| Method | Student | Params | " + " | ".join(TASK_COLUMNS[t] for t in tasks) + " |"
     sep = "|---|---|---|" + "---|" * len(tasks)
     out = []
-    for title, which in (("best test accuracy over epochs (the paper's protocol for open students)", "best"),
-                         ("accuracy after the last epoch (no model selection on the test split)", "last")):
+    for title, which in (
+        ("best test accuracy over epochs (the paper's protocol for open students)", "best"),
+        ("accuracy after the last epoch (no model selection on the test split)", "last"),
+    ):
         lines = [f"**Test accuracy (%), {title}**", "", head, sep]
         for student in students:
             mine = [c for c in cells if c.student == student]
@@ -175,7 +151,7 @@ def build_tables(cells: list[Cell], *, paper: bool = True) -> str:
             rows: dict[tuple, dict[str, Cell]] = {}
             for c in sorted(mine, key=lambda c: c.order):
                 rows.setdefault((c.kind, c.d, c.label), {})[c.task] = c
-            for (kind, d, label), by_task in rows.items():
+            for (_kind, _d, label), by_task in rows.items():
                 vals = [pct(getattr(by_task[t], which)) if t in by_task else "" for t in tasks]
                 lines.append(f"| {label} | {student} | {_fmt_params(params)} | " + " | ".join(vals) + " |")
             if paper and which == "best":
@@ -190,9 +166,9 @@ def _paper_rows(student: str, rows: dict, tasks: list[str]) -> list[str]:
     note = ""
     if key is None:
         key, note = PAPER_NEAREST_DECODER, " (nearest size, another student)"
-    name = PAPER_STUDENTS[key][2]
+    paper_student = PAPER_STUDENTS[key]
     lines = []
-    for kind, d, label in rows:
+    for kind, d, _label in rows:
         vals = []
         for t in tasks:
             if kind == "diverse" and d != paper_diverse_d(t):
@@ -201,8 +177,12 @@ def _paper_rows(student: str, rows: dict, tasks: list[str]) -> list[str]:
             v = paper_value(key, kind, t)
             vals.append("-" if v is None else f"{v:.2f}")
         if any(vals):
-            plabel = PAPER_METHOD[kind] + (f" D={d}" if kind == "diverse" else "")
-            lines.append(f"| {plabel} (paper) | {name}{note} | {PAPER_STUDENTS[key][1]} | " + " | ".join(vals) + " |")
+            plabel = METHOD_LABELS[kind] + (f" D={d}" if kind == "diverse" else "")
+            lines.append(
+                f"| {plabel} (paper) | {paper_student.display}{note} | {paper_student.params} | "
+                + " | ".join(vals)
+                + " |"
+            )
     return lines
 
 
@@ -212,9 +192,11 @@ def _n_line(cells: list[Cell], tasks: list[str]) -> str:
         ns = {(c.best or {}).get("n") for c in cells if c.task == t and c.best}
         eps = {len(c.history) for c in cells if c.task == t and c.kind != "zero_shot"}
         samples = ", ".join(f"{c.method} {c.samples}" for c in cells if c.task == t and c.samples)
-        parts.append(f"{TASK_COLUMNS[t]}: {'/'.join(str(n) for n in sorted(ns))} test questions, "
-                     f"{'/'.join(str(e) for e in sorted(eps))} evaluated epochs"
-                     + (f"; train samples: {samples}" if samples else ""))
+        parts.append(
+            f"{TASK_COLUMNS[t]}: {'/'.join(str(n) for n in sorted(ns))} test questions, "
+            f"{'/'.join(str(e) for e in sorted(eps))} evaluated epochs"
+            + (f"; train samples: {samples}" if samples else "")
+        )
     return "_" + "; ".join(parts) + "_"
 
 
@@ -271,13 +253,17 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
     multi = len({c.student for c in cells}) > 1
     # accuracy per epoch
     fig, axes = grid(len(tasks))
-    for ax, t in zip(axes, tasks):
+    for ax, t in zip(axes, tasks, strict=False):
         for c in sorted((c for c in cells if c.task == t), key=lambda c: c.order):
             if c.kind == "zero_shot":
                 ax.axhline(100 * c.best["accuracy"], ls="--", color="gray", label=name(c, multi))
             elif c.history:
-                ax.plot([h["epoch"] + 1 for h in c.history], [100 * h["accuracy"] for h in c.history], marker="o",
-                        label=name(c, multi))
+                ax.plot(
+                    [h["epoch"] + 1 for h in c.history],
+                    [100 * h["accuracy"] for h in c.history],
+                    marker="o",
+                    label=name(c, multi),
+                )
         ax.set_title(TASK_COLUMNS[t])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -287,7 +273,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
     written.append(_save(fig, out_dir / "accuracy_per_epoch.png"))
     # loss curves
     fig, axes = grid(len(tasks))
-    for ax, t in zip(axes, tasks):
+    for ax, t in zip(axes, tasks, strict=False):
         for c in sorted((c for c in cells if c.task == t and c.kind != "zero_shot"), key=lambda c: c.order):
             steps, losses = _loss_curve(c.train_dir)
             if steps:
@@ -303,17 +289,27 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
     d_tasks = [t for t in tasks if any(c.kind == "diverse" for c in cells if c.task == t)]
     if d_tasks:
         fig, axes = grid(len(d_tasks))
-        for ax, t in zip(axes, d_tasks):
+        for ax, t in zip(axes, d_tasks, strict=False):
             for student in dict.fromkeys(c.student for c in cells):
-                div = sorted((c for c in cells if c.task == t and c.student == student and c.kind == "diverse"),
-                             key=lambda c: c.d)
+                div = sorted(
+                    (c for c in cells if c.task == t and c.student == student and c.kind == "diverse"),
+                    key=lambda c: c.d,
+                )
                 if div:
-                    ax.plot([c.d for c in div], [100 * c.best["accuracy"] for c in div if c.best], marker="o",
-                            label=f"diverse reasoning{f' ({student})' if multi else ''}")
+                    ax.plot(
+                        [c.d for c in div],
+                        [100 * c.best["accuracy"] for c in div if c.best],
+                        marker="o",
+                        label=f"diverse reasoning{f' ({student})' if multi else ''}",
+                    )
                 for c in cells:
                     if c.task == t and c.student == student and c.kind == "ft_cot" and c.best:
-                        ax.axhline(100 * c.best["accuracy"], ls="--", color="C1",
-                                   label=f"Fine-tune-CoT, greedy{f' ({student})' if multi else ''}")
+                        ax.axhline(
+                            100 * c.best["accuracy"],
+                            ls="--",
+                            color="C1",
+                            label=f"Fine-tune-CoT, greedy{f' ({student})' if multi else ''}",
+                        )
             ax.set_xscale("log", base=2)
             ax.set_title(TASK_COLUMNS[t])
             ax.set_xlabel("D (rationales per question)")
@@ -333,30 +329,22 @@ def write_report(run_dirs, out_dir, *, paper: bool = True, plots: bool = True) -
         raise ValueError("no run directories given")
     cells = [c for r in run_dirs for c in read_run(r)]
     if not cells:
-        raise ValueError(f"no evaluation results in {', '.join(map(str, run_dirs))} (eval/<task>/*.json); "
-                         "has `ftcot run` finished a stage yet?")
+        raise ValueError(
+            f"no evaluation results in {', '.join(map(str, run_dirs))} (eval/<task>/*.json); "
+            "has `ftcot run` finished a stage yet?"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_tables(cells, paper=paper)
     written = make_plots(cells, out_dir / "plots") if plots else []
     md = ["# Fine-tune-CoT report", "", "Runs: " + ", ".join(f"`{r}`" for r in run_dirs), "", table, ""]
     if paper:
-        md += ["Paper numbers: Ho et al. 2023 (ACL), open-student tables (best of 20 epochs, teacher "
-               "text-davinci-002); `-` = not run in the paper.", ""]
+        md += [
+            "Paper numbers: Ho et al. 2023 (ACL), open-student tables (best of 20 epochs, teacher "
+            "text-davinci-002); `-` = not run in the paper.",
+            "",
+        ]
     for p in written:
         md += [f"![{p.stem}]({p.relative_to(out_dir)})", ""]
-    path = out_dir / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(path)
+    path = write_text_atomic(out_dir / "report.md", "\n".join(md))
     return Report(path, table, written, cells)
-
-
-def report_command(args) -> int:
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else None
-    if out is None:
-        raise ValueError("several run directories: say where the report goes with --out DIR")
-    rep = write_report(args.run_dirs, out, paper=not args.no_paper, plots=not args.no_plots)
-    print(rep.table)
-    print(f"\nreport: {rep.path}" + (f"; plots: {', '.join(str(p) for p in rep.plots)}" if rep.plots else ""))
-    return 0

@@ -1,7 +1,7 @@
 """Training metrics: a JSONL log, TensorBoard event files, a tqdm bar, MFU.
 
-The event files are written here directly (TFRecord framing from records.py + three hand-encoded
-protobuf messages), because tensorboardX imports torch at start-up (~8 s) and TensorFlow is huge.
+The event files are written here directly (TFRecord framing from tfrecord.py + three hand-encoded
+protobuf messages), because tensorboardX imports torch at start-up (seconds) and TensorFlow is huge.
 
 Only process 0 writes; the other hosts get a logger whose methods do nothing.
 MFU = 6 * N_params * tokens/s / (peak FLOP/s per device * devices): the usual dense-transformer model
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from pathlib import Path
-
 import os
 import socket
 import struct
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from tqdm.auto import tqdm
+
+from ftcot_jax.tfrecord import RecordWriter
 
 # Dense bf16 peak FLOP/s per device (one chip, or one GPU), from the vendors' spec sheets.
 PEAK_FLOPS = {
@@ -108,8 +110,6 @@ class EventWriter:
     """Scalars into `<logdir>/events.out.tfevents.<time>.<host>`, readable by TensorBoard."""
 
     def __init__(self, logdir: str | Path):
-        from ftcot_jax.tfrecord import RecordWriter
-
         Path(logdir).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = Path(logdir) / name
@@ -138,8 +138,6 @@ class MetricsLogger:
         if tensorboard:
             self.tb = EventWriter(run_dir / "tensorboard")
         if progress:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                             desc="train")
 

@@ -17,9 +17,14 @@ from orbax.checkpoint import checkpoint_managers as cm
 BEST_METRIC = "accuracy"
 
 
+class NoCheckpointError(FileNotFoundError):
+    """A run that must resume (`train(require_checkpoint=True)`) found no checkpoint."""
+
+
 class Checkpoints:
     def __init__(self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True):
         self.directory = Path(directory).absolute()
+        _remove_unfinished_saves(self.directory)
         policies = [cm.LatestN(n=keep_last)]
         if keep_best:
             policies.append(cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=keep_best,
@@ -27,15 +32,11 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=cm.AnyPreservationPolicy(policies),
-            cleanup_tmp_directories=True,  # a save killed half-way is removed here
+            # Done above instead: orbax's own cleanup runs in a background future that nothing public awaits.
+            cleanup_tmp_directories=False,
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
-        # orbax deletes leftover temp dirs in a background future (awaited before its next save); wait
-        # now so that a reopened run directory never shows a half-written step, even before a save.
-        wait_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
-        if wait_cleanup is not None:
-            wait_cleanup()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -61,6 +62,14 @@ class Checkpoints:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _remove_unfinished_saves(directory: Path) -> None:
+    """Delete the temporary step directories of saves killed half-way, before the manager opens the directory,
+    so that a reopened run never shows a half-written step. Process 0 deletes (orbax's primary host)."""
+    if jax.process_index() == 0:
+        for tmp in ocp.path.step.all_temporary_paths(directory):
+            tmp.get().rmtree()
 
 
 def abstract_like(tree, shardings):

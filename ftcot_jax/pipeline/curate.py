@@ -1,4 +1,4 @@
-"""Teacher cache -> fine-tune sample files (REFERENCE_SPEC §3.1, §3.3).
+"""Teacher cache -> fine-tune sample files, and the curation methods a run config asks for.
 
 - Fine-tune-CoT (`ft_cot`): the greedy teacher's completion 0 of every train question, kept when the
   step-2 answer text parses to the gold answer with the zs_cot rule (first candidate in the whole text).
@@ -8,7 +8,7 @@
 
 Only train-split questions become samples (the split file's train indices, whatever a record's split
 says). Labels use the dataset's gold answer, not the teacher's prediction. Teacher accuracy is reported
-over every record in the cache (train + test), as the paper's tables do (spec §2.2).
+over every record in the cache (train + test), as the paper's tables do.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftcot_jax.config.run import RunConfig
 from ftcot_jax.samples import FinetuneSample, write_samples
+from ftcot_jax.scoring import check_answer
+from ftcot_jax.tasks import load_task
+from ftcot_jax.tasks.task import AQUA_TEST_START
+from ftcot_jax.teacher.cache import TeacherCache
 
 METHODS = ("ft_cot", "diverse", "ft")
 DEFAULT_TEMPERATURE = {"ft_cot": 0.0, "diverse": 0.7}
+# Method kinds as the paper's tables and our reports name them.
+METHOD_LABELS = {"zero_shot": "Zero-shot", "ft": "Fine-tune", "ft_cot": "Fine-tune-CoT", "diverse": "Diverse reasoning"}
 
 
 def train_key(method: str, samples: int = 1, temperature: float = 0.7) -> str:
@@ -29,6 +36,37 @@ def train_key(method: str, samples: int = 1, temperature: float = 0.7) -> str:
     if method == "diverse":
         return f"ft_cot_t{round(temperature * 100)}_{samples}aug"
     raise ValueError(f"unknown curation method '{method}'; expected one of: {', '.join(METHODS)}")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One curation method of a run: its sample file, training run and report row."""
+
+    key: str  # file/dir name and report column: ft | ft_cot | ft_cot_t70_8aug
+    kind: str  # ft | ft_cot | diverse
+    samples: int = 1  # D for diverse
+
+    @property
+    def train_method(self) -> str:
+        return "ft" if self.kind == "ft" else "ft_cot"
+
+    @property
+    def label(self) -> str:
+        if self.kind == "diverse":
+            return f"{METHOD_LABELS['diverse']} D={self.samples}"
+        return METHOD_LABELS[self.kind]
+
+
+def methods_of(cfg: RunConfig) -> list[Method]:
+    """The run's methods in config order; `diverse` becomes one method per D in curate.diverse_samples."""
+    out = []
+    for m in cfg.curate.methods:
+        if m == "diverse":
+            for d in cfg.curate.diverse_samples:
+                out.append(Method(train_key("diverse", d, cfg.teacher.diverse_temperature), "diverse", d))
+        else:
+            out.append(Method(m, m))
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,11 +92,16 @@ class Curation:
         if self.method == "ft":
             line = f"{self.task} ft: {self.kept} train questions with gold answers (no teacher)"
         else:
-            line = (f"{self.task} {self.method}: teacher accuracy {100 * self.teacher_accuracy:.1f}% "
-                    f"({self.teacher_correct}/{self.teacher_total} cached, train+test); kept "
-                    f"{self.kept}/{self.train_pairs} train samples")
-            extra = [f"{n} {what}" for n, what in ((self.missing, "not in the cache"),
-                                                    (self.empty, "correct but empty")) if n]
+            line = (
+                f"{self.task} {self.method}: teacher accuracy {100 * self.teacher_accuracy:.1f}% "
+                f"({self.teacher_correct}/{self.teacher_total} cached, train+test); kept "
+                f"{self.kept}/{self.train_pairs} train samples"
+            )
+            extra = [
+                f"{n} {what}"
+                for n, what in ((self.missing, "not in the cache"), (self.empty, "correct but empty"))
+                if n
+            ]
             if extra:
                 line += f" ({', '.join(extra)})"
         return line + (f" -> {path}" if path else "")
@@ -66,19 +109,15 @@ class Curation:
 
 def _dataset_row(task, idx: int):
     """The dataset's row, or None when it is not loaded offline (AQuA train before its download)."""
-    from ftcot_jax.tasks.task import AQUA_TEST_START
-
     if task.complete or idx >= AQUA_TEST_START:
         return task.example(idx)
     return None
 
 
-def curate_cot(cache, *, completion_indices: list[int], split_name: str = "default",
-               method: str = "ft_cot") -> Curation:
+def curate_cot(
+    cache, *, completion_indices: list[int], split_name: str = "default", method: str = "ft_cot"
+) -> Curation:
     """Correct teacher rationales of the train questions, for the given completion indices."""
-    from ftcot_jax.scoring import check_answer
-    from ftcot_jax.tasks import load_task
-
     if not completion_indices:
         raise ValueError("completion_indices is empty; expected e.g. [0] (Fine-tune-CoT) or range(D)")
     task = load_task(cache.task)
@@ -104,31 +143,53 @@ def curate_cot(cache, *, completion_indices: list[int], split_name: str = "defau
             if r.key not in correct_keys:
                 continue
             row = row or _dataset_row(task, idx)
-            if row is not None and (r.question.strip(), r.gold_answer.strip()) != (row.question.strip(), row.answer.strip()):
-                raise ValueError(f"{cache.path}: record {cache.task}#{idx}/{c} has another question or answer than the "
-                                 "dataset's; was the cache made from a different version of the data?")
+            ours = (r.question.strip(), r.gold_answer.strip())
+            if row is not None and ours != (row.question.strip(), row.answer.strip()):
+                raise ValueError(
+                    f"{cache.path}: record {cache.task}#{idx}/{c} has another question or answer than the "
+                    "dataset's; was the cache made from a different version of the data?"
+                )
             rationale = r.rationale.strip()
             if not rationale:
                 empty += 1
                 continue
-            samples.append(FinetuneSample(task=cache.task, sample_index=idx, completion_index=c,
-                                          question=r.question, answer=r.gold_answer, rationale=rationale,
-                                          method="ft_cot"))
+            samples.append(
+                FinetuneSample(
+                    task=cache.task,
+                    sample_index=idx,
+                    completion_index=c,
+                    question=r.question,
+                    answer=r.gold_answer,
+                    rationale=rationale,
+                    method="ft_cot",
+                )
+            )
     if missing == len(train) * len(completion_indices):
-        raise ValueError(f"teacher cache {cache.path} has none of the {len(train)} train questions for completion "
-                         f"indices {completion_indices[0]}..{completion_indices[-1]}; run `ftcot teach` on the train split")
-    return Curation(cache.task, method, samples, len(train) * len(completion_indices), missing, empty,
-                    teacher_correct, len(recs))
+        raise ValueError(
+            f"teacher cache {cache.path} has none of the {len(train)} train questions for completion "
+            f"indices {completion_indices[0]}..{completion_indices[-1]}; "
+            "run `ftcot teach` on the train split"
+        )
+    return Curation(
+        cache.task, method, samples, len(train) * len(completion_indices), missing, empty, teacher_correct, len(recs)
+    )
 
 
 def vanilla(task_name: str, split_name: str = "default") -> Curation:
     """Every train question with its gold answer (vanilla fine-tuning, no teacher)."""
-    from ftcot_jax.tasks import load_task
-
     examples = load_task(task_name).split("train", split_name)
-    samples = [FinetuneSample(task=task_name, sample_index=ex.sample_index, completion_index=0,
-                              question=ex.question, answer=ex.answer, rationale="", method="ft")
-               for ex in examples]
+    samples = [
+        FinetuneSample(
+            task=task_name,
+            sample_index=ex.sample_index,
+            completion_index=0,
+            question=ex.question,
+            answer=ex.answer,
+            rationale="",
+            method="ft",
+        )
+        for ex in examples
+    ]
     return Curation(task_name, "ft", samples, len(samples), 0, 0, 0, 0)
 
 
@@ -136,9 +197,17 @@ def sample_path(out_dir, task: str, key: str) -> Path:
     return Path(out_dir) / f"{task}__{key}.tfrecord"
 
 
-def curate(task: str, method: str, *, cache_root=None, teacher_model: str | None = None,
-           temperature: float | None = None, samples: int = 8, split_name: str = "default",
-           out_dir) -> tuple[Curation, Path]:
+def curate(
+    task: str,
+    method: str,
+    *,
+    cache_root=None,
+    teacher_model: str | None = None,
+    temperature: float | None = None,
+    samples: int = 8,
+    split_name: str = "default",
+    out_dir,
+) -> tuple[Curation, Path]:
     """Builds and writes one task's sample file; returns (curation, path)."""
     if method not in METHODS:
         raise ValueError(f"unknown curation method '{method}'; expected one of: {', '.join(METHODS)}")
@@ -146,18 +215,18 @@ def curate(task: str, method: str, *, cache_root=None, teacher_model: str | None
         cur = vanilla(task, split_name)
         key = "ft"
     else:
-        from ftcot_jax.teacher.cache import TeacherCache
-
         if not teacher_model:
-            raise ValueError(f"method '{method}' needs the teacher model whose cache to read (--teacher-model)")
+            raise ValueError(f"method '{method}' needs the teacher model whose cache to read (teacher_model)")
         if temperature is None:
             temperature = DEFAULT_TEMPERATURE[method]
         if method == "diverse" and samples < 1:
-            raise ValueError(f"diverse reasoning needs --samples >= 1, got {samples}")
+            raise ValueError(f"diverse reasoning needs samples >= 1, got {samples}")
         cache = TeacherCache(cache_root, task=task, teacher_model=teacher_model, temperature=temperature)
         if not cache.path.is_dir():
-            raise FileNotFoundError(f"no teacher cache at {cache.path}; run `ftcot teach --task {task} --model "
-                                    f"{teacher_model} --temperature {temperature:g}` first")
+            raise FileNotFoundError(
+                f"no teacher cache at {cache.path}; run `ftcot teach --task {task} --model "
+                f"{teacher_model} --temperature {temperature:g}` first"
+            )
         indices = [0] if method == "ft_cot" else list(range(samples))
         cur = curate_cot(cache, completion_indices=indices, split_name=split_name, method=method)
         key = train_key(method, samples, temperature)
@@ -166,18 +235,3 @@ def curate(task: str, method: str, *, cache_root=None, teacher_model: str | None
     path = sample_path(out_dir, task, key)
     write_samples(path, cur.samples)
     return cur, path
-
-
-def curate_command(args) -> int:
-    """`ftcot curate`: one sample file per task; prints teacher accuracy and kept/total."""
-    root = None
-    if args.method != "ft":
-        from ftcot_jax.teacher.run import default_cache_dir
-
-        root = args.cache_dir or default_cache_dir()
-    for task in args.task:
-        cur, path = curate(task, args.method, cache_root=root, teacher_model=args.teacher_model,
-                           temperature=args.temperature, samples=args.samples, split_name=args.split_name,
-                           out_dir=args.out_dir)
-        print(cur.summary(path))
-    return 0

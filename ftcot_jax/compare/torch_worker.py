@@ -1,16 +1,17 @@
-"""The PyTorch baseline of `ftcot compare`: the reference trainer's inner loop (spec section 4).
+"""The PyTorch baseline of `ftcot compare`: the reference trainer's inner loop.
 
-What follows the reference (`custom_train.py` / `src/custom/model.py`): an HF transformers model
-(`AutoModelForCausalLM` / `AutoModelForSeq2SeqLM`), `torch.optim.AdamW(model.parameters(), lr)` with
-torch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01), no schedule, no clipping, loss =
-the model's own `outputs.loss` on labels that are -100 on prompt and padding, train() mode,
-`torch.set_float32_matmul_precision("high")`, bf16 = `torch.autocast(bf16)` over fp32 weights
-(Lightning's "bf16-mixed"). Evaluation = HF `generate` (greedy) with an attention mask.
+What follows the reference (github.com/itsnamgyu/reasoning-teacher, `custom_train.py` and
+`src/custom/model.py`): an HF transformers model (`AutoModelForCausalLM` / `AutoModelForSeq2SeqLM`),
+`torch.optim.AdamW(model.parameters(), lr)` with torch's defaults (betas 0.9/0.999, eps 1e-8, weight decay
+0.01), no schedule, no clipping, loss = the model's own `outputs.loss` on labels that are -100 on prompt and
+padding, train() mode, `torch.set_float32_matmul_precision("high")`, bf16 = `torch.autocast(bf16)` over fp32
+weights (Lightning's "bf16-mixed"). Evaluation = HF `generate` (greedy) with an attention mask.
 
 What is deliberately the same as ours instead: the batches (read from the prepared batches.npz, built
 once by our data pipeline: same rows, order, right padding and length) and dropout 0 (in config.json).
 
-Run as `python -m ftcot_jax.torch_baseline --worker JOB.json` (the compare driver does this).
+Run as `python -m ftcot_jax.compare.torch_worker --worker JOB.json` (`compare.run` does this). Of our
+modules it imports only `compare.common`, so no JAX is loaded in its process.
 """
 
 from __future__ import annotations
@@ -21,16 +22,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import transformers
 
-from ftcot_jax.compare import (IGNORE, count_generated, hash_arrays, load_batches, peak_rss_mb, pin_threads,
-                               rss_mb, too_slow, worker_main)
+from ftcot_jax.compare.common import (
+    IGNORE,
+    count_generated,
+    hash_arrays,
+    load_batches,
+    peak_rss_mb,
+    pin_threads,
+    rss_mb,
+    score,
+    too_slow,
+    worker_main,
+)
 
 
 def to_torch_batch(b: dict[str, np.ndarray], model_type: str, device) -> dict:
     """Our (1, B, L) arrays -> the HF keyword arguments, labels built like the reference does it:
     a copy of the ids with -100 wherever no loss is taken (the prompt, the padding)."""
-    import torch
-
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a[0]).astype(np.int64)).to(device)  # noqa: E731
     if model_type == "decoder":
         ids = t(b["input_ids"])
@@ -40,34 +51,36 @@ def to_torch_batch(b: dict[str, np.ndarray], model_type: str, device) -> dict:
         labels = ids.masked_fill(~is_label, IGNORE)
         return {"input_ids": ids, "attention_mask": t(b["attention_mask"]), "labels": labels}
     labels = t(b["targets"]).masked_fill(~torch.from_numpy(b["loss_mask"][0] > 0).to(device), IGNORE)
-    return {"input_ids": t(b["input_ids"]), "attention_mask": t(b["attention_mask"]),
-            "decoder_input_ids": t(b["decoder_input_ids"]), "decoder_attention_mask": t(b["decoder_attention_mask"]),
-            "labels": labels}
+    return {
+        "input_ids": t(b["input_ids"]),
+        "attention_mask": t(b["attention_mask"]),
+        "decoder_input_ids": t(b["decoder_input_ids"]),
+        "decoder_attention_mask": t(b["decoder_attention_mask"]),
+        "labels": labels,
+    }
 
 
-def measure_matmul_flops(torch, device, dtype, n: int = 1024, repeats: int = 5) -> float:
+def measure_matmul_flops(device, dtype, n: int = 1024, repeats: int = 5) -> float:
     a = torch.ones((n, n), dtype=dtype, device=device) * 0.5
     a @ a
     best = float("inf")
     for _ in range(repeats):
-        _sync(torch, device)
+        _sync(device)
         t = time.perf_counter()
         a @ a
-        _sync(torch, device)
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
 
-def _sync(torch, device):
+def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def run(job: dict) -> dict:
+    """Train on every prepared batch, then evaluate with HF generate; the result record."""
     threads = pin_threads(job["threads"])
-    import torch
-    import transformers
-
     torch.set_num_threads(threads)
     torch.manual_seed(job["seed"])
     torch.set_float32_matmul_precision("high")  # the reference sets this (TF32 on Ampere GPUs)
@@ -75,14 +88,17 @@ def run(job: dict) -> dict:
     out_dir = Path(job["out_dir"])
     base_rss = rss_mb()
     bf16 = job["precision"] == "bf16"
-    flops = measure_matmul_flops(torch, device, torch.bfloat16 if bf16 else torch.float32)
+    flops = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32)
     if skip := too_slow(job, flops):
         return skip
     batches = load_batches(out_dir / "batches.npz")
     init = str(out_dir / "init")
     t0 = time.perf_counter()
-    cls = transformers.AutoModelForSeq2SeqLM if job["model_type"] == "encoder_decoder" \
+    cls = (
+        transformers.AutoModelForSeq2SeqLM
+        if job["model_type"] == "encoder_decoder"
         else transformers.AutoModelForCausalLM
+    )
     model = cls.from_pretrained(init, dtype=torch.float32).to(device)
     tok = transformers.AutoTokenizer.from_pretrained(init)
     load_s = time.perf_counter() - t0
@@ -104,11 +120,20 @@ def run(job: dict) -> dict:
         losses.append(float(loss.item()))  # waits for the step
         times.append(time.perf_counter() - t)
         hashes.append(hash_arrays({k: v.cpu().numpy() for k, v in kw.items()}))
-    res = {"losses": losses, "step_times": times, "batch_hashes": hashes, "load_s": load_s, "threads": threads,
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "platform": device.type,
-           "base_rss_mb": base_rss, "train_peak_rss_mb": peak_rss_mb(),
-           "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-           "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    res = {
+        "losses": losses,
+        "step_times": times,
+        "batch_hashes": hashes,
+        "load_s": load_s,
+        "threads": threads,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "platform": device.type,
+        "base_rss_mb": base_rss,
+        "train_peak_rss_mb": peak_rss_mb(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
     if device.type == "cuda":
         res["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     res["matmul_flops"] = flops
@@ -116,17 +141,15 @@ def run(job: dict) -> dict:
     if items and job.get("eval", True):
         model.eval()
         try:
-            res["eval"] = hf_eval(torch, model, tok, items, job, device, bf16)
+            res["eval"] = hf_eval(model, tok, items, job, device, bf16)
         except Exception as e:  # a failed evaluation must not hide the training numbers
             res["eval_error"] = f"{type(e).__name__}: {e}"[:500]
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
 
-def hf_eval(torch, model, tok, items: list[dict], job: dict, device, bf16: bool) -> dict:
+def hf_eval(model, tok, items: list[dict], job: dict, device, bf16: bool) -> dict:
     """HF greedy `generate` with attention_mask (left padding for decoders), timed after one warm-up batch."""
-    from ftcot_jax.compare import _score
-
     decoder = job["model_type"] == "decoder"
     tok.padding_side = "left" if decoder else "right"
     if tok.pad_token_id is None:
@@ -137,9 +160,15 @@ def hf_eval(torch, model, tok, items: list[dict], job: dict, device, bf16: bool)
     def gen(chunk):
         enc = tok(chunk, return_tensors="pt", padding=True).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model.generate(**enc, max_new_tokens=job["max_new_tokens"], do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        return out[:, enc["input_ids"].shape[1]:] if decoder else out[:, 1:]  # T5: drop the start token
+            out = model.generate(
+                **enc,
+                max_new_tokens=job["max_new_tokens"],
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        return out[:, enc["input_ids"].shape[1] :] if decoder else out[:, 1:]  # T5: drop the start token
 
     t = time.perf_counter()
     gen(prompts[:bs])
@@ -148,15 +177,19 @@ def hf_eval(torch, model, tok, items: list[dict], job: dict, device, bf16: bool)
     texts, reasons, n_tok = [], [], 0
     t = time.perf_counter()
     for i in range(0, len(prompts), bs):
-        for row in gen(prompts[i:i + bs]).cpu().tolist():
+        for row in gen(prompts[i : i + bs]).cpu().tolist():
             n = count_generated(row, eos)
             n_tok += n
             stopped = n < len(row) or (row and row[-1] in eos)
             texts.append(tok.decode(row[:n], skip_special_tokens=True))
             reasons.append("stop" if stopped else "length")
     dt = time.perf_counter() - t
-    return _score(items, texts, reasons, job) | {"decode_s": dt, "decode_first_batch_s": warm,
-                                                 "generated_tokens": n_tok, "decode_tokens_per_s": n_tok / dt}
+    return score(items, texts, reasons, job["task"], job["template"]) | {
+        "decode_s": dt,
+        "decode_first_batch_s": warm,
+        "generated_tokens": n_tok,
+        "decode_tokens_per_s": n_tok / dt,
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Request validation for `ftcot serve`: OpenAI request bodies -> one normalized `Request`.
+"""Request validation for `ftcot serve`: OpenAI request bodies -> one normalized `Request`, and `APIError`,
+the error a client gets back.
 
 Kept apart from the HTTP and decoding code so every rule is one readable table here.
 Each OpenAI field falls in exactly one class (docs/serve.md lists them):
@@ -207,9 +208,9 @@ def _check_prompt_chars(text: str, param: str, limits: Limits) -> None:
 
 
 def _common(body: dict, limits: Limits, max_tokens_key: str) -> dict:
-    n = _opt_int(body, "n", 1, limits.max_n, hi_msg=" (this server's --max-n)")
+    n = _opt_int(body, "n", 1, limits.max_n, hi_msg=" (this server's max_n)")
     max_tokens = _opt_int(body, max_tokens_key, 1, limits.max_new_tokens,
-                          hi_msg=" (this server's --max-new-tokens-limit)")
+                          hi_msg=" (this server's max_new_tokens_limit)")
     temperature = _opt_num(body, "temperature", 0.0, 2.0, 1.0)
     top_p = _opt_num(body, "top_p", 0.0, 1.0, 1.0, lo_open=True)
     seed = body.get("seed")

@@ -1,0 +1,78 @@
+"""Picking each row's next token, shared by both decode loops: HF-order logit filters, greedy or keyed
+sampling, and the step both loops take once they have the logits (write the token, pad finished rows, end
+rows at EOS).
+
+Random numbers: token t of a batch (t = 0 is the first new token) is drawn with `jax.random.fold_in(rng, t)`,
+for decoder-only and encoder-decoder models alike, so a key gives the same tokens however the loop is
+chunked (stop-string checks return to the host between chunks).
+
+The loop state is a dict, donated between calls: `step` (index of the next new token), `last_B` (the token
+fed to the next step), `cache`, `tokens_BxN` (N = the generation bucket; padding after each row's end),
+`done_B`, and whatever a model kind adds (the causal loop's `kv_mask_BxS`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ftcot_jax.models.api import MAX_EOS
+
+
+class Sampling(NamedTuple):
+    """Everything about picking tokens that may change between calls, as traced values (no recompiles).
+    Greedy-vs-sampling is the one static choice (the `greedy` argument of the loops)."""
+
+    rng: jax.Array          # PRNG key; unused when greedy
+    temperature: jax.Array  # float32 > 0
+    top_k: jax.Array        # int32; 0 = off
+    top_p: jax.Array        # float32 in (0, 1]
+    eos_E: jax.Array        # int32 [MAX_EOS]: the EOS ids, padded with -1
+    pad_id: jax.Array       # int32: what rows emit once they are done
+
+
+def make_sampling(rng, temperature: float, top_k: int, top_p: float, eos: list[int], pad: int) -> Sampling:
+    """`Sampling` from host values; `rng` None is allowed for greedy decoding."""
+    return Sampling(jax.random.key(0) if rng is None else rng, jnp.float32(max(temperature, 1e-6)),
+                    jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(eos + [-1] * (MAX_EOS - len(eos)), jnp.int32),
+                    jnp.int32(pad))
+
+
+def filter_logits(logits_BxV, temperature, top_k, top_p):
+    """HF order: temperature, then top-k (0 = off), then top-p (smallest set of most likely tokens whose
+    mass reaches top_p; the most likely token always stays). Traced scalars: no recompiles."""
+    logits_BxV = logits_BxV / temperature
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+    rank_V = jnp.arange(sorted_BxV.shape[-1])
+    keep_BxV = (top_k <= 0) | (rank_V < top_k)
+    probs_BxV = jax.nn.softmax(jnp.where(keep_BxV, sorted_BxV, -jnp.inf), axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_BxV = (keep_BxV & (mass_before_BxV < top_p)) | (rank_V == 0)
+    cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+
+
+def next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
+    if greedy:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits_BxV, temperature, top_k, top_p)).astype(jnp.int32)
+
+
+def emit(loop: dict, logits_BxV, s: Sampling, *, greedy: bool, **updates) -> dict:
+    """The loop state after picking token `loop["step"]` of every row from `logits_BxV`: rows already done
+    emit padding (as HF generate does), a row that emits an EOS id is done. `updates`: the entries the
+    model step changed (cache, kv_mask_BxS)."""
+    step = loop["step"]
+    tok_B = next_token(logits_BxV, jax.random.fold_in(s.rng, step), s.temperature, s.top_k, s.top_p, greedy=greedy)
+    tok_B = jnp.where(loop["done_B"], s.pad_id, tok_B)
+    return {**loop, **updates, "step": step + 1, "last_B": tok_B,
+            "tokens_BxN": jax.lax.dynamic_update_slice(loop["tokens_BxN"], tok_B[:, None], (0, step)),
+            "done_B": loop["done_B"] | jnp.isin(tok_B, s.eos_E)}
+
+
+def loop_until(loop: dict, until, body) -> dict:
+    """`body` (loop state -> loop state) until step `until` (at most N) or until every row is done."""
+    until = jnp.minimum(until, loop["tokens_BxN"].shape[1])
+    return jax.lax.while_loop(lambda c: (c["step"] < until) & ~jnp.all(c["done_B"]), body, loop)

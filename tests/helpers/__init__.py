@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny model configs, tokenizers, synthetic data, torch parity, subprocess runners, fakes."""
