@@ -14,7 +14,6 @@ from ftcot_jax.tasks import load_task
 from ftcot_jax.tfrecord import RecordCorruptError, decode_example, encode_example, frame, read_records
 
 
-
 @dataclass(frozen=True)
 class FinetuneSample:
     task: str
@@ -105,15 +104,26 @@ def gold_samples(task: str, method: str, split_name: str = "default"):
         raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHOD_TEMPLATE)}")
     t = load_task(task)
     if method == "ft_cot" and not t.has_rationale:
-        raise ValueError(f"task '{task}' has no gold rationales, so ft_cot samples cannot be built from the "
-                         "dataset; use teacher samples (ftcot curate) or method 'ft'")
+        raise ValueError(
+            f"task '{task}' has no gold rationales, so ft_cot samples cannot be built from the "
+            "dataset; use teacher samples (ftcot curate) or method 'ft'"
+        )
     out = []
     for ex in t.split("train", split_name):
         rationale = "" if method == "ft" else (ex.rationale or "").strip()
         if method == "ft_cot" and not rationale:
             raise ValueError(f"task '{task}' train example {ex.sample_index} has an empty gold rationale")
-        out.append(FinetuneSample(task=task, sample_index=ex.sample_index, completion_index=0,
-                                  question=ex.question, answer=ex.answer, rationale=rationale, method=method))
+        out.append(
+            FinetuneSample(
+                task=task,
+                sample_index=ex.sample_index,
+                completion_index=0,
+                question=ex.question,
+                answer=ex.answer,
+                rationale=rationale,
+                method=method,
+            )
+        )
     if not out:
         raise ValueError(f"task '{task}' has no train examples in split '{split_name}'")
     return out

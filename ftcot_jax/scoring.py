@@ -1,4 +1,5 @@
-"""Answer cleansing and scoring: the reference evaluator's logic (github.com/itsnamgyu/reasoning-teacher, `src/evaluation/evaluator.py`).
+"""Answer cleansing and scoring: the reference evaluator's logic (`src/evaluation/evaluator.py` of
+github.com/itsnamgyu/reasoning-teacher).
 
 The default behaviour is the reference's, quirks included, so accuracies are comparable with the paper:
 
@@ -101,7 +102,9 @@ def cleanse_answer(task: str, answer: str, *, lenient_numbers: bool = False) -> 
         try:
             return float(answer)
         except ValueError:
-            raise ValueError(f"task '{task}': gold answer {answer!r} is not a number; expected a numeric string") from None
+            raise ValueError(
+                f"task '{task}': gold answer {answer!r} is not a number; expected a numeric string"
+            ) from None
     return answer
 
 

@@ -17,8 +17,8 @@ import mmap
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import google_crc32c
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -91,7 +91,7 @@ class RecordWriter:
             self.flush()
             self._f.close()
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc) -> None:

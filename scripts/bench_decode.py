@@ -27,7 +27,7 @@ QUESTIONS = [
     "Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. "
     "How much more money does Betty need to buy the wallet?",
     "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
-    "Take the last letters of each words in \"Lino Mariel Aditya Elisabeth\" and concatenate them.",
+    'Take the last letters of each words in "Lino Mariel Aditya Elisabeth" and concatenate them.',
     "A coin is heads up. Ka flips the coin. Sherrie flips the coin. Is the coin still heads up?",
     "Today is Christmas Eve of 1937. What is the date 10 days ago in MM/DD/YYYY?",
     "Mark has a garden with flowers. He planted plants of three different colors in it. Ten of them are yellow, "
@@ -47,7 +47,7 @@ def left_pad(tok, prompts):
     ids = np.zeros((len(enc), L), np.int64)
     mask = np.zeros((len(enc), L), np.int64)
     for r, e in enumerate(enc):
-        ids[r, L - len(e):], mask[r, L - len(e):] = e, 1
+        ids[r, L - len(e) :], mask[r, L - len(e) :] = e, 1
     return ids, mask
 
 
@@ -63,8 +63,12 @@ def bench_ours(model, ids, mask, n_new, repeats):
         out, _ = decode.generate_ids(model, ids, mask, max_new_tokens=n_new, eos_token_id=[])
         times.append(time.perf_counter() - t)
     best = min(times)
-    return out, {"first_call_s": first, "compile_s": max(first - best, 0.0), "decode_s": best,
-                 "tokens_per_s": ids.shape[0] * n_new / best}
+    return out, {
+        "first_call_s": first,
+        "compile_s": max(first - best, 0.0),
+        "decode_s": best,
+        "tokens_per_s": ids.shape[0] * n_new / best,
+    }
 
 
 def matmul_floor(model, batch: int, repeats: int = 10) -> dict:
@@ -98,8 +102,8 @@ def matmul_floor(model, batch: int, repeats: int = 10) -> dict:
     def chain(kernels, head_VxD, x_BxW):
         s_Bx1 = jnp.zeros((batch, 1), jnp.float32)
         for w in kernels:
-            s_Bx1 = jnp.mean((x_BxW[:, :w.shape[0]] + s_Bx1) @ w, axis=-1, keepdims=True)
-        return ((x_BxW[:, :head_VxD.shape[1]] + s_Bx1) @ head_VxD.T).max()
+            s_Bx1 = jnp.mean((x_BxW[:, : w.shape[0]] + s_Bx1) @ w, axis=-1, keepdims=True)
+        return ((x_BxW[:, : head_VxD.shape[1]] + s_Bx1) @ head_VxD.T).max()
 
     jax.block_until_ready(chain(kernels, head_VxD, x_BxW))
     best = float("inf")
@@ -116,8 +120,15 @@ def bench_hf(tm, ids, mask, n_new, repeats, pad_id):
 
     def run():
         with torch.no_grad():
-            return tm.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
-                               max_new_tokens=n_new, min_new_tokens=n_new, num_beams=1, pad_token_id=pad_id)
+            return tm.generate(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
+                do_sample=False,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                num_beams=1,
+                pad_token_id=pad_id,
+            )
 
     t = time.perf_counter()
     run()
@@ -128,8 +139,11 @@ def bench_hf(tm, ids, mask, n_new, repeats, pad_id):
         out = run()
         times.append(time.perf_counter() - t)
     best = min(times)
-    return out[:, ids.shape[1]:].numpy(), {"warmup_s": warm, "decode_s": best,
-                                           "tokens_per_s": ids.shape[0] * n_new / best}
+    return out[:, ids.shape[1] :].numpy(), {
+        "warmup_s": warm,
+        "decode_s": best,
+        "tokens_per_s": ids.shape[0] * n_new / best,
+    }
 
 
 def main(argv=None):
@@ -139,9 +153,13 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (best is reported)")
     ap.add_argument("--quick", action="store_true", help="batch 1 and 8, 32 new tokens, 1 timed run")
-    ap.add_argument("--torch-threads", type=int, default=0,
-                    help="0 = torch default (all cores). On a shared, oversubscribed machine torch's spinning "
-                         "OpenMP threads slow HF down ~10x; --torch-threads 1 gives the fairer baseline there.")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="0 = torch default (all cores). On a shared, oversubscribed machine torch's spinning "
+        "OpenMP threads slow HF down ~10x; --torch-threads 1 gives the fairer baseline there.",
+    )
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args(argv)
@@ -150,7 +168,6 @@ def main(argv=None):
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     import jax
-    import numpy as np
 
     from ftcot_jax import models
     from ftcot_jax.models import cpu_xla
@@ -174,9 +191,14 @@ def main(argv=None):
     for B in batch_sizes:
         ids, mask = left_pad(tok, prompts_for(B))
         ours_tok, ours = bench_ours(model, ids, mask, args.new_tokens, args.repeats)
-        row = {"batch": B, "prompt_len": int(ids.shape[1]), "new_tokens": args.new_tokens, "ours": ours,
-               "matmul_floor": matmul_floor(model, B),
-               "loop_compiler_options": cpu_xla.loop_compiler_options(B, cpu_xla.platform_of(model))}
+        row = {
+            "batch": B,
+            "prompt_len": int(ids.shape[1]),
+            "new_tokens": args.new_tokens,
+            "ours": ours,
+            "matmul_floor": matmul_floor(model, B),
+            "loop_compiler_options": cpu_xla.loop_compiler_options(B, cpu_xla.platform_of(model)),
+        }
         if tm is not None:
             hf_tok, hf = bench_hf(tm, ids, mask, args.new_tokens, args.repeats, pad_id)
             row["hf"] = hf
@@ -186,28 +208,44 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"\nmodel={args.model}  new_tokens={args.new_tokens}  device={jax.devices()[0].platform}  "
-          f"cpus={os.cpu_count()}  load_s={load_s:.1f}")
-    print(f"{'batch':>5} {'prompt':>6} {'ours tok/s':>11} {'compile s':>10} {'HF tok/s':>10} {'speedup':>8} "
-          f"{'agree':>6} | {'matmul floor tok/s':>18} {'GB/s':>5} {'ceiling vs HF':>13}")
+    print(
+        f"\nmodel={args.model}  new_tokens={args.new_tokens}  device={jax.devices()[0].platform}  "
+        f"cpus={os.cpu_count()}  load_s={load_s:.1f}"
+    )
+    print(
+        f"{'batch':>5} {'prompt':>6} {'ours tok/s':>11} {'compile s':>10} {'HF tok/s':>10} {'speedup':>8} "
+        f"{'agree':>6} | {'matmul floor tok/s':>18} {'GB/s':>5} {'ceiling vs HF':>13}"
+    )
     for r in rows:
         hf, fl = r.get("hf", {}), r["matmul_floor"]
-        print(f"{r['batch']:>5} {r['prompt_len']:>6} {r['ours']['tokens_per_s']:>11.1f} "
-              f"{r['ours']['compile_s']:>10.1f} {hf.get('tokens_per_s', float('nan')):>10.1f} "
-              f"{r.get('speedup', float('nan')):>8.2f} {r.get('greedy_token_agreement', float('nan')):>6.2f} | "
-              f"{fl['tokens_per_s']:>18.1f} {fl['weight_gb_per_s']:>5.1f} {fl.get('ceiling_vs_hf', float('nan')):>13.2f}")
-    print("matmul floor: only the step's weight products (every kernel + LM head at M = batch rows), jitted; "
-          "ceiling = floor / HF, the most a step that did nothing else could reach")
+        print(
+            f"{r['batch']:>5} {r['prompt_len']:>6} {r['ours']['tokens_per_s']:>11.1f} "
+            f"{r['ours']['compile_s']:>10.1f} {hf.get('tokens_per_s', float('nan')):>10.1f} "
+            f"{r.get('speedup', float('nan')):>8.2f} {r.get('greedy_token_agreement', float('nan')):>6.2f} | "
+            f"{fl['tokens_per_s']:>18.1f} {fl['weight_gb_per_s']:>5.1f} {fl.get('ceiling_vs_hf', float('nan')):>13.2f}"
+        )
+    print(
+        "matmul floor: only the step's weight products (every kernel + LM head at M = batch rows), jitted; "
+        "ceiling = floor / HF, the most a step that did nothing else could reach"
+    )
     if args.out:
         torch_threads = None
         if tm is not None:
             import torch
 
             torch_threads = torch.get_num_threads()
-        meta = {"model": args.model, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                "torch_threads": torch_threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                "platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                "load_s": load_s, "load_avg": os.getloadavg()}
+        meta = {
+            "model": args.model,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "torch_threads": torch_threads,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+            "load_s": load_s,
+            "load_avg": os.getloadavg(),
+        }
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
     return 0

@@ -48,26 +48,49 @@ def main(argv=None) -> int:
     spec = CompareSpec(task=args.task, steps=args.steps, warmup_steps=0, batch_size=args.batch, seq_len=args.seq_len)
     tok = models.load_tokenizer(DEFAULT_TOKENIZER)
     batches, cut = cut_batches(spec, sample_files.gold_samples(args.task, "ft_cot"), tok, "decoder")
-    hf = dict(PRESETS["gpt2-small"], n_layer=args.layers, vocab_size=max(50257, len(tok)),
-              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    hf = dict(
+        PRESETS["gpt2-small"],
+        n_layer=args.layers,
+        vocab_size=max(50257, len(tok)),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id or tok.eos_token_id,
+    )
 
     runs = {}
     for pm in variants:
-        cfg = TrainConfig(run_dir="unused", batch_size=args.batch, dropout=False,
-                          student=StudentSection(from_scratch=True, model_config=hf, precision=args.precision), bucket=args.seq_len, max_length=args.seq_len,
-                          mesh=MeshConfig(num_devices=1), pack_multiple=pm)
+        cfg = TrainConfig(
+            run_dir="unused",
+            batch_size=args.batch,
+            dropout=False,
+            student=StudentSection(from_scratch=True, model_config=hf, precision=args.precision),
+            bucket=args.seq_len,
+            max_length=args.seq_len,
+            mesh=MeshConfig(num_devices=1),
+            pack_multiple=pm,
+        )
         st = setup(cfg, tokenizer=tok, total_steps=args.steps)
         state = st.init_state()
         t = time.perf_counter()
         with jax.set_mesh(st.mesh):
             step, n_shapes = st.compile_ahead(state, batches)
-        runs[pm] = {"st": st, "step": step, "shapes": n_shapes, "state": state, "compile_s": time.perf_counter() - t,
-                    "times": [], "losses": [], "tokens": []}
-        print(f"pack_multiple {pm}: {n_shapes} step shapes compiled in {runs[pm]['compile_s']:.1f}s",
-              file=sys.stderr, flush=True)
+        runs[pm] = {
+            "st": st,
+            "step": step,
+            "shapes": n_shapes,
+            "state": state,
+            "compile_s": time.perf_counter() - t,
+            "times": [],
+            "losses": [],
+            "tokens": [],
+        }
+        print(
+            f"pack_multiple {pm}: {n_shapes} step shapes compiled in {runs[pm]['compile_s']:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for i, b in enumerate(batches):
-        for pm in (variants if i % 2 == 0 else variants[::-1]):
+        for pm in variants if i % 2 == 0 else variants[::-1]:
             r = runs[pm]
             with jax.set_mesh(r["st"].mesh):
                 t = time.perf_counter()
@@ -82,25 +105,50 @@ def main(argv=None) -> int:
     rows = []
     for pm in variants:
         r = runs[pm]
-        rows.append({"pack_multiple": pm, "compile_s": r["compile_s"], "step_shapes": r["shapes"],
-                     "step_s_median": statistics.median(r["times"]), "step_s_all": r["times"],
-                     "tokens_computed": r["tokens"], "losses": r["losses"],
-                     "per_batch_speedup_vs_first": [a / x for a, x in zip(base["times"], r["times"])],
-                     "total_speedup_vs_first": sum(base["times"]) / sum(r["times"]),
-                     "max_loss_gap_vs_first": float(np.max(np.abs(np.subtract(r["losses"], base["losses"]))))})
-    print(f"\nGPT-2 small ({args.layers} layers), {args.steps} {args.task} batches of {args.batch} x {args.seq_len}, "
-          f"{args.precision}, real tokens per batch {cut['real_tokens']}")
-    print(f"{'pack_multiple':>13} | {'shapes':>6} | {'compile s':>9} | {'step s':>7} | {'vs first':>8} | "
-          f"{'tokens computed (mean)':>22} | max dloss")
+        rows.append(
+            {
+                "pack_multiple": pm,
+                "compile_s": r["compile_s"],
+                "step_shapes": r["shapes"],
+                "step_s_median": statistics.median(r["times"]),
+                "step_s_all": r["times"],
+                "tokens_computed": r["tokens"],
+                "losses": r["losses"],
+                "per_batch_speedup_vs_first": [a / x for a, x in zip(base["times"], r["times"], strict=True)],
+                "total_speedup_vs_first": sum(base["times"]) / sum(r["times"]),
+                "max_loss_gap_vs_first": float(np.max(np.abs(np.subtract(r["losses"], base["losses"])))),
+            }
+        )
+    print(
+        f"\nGPT-2 small ({args.layers} layers), {args.steps} {args.task} batches of {args.batch} x {args.seq_len}, "
+        f"{args.precision}, real tokens per batch {cut['real_tokens']}"
+    )
+    print(
+        f"{'pack_multiple':>13} | {'shapes':>6} | {'compile s':>9} | {'step s':>7} | {'vs first':>8} | "
+        f"{'tokens computed (mean)':>22} | max dloss"
+    )
     print("-" * 98)
     for r in rows:
-        print(f"{r['pack_multiple']:>13} | {r['step_shapes']:>6} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | "
-              f"{r['total_speedup_vs_first']:7.2f}x | {np.mean(r['tokens_computed']):22.0f} | "
-              f"{r['max_loss_gap_vs_first']:.1e}")
+        print(
+            f"{r['pack_multiple']:>13} | {r['step_shapes']:>6} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | "
+            f"{r['total_speedup_vs_first']:7.2f}x | {np.mean(r['tokens_computed']):22.0f} | "
+            f"{r['max_loss_gap_vs_first']:.1e}"
+        )
     with open(args.out, "w") as f:
-        json.dump({"task": args.task, "batch": args.batch, "seq_len": args.seq_len, "layers": args.layers,
-                   "precision": args.precision, "real_tokens": cut["real_tokens"],
-                   "device": jax.devices()[0].device_kind, "results": rows}, f, indent=2)
+        json.dump(
+            {
+                "task": args.task,
+                "batch": args.batch,
+                "seq_len": args.seq_len,
+                "layers": args.layers,
+                "precision": args.precision,
+                "real_tokens": cut["real_tokens"],
+                "device": jax.devices()[0].device_kind,
+                "results": rows,
+            },
+            f,
+            indent=2,
+        )
     print(f"\nwrote {args.out}")
     return 0
 

@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # tests/fakes/llamacpp.py starts the server
+sys.path.insert(0, str(ROOT))  # tests/helpers/fakes/llamacpp.py starts the server
 sys.path.insert(0, str(ROOT / "scripts"))
-
-from fakes import llamacpp  # noqa: E402
 
 from ftcot_jax.teacher.cache import TeacherCache  # noqa: E402
 from ftcot_jax.teacher.openai_backend import OpenAIBackend  # noqa: E402
 from ftcot_jax.teacher.run import run_teach, select_items  # noqa: E402
+from tests.helpers.fakes import llamacpp  # noqa: E402
 
 
 def bench_server(

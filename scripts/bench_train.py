@@ -44,8 +44,9 @@ import time
 import numpy as np
 
 
-def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed: int = 0,
-          batches: list | None = None) -> dict:
+def bench(
+    precision: str, batch: int, length: int, steps: int, layers: int, seed: int = 0, batches: list | None = None
+) -> dict:
     """Our step: one warm-up step, then `steps` timed ones; `batches` (len >= steps + 1) or random all-label."""
     import jax
     import jax.numpy as jnp
@@ -54,10 +55,23 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
     from ftcot_jax.train.metrics import mfu, peak_flops_per_device
     from ftcot_jax.train.step import setup
 
-    hf = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": layers,
-          "n_head": 12}
-    cfg = TrainConfig(run_dir="unused", student=StudentSection(from_scratch=True, model_config=hf, precision=precision),
-                      batch_size=batch, dropout=False, bucket=length, max_length=length, mesh=MeshConfig(num_devices=1))
+    hf = {
+        "model_type": "gpt2",
+        "vocab_size": 50257,
+        "n_positions": 1024,
+        "n_embd": 768,
+        "n_layer": layers,
+        "n_head": 12,
+    }
+    cfg = TrainConfig(
+        run_dir="unused",
+        student=StudentSection(from_scratch=True, model_config=hf, precision=precision),
+        batch_size=batch,
+        dropout=False,
+        bucket=length,
+        max_length=length,
+        mesh=MeshConfig(num_devices=1),
+    )
 
     class _Tok:  # the step needs no tokenizer; the student only checks for an EOS id
         eos_token_id = 50256
@@ -72,19 +86,22 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
     if batches is None:
         rng = np.random.default_rng(seed)
         ids = rng.integers(0, hf["vocab_size"], (1, batch, length + 1), dtype=np.int32)
-        b = dict(input_ids=ids[..., :-1], targets=ids[..., 1:],
-                 attention_mask=np.ones((1, batch, length), np.int32),
-                 positions=np.broadcast_to(np.arange(length, dtype=np.int32), (1, batch, length)).copy(),
-                 loss_mask=np.ones((1, batch, length), np.float32))
+        b = dict(
+            input_ids=ids[..., :-1],
+            targets=ids[..., 1:],
+            attention_mask=np.ones((1, batch, length), np.int32),
+            positions=np.broadcast_to(np.arange(length, dtype=np.int32), (1, batch, length)).copy(),
+            loss_mask=np.ones((1, batch, length), np.float32),
+        )
         batches = [b] * (steps + 1)
     with jax.set_mesh(st.mesh):
         t0 = time.perf_counter()
-        step, n_shapes = st.compile_ahead(state, batches[:steps + 1])  # every step shape, before timing
+        step, n_shapes = st.compile_ahead(state, batches[: steps + 1])  # every step shape, before timing
         compile_s = time.perf_counter() - t0
         state, m = step(state, st.put_batch(batches[0]))  # warm-up run (first execution allocates)
         first_loss = float(m["loss"])
         times = []
-        for b in batches[1:steps + 1]:
+        for b in batches[1 : steps + 1]:
             t0 = time.perf_counter()
             state, m = step(state, st.put_batch(b))
             jax.block_until_ready(m)
@@ -93,19 +110,40 @@ def bench(precision: str, batch: int, length: int, steps: int, layers: int, seed
     step_s = statistics.median(times)
     tps = tokens / step_s
     # Model FLOPs count only real (non-padding) tokens: padding is not useful work, whoever computes it.
-    real_tps = sum(int(b["attention_mask"].sum()) for b in batches[1:steps + 1]) / sum(times)
+    real_tps = sum(int(b["attention_mask"].sum()) for b in batches[1 : steps + 1]) / sum(times)
     peak, peak_src = peak_flops_per_device(dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32)
-    return {"precision": precision, "batch": batch, "length": length, "n_params": st.student.n_params,
-            "init_s": init_s, "compile_s": compile_s, "step_s_median": step_s, "step_s_all": times,
-            "tokens_per_s": tps, "real_tokens_per_s": real_tps, "mfu": mfu(st.student.n_params, real_tps, peak),
-            "peak_flops": peak, "peak_source": peak_src,
-            "model_tflops_per_s": 6 * st.student.n_params * real_tps / 1e12,
-            "first_loss": first_loss, "last_loss": float(m["loss"]), "step_shapes": n_shapes}
+    return {
+        "precision": precision,
+        "batch": batch,
+        "length": length,
+        "n_params": st.student.n_params,
+        "init_s": init_s,
+        "compile_s": compile_s,
+        "step_s_median": step_s,
+        "step_s_all": times,
+        "tokens_per_s": tps,
+        "real_tokens_per_s": real_tps,
+        "mfu": mfu(st.student.n_params, real_tps, peak),
+        "peak_flops": peak,
+        "peak_source": peak_src,
+        "model_tflops_per_s": 6 * st.student.n_params * real_tps / 1e12,
+        "first_loss": first_loss,
+        "last_loss": float(m["loss"]),
+        "step_shapes": n_shapes,
+    }
 
 
 def _gpt2_config(layers: int) -> dict:
-    return {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": layers, "n_head": 12,
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    return {
+        "vocab_size": 50257,
+        "n_positions": 1024,
+        "n_embd": 768,
+        "n_layer": layers,
+        "n_head": 12,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
 
 
 def _tokens(batch: int, length: int, seed: int = 0) -> np.ndarray:
@@ -151,8 +189,14 @@ def worker_torch(batch: int, length: int, steps: int, layers: int, batches: str 
         losses.append(float(loss.item()))
         if i:
             times.append(time.perf_counter() - t)
-    return {"system": "torch eager", "version": f"torch {torch.__version__}, transformers {transformers.__version__}",
-            "compile_s": 0.0, "step_s_all": times, "first_loss": losses[0], "last_loss": losses[-1]}
+    return {
+        "system": "torch eager",
+        "version": f"torch {torch.__version__}, transformers {transformers.__version__}",
+        "compile_s": 0.0,
+        "step_s_all": times,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
 
 
 def worker_hf_flax(batch: int, length: int, steps: int, layers: int, batches: str | None = None) -> dict:
@@ -172,8 +216,14 @@ def worker_hf_flax(batch: int, length: int, steps: int, layers: int, batches: st
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, b):
         def loss_fn(p):
-            logits = model(b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["positions"],
-                           params=p, train=True, dropout_rng=jax.random.key(0)).logits
+            logits = model(
+                b["input_ids"],
+                attention_mask=b["attention_mask"],
+                position_ids=b["positions"],
+                params=p,
+                train=True,
+                dropout_rng=jax.random.key(0),
+            ).logits
             nll = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
             return (nll * b["loss_mask"]).sum() / b["loss_mask"].sum()
 
@@ -186,8 +236,15 @@ def worker_hf_flax(batch: int, length: int, steps: int, layers: int, batches: st
     else:  # all-label: position j predicts token j+1 (the last position has no target)
         ids = _tokens(batch, length + 1).astype(np.int32)
         w = np.ones((batch, length), np.float32)
-        feeds = [{"input_ids": ids[:, :-1], "targets": ids[:, 1:], "attention_mask": np.ones((batch, length), np.int32),
-                  "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)), "loss_mask": w}]
+        feeds = [
+            {
+                "input_ids": ids[:, :-1],
+                "targets": ids[:, 1:],
+                "attention_mask": np.ones((batch, length), np.int32),
+                "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)),
+                "loss_mask": w,
+            }
+        ]
         feeds = [{k: jax.numpy.asarray(v) for k, v in feeds[0].items()}] * (steps + 1)
     t = time.perf_counter()
     compiled = step.lower(params, opt_state, feeds[0]).compile()
@@ -199,8 +256,14 @@ def worker_hf_flax(batch: int, length: int, steps: int, layers: int, batches: st
         losses.append(float(loss))
         if i:
             times.append(time.perf_counter() - t)
-    return {"system": "HF Flax", "version": f"transformers {transformers.__version__}, jax {jax.__version__}",
-            "compile_s": compile_s, "step_s_all": times, "first_loss": losses[0], "last_loss": losses[-1]}
+    return {
+        "system": "HF Flax",
+        "version": f"transformers {transformers.__version__}, jax {jax.__version__}",
+        "compile_s": compile_s,
+        "step_s_all": times,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
 
 
 WORKERS = {"torch": worker_torch, "hf-flax": worker_hf_flax}
@@ -222,8 +285,20 @@ def gsm8k_batches(batch: int, length: int, n: int):
 
 def run_baseline(name: str, python: str, args) -> dict:
     """One baseline in a fresh process (`python` interpreter), its JSON result with tokens/s added."""
-    cmd = [python, os.path.abspath(__file__), "--worker", name, "--batch", str(args.batch), "--length",
-           str(args.length), "--steps", str(args.steps), "--layers", str(args.layers)]
+    cmd = [
+        python,
+        os.path.abspath(__file__),
+        "--worker",
+        name,
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+        "--steps",
+        str(args.steps),
+        "--layers",
+        str(args.layers),
+    ]
     if args.batches:
         cmd += ["--batches", args.batches]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -245,10 +320,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench_train.json")
     p.add_argument("--baselines", default="", help="comma list of: torch, hf-flax (fp32, side by side)")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of ours and each baseline")
-    p.add_argument("--hf-flax-python", default=None,
-                   help="interpreter of a venv with transformers<5 + jax + flax + optax (for hf-flax)")
-    p.add_argument("--data", default="random", choices=("random", "gsm8k"),
-                   help="random all-label rows, or GSM8K Fine-tune-CoT batches (gold rationales) as `ftcot compare`")
+    p.add_argument(
+        "--hf-flax-python",
+        default=None,
+        help="interpreter of a venv with transformers<5 + jax + flax + optax (for hf-flax)",
+    )
+    p.add_argument(
+        "--data",
+        default="random",
+        choices=("random", "gsm8k"),
+        help="random all-label rows, or GSM8K Fine-tune-CoT batches (gold rationales) as `ftcot compare`",
+    )
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--batches", default=None, help=argparse.SUPPRESS)  # the .npz a baseline worker trains on
     args = p.parse_args(argv)
@@ -260,9 +342,11 @@ def main(argv=None) -> int:
         if b not in WORKERS:
             raise SystemExit(f"--baselines: unknown baseline '{b}'; expected one of: {', '.join(sorted(WORKERS))}")
     if "hf-flax" in baselines and not args.hf_flax_python:
-        raise SystemExit("--baselines hf-flax needs --hf-flax-python: the python of a venv with transformers<5, "
-                         "e.g. python -m venv /tmp/hfflax && /tmp/hfflax/bin/pip install 'transformers<5' "
-                         "jax flax optax")
+        raise SystemExit(
+            "--baselines hf-flax needs --hf-flax-python: the python of a venv with transformers<5, "
+            "e.g. python -m venv /tmp/hfflax && /tmp/hfflax/bin/pip install 'transformers<5' "
+            "jax flax optax"
+        )
 
     import jax
 
@@ -276,38 +360,58 @@ def main(argv=None) -> int:
     for rep in range(max(args.repeats, 1)):
         for prec in precisions:
             print(f"[{rep + 1}/{args.repeats}] ours {prec} ...", file=sys.stderr, flush=True)
-            rows.append(bench(prec, args.batch, args.length, args.steps, args.layers, batches=batches)
-                        | {"repeat": rep})
+            rows.append(
+                bench(prec, args.batch, args.length, args.steps, args.layers, batches=batches) | {"repeat": rep}
+            )
         for b in baselines:
             print(f"[{rep + 1}/{args.repeats}] {b} ...", file=sys.stderr, flush=True)
             python = args.hf_flax_python if b == "hf-flax" else sys.executable
             side.append(run_baseline(b, python, args) | {"repeat": rep, "baseline": b})
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    meta = {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-            "n_devices_used": 1, "cpu_count": os.cpu_count(), "loadavg_at_end": load,
-            "python": platform.python_version(), "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "data": args.data,
-            "real_tokens_per_batch": real_tokens}
+    meta = {
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.default_backend(),
+        "n_devices_used": 1,
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_end": load,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "data": args.data,
+        "real_tokens_per_batch": real_tokens,
+    }
     if real_tokens:
         print(f"\n{args.data} batches: real tokens per batch (of {args.batch * args.length}) {real_tokens}")
-    print(f"\nGPT-2 small ({rows[0]['n_params'] / 1e6:.1f}M params), batch {args.batch} x {args.length}, "
-          f"{meta['device']} ({meta['cpu_count']} cpus, load avg {load[0]:.1f})" if load else "")
-    print(f"{'precision':>9} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | {'real tok/s':>10} | "
-          f"{'TFLOP/s':>7} | {'MFU':>6}")
+    print(
+        f"\nGPT-2 small ({rows[0]['n_params'] / 1e6:.1f}M params), batch {args.batch} x {args.length}, "
+        f"{meta['device']} ({meta['cpu_count']} cpus, load avg {load[0]:.1f})"
+        if load
+        else ""
+    )
+    print(
+        f"{'precision':>9} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | {'real tok/s':>10} | "
+        f"{'TFLOP/s':>7} | {'MFU':>6}"
+    )
     print("-" * 75)
     for r in rows:
-        print(f"{r['precision']:>9} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | "
-              f"{r['real_tokens_per_s']:10.1f} | {r['model_tflops_per_s']:7.3f} | {r['mfu']:6.1%}")
+        print(
+            f"{r['precision']:>9} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | "
+            f"{r['real_tokens_per_s']:10.1f} | {r['model_tflops_per_s']:7.3f} | {r['mfu']:6.1%}"
+        )
     if side:
         print(f"\n{'system':>24} | {'repeat':>6} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | ours / it")
         print("-" * 80)
         for r in side:
             ours = next(o for o in rows if o["repeat"] == r["repeat"] and o["precision"] == "fp32")
             r["ours_over_it"] = ours["tokens_per_s"] / r["tokens_per_s"]
-            print(f"{'ftcot-jax fp32':>24} | {r['repeat'] + 1:>6} | {ours['compile_s']:9.1f} | "
-                  f"{ours['step_s_median']:7.2f} | {ours['tokens_per_s']:8.1f} |")
-            print(f"{r['system'] + ' fp32':>24} | {r['repeat'] + 1:>6} | {r['compile_s']:9.1f} | "
-                  f"{r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | {r['ours_over_it']:.2f}x")
+            print(
+                f"{'ftcot-jax fp32':>24} | {r['repeat'] + 1:>6} | {ours['compile_s']:9.1f} | "
+                f"{ours['step_s_median']:7.2f} | {ours['tokens_per_s']:8.1f} |"
+            )
+            print(
+                f"{r['system'] + ' fp32':>24} | {r['repeat'] + 1:>6} | {r['compile_s']:9.1f} | "
+                f"{r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | {r['ours_over_it']:.2f}x"
+            )
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": rows, "baselines": side}, f, indent=2)
     print(f"\nwrote {args.out}")

@@ -92,6 +92,7 @@ def _run_compare(args):
     if args.probe_xla_flags:
         raise CLIError("--probe-xla-flags moved to a script: python scripts/probe_xla_flags.py")
     # Deferred: `ftcot --help` and the other commands do not pay for importing JAX.
+    from ftcot_jax.compare.prepare import check_model
     from ftcot_jax.compare.run import run_compare
     from ftcot_jax.config import load_compare_spec, to_dict
 
@@ -102,6 +103,7 @@ def _run_compare(args):
             flags[key] = [x.strip() for x in value.split(",") if x.strip()] if dest in LIST_FLAGS else value
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items()] + list(args.overrides)
     spec = load_compare_spec(args.config, overrides, quick=args.quick)
+    check_model(spec)
     if args.print_config:
         print(json.dumps(to_dict(spec), indent=2, sort_keys=True))
         return 0

@@ -6,8 +6,11 @@ from ftcot_jax.cli.common import CLIError
 
 
 def add_models_parser(sub):
-    g = sub.add_parser("generate", help="generate text with a student model (greedy or sampled)",
-                       description="MODEL: an HF dir, an HF hub id, smollm2-135m-instruct, or a .gguf file.")
+    g = sub.add_parser(
+        "generate",
+        help="generate text with a student model (greedy or sampled)",
+        description="MODEL: an HF dir, an HF hub id, smollm2-135m-instruct, or a .gguf file.",
+    )
     g.add_argument("model")
     g.add_argument("prompts", nargs="+", help="one or more prompts (decoded together in batches)")
     g.add_argument("--max-new-tokens", type=int, default=64)
@@ -37,12 +40,23 @@ def _models_generate(args):
     if args.chat:
         if not getattr(tok, "chat_template", None):
             raise CLIError(f"{args.model}: tokenizer has no chat template (drop --chat)")
-        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
+        prompts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
     rng = jax.random.key(args.seed) if args.temperature > 0 else None
-    gens = decode.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           stop=args.stop, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           rng=rng)
+    gens = decode.generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        stop=args.stop,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        rng=rng,
+    )
     for p, g in zip(args.prompts, gens, strict=True):
         if len(gens) > 1:
             print(f"### {p}  [{g.finish_reason}, {len(g.token_ids)} tokens]")

@@ -9,25 +9,35 @@ from ftcot_jax.config.serve import ServeConfig, default_model_id
 
 
 def add_serve_parser(sub):
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a checkpoint (docs/serve.md)",
-                       description="Serve CHECKPOINT (an HF-format directory, or a name models.load accepts "
-                                   "such as smollm2-135m-instruct) on /v1/models, /v1/completions and "
-                                   "/v1/chat/completions, batching concurrent requests.")
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server for a checkpoint (docs/serve.md)",
+        description="Serve CHECKPOINT (an HF-format directory, or a name models.load accepts "
+        "such as smollm2-135m-instruct) on /v1/models, /v1/completions and "
+        "/v1/chat/completions, batching concurrent requests.",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $FTCOT_API_KEY; none if unset)")
+    p.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $FTCOT_API_KEY; none if unset)"
+    )
     p.add_argument("--model-id", default=None, help="model name clients send (default: checkpoint dir name)")
     p.add_argument("--max-batch", type=int, default=8, help="rows decoded together in one batch")
     p.add_argument("--max-new-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
-    p.add_argument("--max-prompt-tokens", type=int, default=None,
-                   help="longest prompt in tokens (default: model context - 1)")
-    p.add_argument("--max-prompt-chars", type=int, default=None,
-                   help="longest prompt in characters, checked before tokenizing (default: 16 x max prompt tokens)")
+    p.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="longest prompt in tokens (default: model context - 1)"
+    )
+    p.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=None,
+        help="longest prompt in characters, checked before tokenizing (default: 16 x max prompt tokens)",
+    )
     p.add_argument("--max-n", type=int, default=8, help="largest n (completions per prompt)")
-    p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="how long to wait for more requests to join a batch")
+    p.add_argument(
+        "--batch-window-ms", type=float, default=10.0, help="how long to wait for more requests to join a batch"
+    )
     p.add_argument("--max-queue", type=int, default=1024, help="queued requests beyond this get a 503")
     p.set_defaults(func=_run_serve)
 
@@ -39,10 +49,18 @@ def _run_serve(args):
         raise CLIError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     api_key = args.api_key if args.api_key is not None else (os.environ.get("FTCOT_API_KEY") or None)
     config = ServeConfig(
-        model_id=args.model_id or default_model_id(args.checkpoint), host=args.host, port=args.port,
-        api_key=api_key, max_batch=args.max_batch, max_new_tokens_limit=args.max_new_tokens_limit,
-        max_prompt_tokens=args.max_prompt_tokens, max_prompt_chars=args.max_prompt_chars, max_n=args.max_n,
-        batch_window_s=args.batch_window_ms / 1000, max_queue=args.max_queue)
+        model_id=args.model_id or default_model_id(args.checkpoint),
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_batch=args.max_batch,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_prompt_chars=args.max_prompt_chars,
+        max_n=args.max_n,
+        batch_window_s=args.batch_window_ms / 1000,
+        max_queue=args.max_queue,
+    )
     http.serve(args.checkpoint, config)
     return 0
 

@@ -13,7 +13,7 @@ from ftcot_jax.teacher import pricing
 from ftcot_jax.teacher.backend import TeacherError
 from ftcot_jax.teacher.cache import TeacherCache, default_cache_dir
 from ftcot_jax.teacher.cache_query import describe, select_caches, verify_cache
-from ftcot_jax.teacher.compat import export_cache, import_file
+from ftcot_jax.teacher.compat import completion_files, export_cache, import_file
 
 
 def add_teach_parser(sub) -> None:
@@ -155,7 +155,7 @@ def add_cache_parser(sub) -> None:
     q.set_defaults(func=_export)
     q = csub.add_parser("import", help="add CompletionDataset JSON files (e.g. the paper's teacher data) to the cache")
     common(q)
-    q.add_argument("files", nargs="+", help="D_<task>.json files")
+    q.add_argument("files", nargs="+", help="D_<task>.json files, or B_<teacher>__C_<key>/ folders of them")
     q.set_defaults(func=_import)
 
 
@@ -195,7 +195,7 @@ def _inspect(args) -> int:
             f"completions per question {_fmt_counts(d['completions_per_question']) or '-'})"
         )
         print(
-            f"  teacher accuracy {100 * d['accuracy']:.1f}% ({d['correct']}/{d['records']}, zs_cot rule); "
+            f"  teacher accuracy {100 * d['accuracy']:.2f}% ({d['correct']}/{d['records']}, zs_cot rule); "
             f"{d['incomplete']} not finished by 'stop'; {d['failed']} still failed"
         )
         print(
@@ -241,7 +241,7 @@ def _import(args) -> int:
     root = args.cache_dir or default_cache_dir()
     if args.task and len(args.task) > 1:
         raise ValueError("import takes at most one --task (it overrides the file's dataset_key)")
-    for f in args.files:
+    for f in completion_files(args.files):
         cache, added, skipped = import_file(
             f,
             root,

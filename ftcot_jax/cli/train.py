@@ -8,14 +8,23 @@ from ftcot_jax.cli.common import CLIError
 
 
 def add_train_parser(sub):
-    p = sub.add_parser("train", help="fine-tune a student on fine-tune samples (sharded, resumable; docs/multihost.md)",
-                       description="Fine-tune a student (GPT-2, Llama-family, T5) with AdamW on fine-tune sample "
-                                   "files, evaluating on the task's test split every epoch. Resumes automatically "
-                                   "from the newest checkpoint in the run directory. Precedence: --config file < "
-                                   "flags < --set. Example: ftcot train --config run.yaml --set optim.lr=1e-4")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a student on fine-tune samples (sharded, resumable; docs/multihost.md)",
+        description="Fine-tune a student (GPT-2, Llama-family, T5) with AdamW on fine-tune sample "
+        "files, evaluating on the task's test split every epoch. Resumes automatically "
+        "from the newest checkpoint in the run directory. Precedence: --config file < "
+        "flags < --set. Example: ftcot train --config run.yaml --set optim.lr=1e-4",
+    )
     p.add_argument("--config", default=None, help="YAML run config (keys of ftcot_jax.config.TrainConfig)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. mesh.fsdp=2 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. mesh.fsdp=2 (repeatable)",
+    )
     p.add_argument("--run-dir", default=None, help="run directory (checkpoints, metrics, predictions, export)")
     p.add_argument("--model", default=None, help="HF dir / hub id / smollm2-135m-instruct / .gguf")
     p.add_argument("--samples", nargs="+", default=None, metavar="FILE", help="fine-tune sample files")
@@ -26,8 +35,9 @@ def add_train_parser(sub):
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.set_defaults(func=_run_train)
 
-    g = sub.add_parser("gold-samples",
-                       help="write fine-tune samples from a task's gold answers (ft) or rationales (ft_cot)")
+    g = sub.add_parser(
+        "gold-samples", help="write fine-tune samples from a task's gold answers (ft) or rationales (ft_cot)"
+    )
     g.add_argument("--task", required=True)
     g.add_argument("--method", required=True, choices=("ft", "ft_cot"))
     g.add_argument("--out", required=True, help="output sample file (TFRecord, samples.write_samples)")
@@ -43,8 +53,14 @@ def _run_train(args):
     from ftcot_jax.train.checkpoint import NoCheckpointError
     from ftcot_jax.train.loop import train
 
-    flags = {"run_dir": args.run_dir, "student.model": args.model, "samples": args.samples, "task": args.task,
-             "method": args.method, "epochs": args.epochs}
+    flags = {
+        "run_dir": args.run_dir,
+        "student.model": args.model,
+        "samples": args.samples,
+        "task": args.task,
+        "method": args.method,
+        "epochs": args.epochs,
+    }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = load_config(args.config, overrides, cls=TrainConfig)
     if args.print_config:
@@ -54,9 +70,14 @@ def _run_train(args):
         result = train(cfg, require_checkpoint=args.resume)
     except NoCheckpointError as e:
         raise CLIError(f"--resume: {e}") from e
-    summary = {"run_dir": str(result.run_dir), "steps": result.steps, "best_over_epochs": result.best,
-               "last_epoch": result.last, "truncated_prompts": result.truncated_prompts,
-               "truncated_labels": result.truncated_labels}
+    summary = {
+        "run_dir": str(result.run_dir),
+        "steps": result.steps,
+        "best_over_epochs": result.best,
+        "last_epoch": result.last,
+        "truncated_prompts": result.truncated_prompts,
+        "truncated_labels": result.truncated_labels,
+    }
     if jax.process_index() == 0:
         print(json.dumps(summary, default=str))
     return 0

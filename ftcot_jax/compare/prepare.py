@@ -22,6 +22,7 @@ from ftcot_jax.compare.common import canonical_batch, flops_per_token, hash_arra
 from ftcot_jax.config.compare import DEFAULT_TOKENIZER, PRESETS, CompareSpec
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.models.api import count_params, model_kind, tokenizer_pad_id
+from ftcot_jax.models.gguf import ALIASES
 from ftcot_jax.tasks import load_task
 from ftcot_jax.train import batches as batching
 
@@ -35,6 +36,19 @@ DROPOUT_KEYS = (
     "hidden_dropout",
     "dropout",
 )
+
+
+def check_model(spec: CompareSpec) -> None:
+    """A ValueError unless `model` names a preset, a GGUF alias, an existing path or a .gguf file (or
+    `model_config` replaces it)."""
+    m = spec.model
+    if spec.model_config is not None or m in PRESETS or Path(m).exists() or m.endswith(".gguf"):
+        return
+    if m.lower() not in ALIASES:
+        raise ValueError(
+            f"model {m!r}: expected one of {', '.join(PRESETS)}, {', '.join(ALIASES)}, "
+            "an HF model directory or a .gguf file"
+        )
 
 
 def _load_tokenizer(name: str):

@@ -13,7 +13,6 @@ import dataclasses
 from pathlib import Path
 
 from ftcot_jax.config.loader import check_choice, load_config
-from ftcot_jax.models.gguf import ALIASES
 
 # GPT-2 small (124M) and T5-small (60M) shapes, random init; dropout is off in both systems (docs/compare.md,
 # "Noise").
@@ -91,28 +90,15 @@ class CompareSpec:
             raise ValueError("eval_n, threads and pack_multiple must be >= 0")
 
 
-def check_model(spec: CompareSpec) -> None:
-    """A ValueError unless `model` names a preset, a GGUF alias, an existing path or a .gguf file (or
-    `model_config` replaces it)."""
-    m = spec.model
-    if spec.model_config is not None or m in PRESETS or Path(m).exists() or m.endswith(".gguf"):
-        return
-    if m.lower() not in ALIASES:
-        raise ValueError(
-            f"model {m!r}: expected one of {', '.join(PRESETS)}, {', '.join(ALIASES)}, "
-            "an HF model directory or a .gguf file"
-        )
-
-
 def load_compare_spec(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, quick: bool = False
 ) -> CompareSpec:
-    """YAML file + `key=value` overrides -> a validated `CompareSpec` whose `model` exists; `quick` makes it
+    """YAML file + `key=value` overrides -> a validated `CompareSpec` (`compare.prepare.check_model` checks that
+    its `model` exists); `quick` makes it
     a development run (QUICK_OVERRIDES, at most 4 steps, 8 eval prompts and 32 new tokens)."""
     spec = load_config(path, [*overrides, *(QUICK_OVERRIDES if quick else ())], cls=CompareSpec)
     if quick:
         spec = dataclasses.replace(
             spec, steps=min(spec.steps, 4), eval_n=min(spec.eval_n, 8), max_new_tokens=min(spec.max_new_tokens, 32)
         )
-    check_model(spec)
     return spec

@@ -110,12 +110,16 @@ def _move_renamed(cls, data: dict, prefix: str) -> dict:
             if child is None:
                 child = node[p] = {}
             elif not isinstance(child, dict):
-                raise ValueError(f"config key '{prefix}{old}' is now '{prefix}{new}', but '{prefix}{p}' is not a mapping")
+                raise ValueError(
+                    f"config key '{prefix}{old}' is now '{prefix}{new}', but '{prefix}{p}' is not a mapping"
+                )
             else:
                 child = node[p] = dict(child)
             node = child
         if leaf in node:
-            raise ValueError(f"config keys '{prefix}{old}' and '{prefix}{new}' name the same setting; keep '{prefix}{new}'")
+            raise ValueError(
+                f"config keys '{prefix}{old}' and '{prefix}{new}' name the same setting; keep '{prefix}{new}'"
+            )
         node[leaf] = value
     return data
 
@@ -141,8 +145,9 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
-                cls, base: dict | None = None):
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, cls, base: dict | None = None
+):
     """YAML (or JSON) file + dotted overrides -> validated frozen config."""
     data = dict(base or {})
     if path is not None:

@@ -51,10 +51,18 @@ class TeacherSection:
     max_attempts: int = 8
     seed: int = -1  # -1 = no request seed
     cache_dir: str = ""  # "" = <run_dir>/teacher_cache; share one between runs to teach once
+    # A released teacher instead of an endpoint: a folder of CompletionDataset files (the reference's
+    # `B_<teacher>__C_<key>/` with one D_<task>.json per task) or one such file; nothing is asked of a server.
+    import_from: str = ""
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("teacher.model is empty; expected 'reference' or a model name on the server")
+        if self.import_from and self.model == "reference":
+            raise ValueError(
+                "teacher.import_from names a released teacher's files; set teacher.model to that teacher "
+                "(the files' base_model, e.g. text-davinci-002)"
+            )
         check_choice("teacher.protocol", self.protocol, ("completions", "chat"))
         check_choice("teacher.split", self.split, ("train", "test", "all"))
         if self.temperature < 0 or self.diverse_temperature < 0:

@@ -18,11 +18,11 @@ class ServeConfig:
     api_key: str | None = None
     max_batch: int = 8
     max_new_tokens_limit: int = 512
-    max_prompt_tokens: int | None = None     # None: context length - 1
-    max_prompt_chars: int | None = None      # None: 16 characters per allowed prompt token
+    max_prompt_tokens: int | None = None  # None: context length - 1
+    max_prompt_chars: int | None = None  # None: 16 characters per allowed prompt token
     max_n: int = 8
-    batch_window_s: float = 0.01             # how long the worker waits for more requests to join a batch
-    max_queue: int = 1024                    # queued requests beyond this get a 503
+    batch_window_s: float = 0.01  # how long the worker waits for more requests to join a batch
+    max_queue: int = 1024  # queued requests beyond this get a 503
     request_timeout_s: float = 600.0
 
     def __post_init__(self):

@@ -20,7 +20,7 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
-    num_devices: int = 0   # 0 = every device; N = only the first N (single-device tests and benchmarks)
+    num_devices: int = 0  # 0 = every device; N = only the first N (single-device tests and benchmarks)
 
     def __post_init__(self):
         if self.num_devices < 0:
@@ -40,14 +40,16 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.01
     warmup_steps: int = 0
-    decay: str = "none"          # none | linear | cosine (down to min_lr_ratio * lr at the last step)
+    decay: str = "none"  # none | linear | cosine (down to min_lr_ratio * lr at the last step)
     min_lr_ratio: float = 0.0
     clip_grad_norm: float = 0.0  # 0 = no clipping (reference)
 
     def __post_init__(self):
         if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
-            raise ValueError(f"optim: lr and eps must be > 0 and weight_decay >= 0, got lr={self.lr}, "
-                             f"eps={self.eps}, weight_decay={self.weight_decay}")
+            raise ValueError(
+                f"optim: lr and eps must be > 0 and weight_decay >= 0, got lr={self.lr}, "
+                f"eps={self.eps}, weight_decay={self.weight_decay}"
+            )
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"optim: betas must be in [0, 1), got ({self.b1}, {self.b2})")
         _check_choice("optim.decay", self.decay, ("none", "linear", "cosine"))
@@ -60,9 +62,9 @@ class DistributedConfig:
     """jax.distributed.initialize() arguments. On Cloud TPU VMs `enabled: true` alone is enough."""
 
     enabled: bool = False
-    coordinator_address: str = ""   # "host:port" of process 0 (GPU / CPU clusters)
-    num_processes: int = 0           # 0 = let JAX detect
-    process_id: int = -1             # -1 = let JAX detect
+    coordinator_address: str = ""  # "host:port" of process 0 (GPU / CPU clusters)
+    num_processes: int = 0  # 0 = let JAX detect
+    process_id: int = -1  # -1 = let JAX detect
     local_device_ids: tuple[int, ...] = ()
 
 
@@ -142,17 +144,17 @@ class TrainConfig:
     # Data: fine-tune sample files (samples.write_samples); empty = build them from the dataset's gold
     # answers / gold rationales for `task` + `method` (written to run_dir/samples/ first).
     task: str = ""
-    method: str = "ft_cot"           # ft | ft_cot
+    method: str = "ft_cot"  # ft | ft_cot
     samples: tuple[str, ...] = ()
     split_name: str = "default"
     seed: int = 0
     epochs: int = 20
-    max_steps: int = 0               # 0 = epochs * steps_per_epoch
-    batch_size: int = 8              # global batch (all hosts, all micro-batches)
-    grad_accum: int = 1              # micro-batches per step (batch_size must be divisible by it)
-    max_length: int = 512            # prompt and label are each truncated to this (reference); counted
-    bucket: int = 64                 # sequence lengths are padded up to a multiple of this
-    dropout: bool = True             # the model's own dropout in training (reference: train mode; T5 has it)
+    max_steps: int = 0  # 0 = epochs * steps_per_epoch
+    batch_size: int = 8  # global batch (all hosts, all micro-batches)
+    grad_accum: int = 1  # micro-batches per step (batch_size must be divisible by it)
+    max_length: int = 512  # prompt and label are each truncated to this (reference); counted
+    bucket: int = 64  # sequence lengths are padded up to a multiple of this
+    dropout: bool = True  # the model's own dropout in training (reference: train mode; T5 has it)
     # Decoder students: the LM head runs only on label tokens, this many at a time (ftcot_jax/train/head_loss.py);
     # 0 = full [B, L, V] logits as the reference computes them. Same loss either way.
     head_chunk: int = 256
@@ -166,10 +168,10 @@ class TrainConfig:
     eval: EvalSection = EvalSection()
     checkpoint_every_steps: int = 0  # 0 = only at epoch ends
     keep_last: int = 2
-    keep_best: int = 1               # best by eval accuracy, kept in addition to the last `keep_last`
+    keep_best: int = 1  # best by eval accuracy, kept in addition to the last `keep_last`
     async_checkpointing: bool = True
     log_every_steps: int = 10
-    export: bool = True              # models.save_hf(...) into run_dir/export at the end
+    export: bool = True  # models.save_hf(...) into run_dir/export at the end
 
     def __post_init__(self):
         _check_choice("method", self.method, ("ft", "ft_cot"))
@@ -189,5 +191,3 @@ class TrainConfig:
     @property
     def precision(self) -> str:
         return self.student.precision
-
-

@@ -28,6 +28,24 @@ from ftcot_jax.decode.text import (
     stop_string_check,
 )
 
-__all__ = ["CHECK_EVERY", "MIN_NEW_BUCKET", "MIN_PROMPT_BUCKET", "Generation", "batch_bucket", "batch_limits",
-           "bucket", "check_options", "cut_at_stop", "filter_logits", "finish", "gather_across_hosts", "generate",
-           "generate_ids", "left_align", "next_token", "prompt_bucket", "row_settings", "stop_string_check"]
+__all__ = [
+    "CHECK_EVERY",
+    "MIN_NEW_BUCKET",
+    "MIN_PROMPT_BUCKET",
+    "Generation",
+    "batch_bucket",
+    "batch_limits",
+    "bucket",
+    "check_options",
+    "cut_at_stop",
+    "filter_logits",
+    "finish",
+    "gather_across_hosts",
+    "generate",
+    "generate_ids",
+    "left_align",
+    "next_token",
+    "prompt_bucket",
+    "row_settings",
+    "stop_string_check",
+]

@@ -53,7 +53,7 @@ def left_align(ids_BxL: np.ndarray, mask_BxL: np.ndarray, pad_id: int, length: i
     for r in range(B):
         real = ids_BxL[r][mask_BxL[r] > 0]
         if len(real):
-            ids[r, length - len(real):], mask[r, length - len(real):] = real, 1
+            ids[r, length - len(real) :], mask[r, length - len(real) :] = real, 1
     return ids, mask
 
 
@@ -79,11 +79,17 @@ def _prefill(graphdef, state, ids_BxP, mask_BxP, done_B, s: Sampling, *, new_buc
     model = compute_model(graphdef, state)
     B, P = ids_BxP.shape
     kv_mask_BxS = jnp.concatenate([mask_BxP, jnp.zeros((B, new_bucket), mask_BxP.dtype)], axis=1)
-    x_BxPxD, cache = model.features(ids_BxP, attention_mask_BxL=kv_mask_BxS, cache=model.init_cache(B, P + new_bucket),
-                                    cache_index=0)
-    loop = {"step": jnp.int32(0), "last_B": jnp.full((B,), s.pad_id, jnp.int32), "cache": cache,
-            "kv_mask_BxS": kv_mask_BxS, "tokens_BxN": jnp.full((B, new_bucket), s.pad_id, jnp.int32),
-            "done_B": done_B}
+    x_BxPxD, cache = model.features(
+        ids_BxP, attention_mask_BxL=kv_mask_BxS, cache=model.init_cache(B, P + new_bucket), cache_index=0
+    )
+    loop = {
+        "step": jnp.int32(0),
+        "last_B": jnp.full((B,), s.pad_id, jnp.int32),
+        "cache": cache,
+        "kv_mask_BxS": kv_mask_BxS,
+        "tokens_BxN": jnp.full((B, new_bucket), s.pad_id, jnp.int32),
+        "done_B": done_B,
+    }
     return emit(loop, _last_logits(model, x_BxPxD), s, greedy=greedy)
 
 
@@ -96,10 +102,12 @@ def _continue(graphdef, state, loop, until, s: Sampling, *, greedy: bool):
 
     def body(c):
         slot = P + c["step"] - 1  # where the previous token goes
-        kv_mask_BxS = jax.lax.dynamic_update_slice(c["kv_mask_BxS"], jnp.ones((B, 1), c["kv_mask_BxS"].dtype),
-                                                   (0, slot))
-        x_Bx1xD, cache = model.features(c["last_B"][:, None], attention_mask_BxL=kv_mask_BxS, cache=c["cache"],
-                                        cache_index=slot)
+        kv_mask_BxS = jax.lax.dynamic_update_slice(
+            c["kv_mask_BxS"], jnp.ones((B, 1), c["kv_mask_BxS"].dtype), (0, slot)
+        )
+        x_Bx1xD, cache = model.features(
+            c["last_B"][:, None], attention_mask_BxL=kv_mask_BxS, cache=c["cache"], cache_index=slot
+        )
         return emit(c, _last_logits(model, x_Bx1xD), s, greedy=greedy, cache=cache, kv_mask_BxS=kv_mask_BxS)
 
     return loop_until(loop, until, body)
@@ -107,8 +115,12 @@ def _continue(graphdef, state, loop, until, s: Sampling, *, greedy: bool):
 
 @functools.cache
 def _loop_jit(options: frozenset | None):
-    return jax.jit(_continue, static_argnames=("graphdef", "greedy"), donate_argnames=("loop",),
-                   compiler_options=None if options is None else dict(options))
+    return jax.jit(
+        _continue,
+        static_argnames=("graphdef", "greedy"),
+        donate_argnames=("loop",),
+        compiler_options=None if options is None else dict(options),
+    )
 
 
 def loop_fn(options: dict | None):
@@ -116,8 +128,17 @@ def loop_fn(options: dict | None):
     return _loop_jit(None if options is None else frozenset(options.items()))
 
 
-def begin(model, ids_BxL: np.ndarray, mask_BxL: np.ndarray, filler_B: np.ndarray, s: Sampling, *, pad: int,
-          max_new_tokens: int, greedy: bool):
+def begin(
+    model,
+    ids_BxL: np.ndarray,
+    mask_BxL: np.ndarray,
+    filler_B: np.ndarray,
+    s: Sampling,
+    *,
+    pad: int,
+    max_new_tokens: int,
+    greedy: bool,
+):
     """Checks the prompts, left-aligns them into their bucket and runs the prefill. Returns (loop state,
     advance, filler_B): `advance(loop, until)` decodes to step `until`; filler rows never hold the loop open."""
     lengths = mask_BxL.sum(1)
@@ -125,17 +146,28 @@ def begin(model, ids_BxL: np.ndarray, mask_BxL: np.ndarray, filler_B: np.ndarray
         raise ValueError(f"prompt rows {np.flatnonzero(lengths == 0).tolist()} are empty (no real tokens)")
     limit = api.max_positions(model)
     if limit is not None and lengths.max() + max_new_tokens > limit:
-        raise ValueError(f"prompt of {int(lengths.max())} tokens + max_new_tokens={max_new_tokens} exceeds the "
-                         f"model's {limit} positions")
+        raise ValueError(
+            f"prompt of {int(lengths.max())} tokens + max_new_tokens={max_new_tokens} exceeds the "
+            f"model's {limit} positions"
+        )
     ids, mask = left_align(ids_BxL, mask_BxL, pad, prompt_bucket(lengths.max()))
     graphdef, state = nnx.split(model)
-    loop = _prefill(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(filler_B), s,
-                    new_bucket=bucket(max_new_tokens, MIN_NEW_BUCKET), greedy=greedy)
+    loop = _prefill(
+        graphdef,
+        state,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jnp.asarray(filler_B),
+        s,
+        new_bucket=bucket(max_new_tokens, MIN_NEW_BUCKET),
+        greedy=greedy,
+    )
     platform = cpu_xla.platform_of(state)
 
     def advance(loop, until: int):
         options = cpu_xla.loop_compiler_options(len(ids), platform)
         return cpu_xla.run_with_compiler_options(
-            lambda o: loop_fn(o)(graphdef, state, loop, jnp.int32(until), s, greedy=greedy), options)
+            lambda o: loop_fn(o)(graphdef, state, loop, jnp.int32(until), s, greedy=greedy), options
+        )
 
     return loop, advance, filler_B

@@ -25,19 +25,24 @@ class Sampling(NamedTuple):
     """Everything about picking tokens that may change between calls, as traced values (no recompiles).
     Greedy-vs-sampling is the one static choice (the `greedy` argument of the loops)."""
 
-    rng: jax.Array          # PRNG key; unused when greedy
+    rng: jax.Array  # PRNG key; unused when greedy
     temperature: jax.Array  # float32 > 0
-    top_k: jax.Array        # int32; 0 = off
-    top_p: jax.Array        # float32 in (0, 1]
-    eos_E: jax.Array        # int32 [MAX_EOS]: the EOS ids, padded with -1
-    pad_id: jax.Array       # int32: what rows emit once they are done
+    top_k: jax.Array  # int32; 0 = off
+    top_p: jax.Array  # float32 in (0, 1]
+    eos_E: jax.Array  # int32 [MAX_EOS]: the EOS ids, padded with -1
+    pad_id: jax.Array  # int32: what rows emit once they are done
 
 
 def make_sampling(rng, temperature: float, top_k: int, top_p: float, eos: list[int], pad: int) -> Sampling:
     """`Sampling` from host values; `rng` None is allowed for greedy decoding."""
-    return Sampling(jax.random.key(0) if rng is None else rng, jnp.float32(max(temperature, 1e-6)),
-                    jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(eos + [-1] * (MAX_EOS - len(eos)), jnp.int32),
-                    jnp.int32(pad))
+    return Sampling(
+        jax.random.key(0) if rng is None else rng,
+        jnp.float32(max(temperature, 1e-6)),
+        jnp.int32(top_k),
+        jnp.float32(top_p),
+        jnp.asarray(eos + [-1] * (MAX_EOS - len(eos)), jnp.int32),
+        jnp.int32(pad),
+    )
 
 
 def filter_logits(logits_BxV, temperature, top_k, top_p):
@@ -67,9 +72,14 @@ def emit(loop: dict, logits_BxV, s: Sampling, *, greedy: bool, **updates) -> dic
     step = loop["step"]
     tok_B = next_token(logits_BxV, jax.random.fold_in(s.rng, step), s.temperature, s.top_k, s.top_p, greedy=greedy)
     tok_B = jnp.where(loop["done_B"], s.pad_id, tok_B)
-    return {**loop, **updates, "step": step + 1, "last_B": tok_B,
-            "tokens_BxN": jax.lax.dynamic_update_slice(loop["tokens_BxN"], tok_B[:, None], (0, step)),
-            "done_B": loop["done_B"] | jnp.isin(tok_B, s.eos_E)}
+    return {
+        **loop,
+        **updates,
+        "step": step + 1,
+        "last_B": tok_B,
+        "tokens_BxN": jax.lax.dynamic_update_slice(loop["tokens_BxN"], tok_B[:, None], (0, step)),
+        "done_B": loop["done_B"] | jnp.isin(tok_B, s.eos_E),
+    }
 
 
 def loop_until(loop: dict, until, body) -> dict:

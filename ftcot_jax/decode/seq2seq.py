@@ -29,9 +29,13 @@ def _start(graphdef, state, input_ids_BxL, mask_BxL, done_B, pad_id, start_id, *
     model = compute_model(graphdef, state)
     B = input_ids_BxL.shape[0]
     cross_kv = model.cross_kv(model.encode(input_ids_BxL, mask_BxL))
-    loop = {"step": jnp.int32(0), "last_B": jnp.full((B,), start_id, jnp.int32),
-            "cache": model.init_cache(B, new_bucket), "tokens_BxN": jnp.full((B, new_bucket), pad_id, jnp.int32),
-            "done_B": done_B}
+    loop = {
+        "step": jnp.int32(0),
+        "last_B": jnp.full((B,), start_id, jnp.int32),
+        "cache": model.init_cache(B, new_bucket),
+        "tokens_BxN": jnp.full((B, new_bucket), pad_id, jnp.int32),
+        "done_B": done_B,
+    }
     return loop, cross_kv
 
 
@@ -48,8 +52,17 @@ def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, s: Sampling, *, 
     return loop_until(loop, until, body)
 
 
-def begin(model, ids_BxL: np.ndarray, mask_BxL: np.ndarray, filler_B: np.ndarray, s: Sampling, *, pad: int,
-          max_new_tokens: int, greedy: bool):
+def begin(
+    model,
+    ids_BxL: np.ndarray,
+    mask_BxL: np.ndarray,
+    filler_B: np.ndarray,
+    s: Sampling,
+    *,
+    pad: int,
+    max_new_tokens: int,
+    greedy: bool,
+):
     """Runs the encoder. Returns (loop state, advance, filler_B): `advance(loop, until)` decodes to step
     `until`; filler_B also marks the rows with an all-zero mask."""
     mask = np.array(mask_BxL, np.int32)
@@ -58,9 +71,16 @@ def begin(model, ids_BxL: np.ndarray, mask_BxL: np.ndarray, filler_B: np.ndarray
     filler = np.asarray(filler_B, bool) | empty
     graphdef, state = nnx.split(model)
     mask = jnp.asarray(mask)
-    loop, cross_kv = _start(graphdef, state, jnp.asarray(ids_BxL, jnp.int32), mask, jnp.asarray(filler),
-                            jnp.int32(pad), jnp.int32(model.config.decoder_start_token_id),
-                            new_bucket=bucket(max_new_tokens, MIN_NEW_BUCKET))
+    loop, cross_kv = _start(
+        graphdef,
+        state,
+        jnp.asarray(ids_BxL, jnp.int32),
+        mask,
+        jnp.asarray(filler),
+        jnp.int32(pad),
+        jnp.int32(model.config.decoder_start_token_id),
+        new_bucket=bucket(max_new_tokens, MIN_NEW_BUCKET),
+    )
 
     def advance(loop, until: int):
         return _continue(graphdef, state, loop, cross_kv, mask, jnp.int32(until), s, greedy=greedy)

@@ -30,9 +30,9 @@ CHECK_EVERY = 16  # steps between the host's stop checks
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-    text: str                 # completion text (stop string and EOS excluded)
-    token_ids: list[int]      # completion tokens (EOS excluded; up to the token completing a stop string)
-    finish_reason: str        # "stop" (EOS or stop string) | "length" (max_new_tokens reached)
+    text: str  # completion text (stop string and EOS excluded)
+    token_ids: list[int]  # completion tokens (EOS excluded; up to the token completing a stop string)
+    finish_reason: str  # "stop" (EOS or stop string) | "length" (max_new_tokens reached)
 
 
 def batch_bucket(n: int) -> int:
@@ -63,17 +63,32 @@ def check_options(max_new_tokens, temperature, top_k, top_p, rng) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
-        raise ValueError(f"bad sampling options: temperature={temperature} (>= 0), top_k={top_k} (>= 0), "
-                         f"top_p={top_p} (in (0, 1])")
+        raise ValueError(
+            f"bad sampling options: temperature={temperature} (>= 0), top_k={top_k} (>= 0), top_p={top_p} (in (0, 1])"
+        )
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs an explicit PRNG key: rng=jax.random.key(seed)")
 
 
 # ---------------------------------------------------------------------------------------------- token level
 
-def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, rng=None, eos_token_id=None, pad_token_id=None,
-                 stop_check=None, check_every: int = CHECK_EVERY, filler_B=None):
+
+def generate_ids(
+    model,
+    input_ids_BxL,
+    attention_mask_BxL=None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng=None,
+    eos_token_id=None,
+    pad_token_id=None,
+    stop_check=None,
+    check_every: int = CHECK_EVERY,
+    filler_B=None,
+):
     """Token-level generation for one batch. Returns (tokens BxN int32 numpy, finished_B bool numpy) with
     N = max_new_tokens; each row holds its tokens up to and including EOS, then padding. EOS and pad ids
     default to the model config's (`models.api.eos_ids`, `pad_id`).
@@ -95,8 +110,9 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
     s = make_sampling(rng, temperature, top_k, top_p, api.eos_ids(model, eos_token_id=eos_token_id), pad)
     filler = np.zeros(len(ids), bool) if filler_B is None else np.asarray(filler_B, bool)
     begin = seq2seq.begin if _is_seq2seq(model) else causal.begin
-    loop, advance, filler = begin(model, ids, mask, filler, s, pad=pad, max_new_tokens=max_new_tokens,
-                                  greedy=temperature == 0.0)
+    loop, advance, filler = begin(
+        model, ids, mask, filler, s, pad=pad, max_new_tokens=max_new_tokens, greedy=temperature == 0.0
+    )
     until = max_new_tokens if stop_check is None else min(check_every, max_new_tokens)
     stopped = filler.copy()
     while True:
@@ -116,6 +132,7 @@ def generate_ids(model, input_ids_BxL, attention_mask_BxL=None, *, max_new_token
 
 # ---------------------------------------------------------------------------------------------- text level
 
+
 def cut_at_stop(tokenizer, token_ids: list[int], stop: list[str]):
     """(text, token_ids, stopped): text before the first stop string; tokens up to the one completing it."""
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -134,8 +151,9 @@ def row_settings(n: int, max_new_tokens, stop) -> tuple[list[int], list[list[str
     strings for every prompt, or one list of strings per prompt). Empty stop strings are ignored."""
     budgets = [max_new_tokens] * n if isinstance(max_new_tokens, (int, np.integer)) else list(max_new_tokens)
     if len(budgets) != n:
-        raise ValueError(f"max_new_tokens: got {len(budgets)} values for {n} prompts; expected an int or one per "
-                         "prompt")
+        raise ValueError(
+            f"max_new_tokens: got {len(budgets)} values for {n} prompts; expected an int or one per prompt"
+        )
     for b in budgets:
         if not isinstance(b, (int, np.integer)) or b < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {b!r}")
@@ -152,6 +170,7 @@ def row_settings(n: int, max_new_tokens, stop) -> tuple[list[int], list[list[str
 def stop_string_check(tokenizer, stops: list[list[str]], eos: list[int], budgets: list[int] | None = None):
     """A `stop_check` for generate_ids: rows whose text (before any EOS) contains one of their own stop
     strings, or that have decoded their own budget of tokens."""
+
     def check(tokens_BxN):
         flags = []
         for r, row in enumerate(tokens_BxN.tolist()):
@@ -195,9 +214,21 @@ def finish(tokenizer, row: list[int], budget: int, stop: list[str], eos: list[in
     return Generation(text=text, token_ids=row, finish_reason="stop" if (hit_eos or stopped) else "length")
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens, batch_size: int, stop=None,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=None,
-             max_input_length: int | None = None, fill_batch: bool = False) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens,
+    batch_size: int,
+    stop=None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng=None,
+    max_input_length: int | None = None,
+    fill_batch: bool = False,
+) -> list[Generation]:
     """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
     `batch_size` rows (batch padded by `batch_bucket`; with `fill_batch` every batch has
     batch_bucket(batch_size) rows, so a server compiles one batch shape). `max_new_tokens` is an int or one
@@ -229,20 +260,31 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens, batch_size
     B = batch_bucket(batch_size if fill_batch else min(batch_size, len(prompts)))
     out: list[Generation | None] = [None] * len(prompts)
     for n_batch, start in enumerate(range(0, len(order), batch_size)):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         # right-padded to an input bucket (the encoder's input length; the causal loop re-buckets and
         # left-aligns); filler rows hold one real pad token and are marked as filler
         L = bucket(max(len(enc[i]) for i in rows), MIN_PROMPT_BUCKET)
         ids = np.full((B, L), pad, np.int32)
         mask = np.zeros((B, L), np.int32)
         for r, i in enumerate(rows):
-            ids[r, :len(enc[i])], mask[r, :len(enc[i])] = enc[i], 1
-        mask[len(rows):, 0] = 1
+            ids[r, : len(enc[i])], mask[r, : len(enc[i])] = enc[i], 1
+        mask[len(rows) :, 0] = 1
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
         n_new, stop_check = batch_limits(tokenizer, [budgets[i] for i in rows], [stops[i] for i in rows], B, eos)
-        tokens, _ = generate_ids(model, ids, mask, max_new_tokens=n_new, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, rng=key, eos_token_id=eos, pad_token_id=pad, stop_check=stop_check,
-                                 filler_B=np.arange(B) >= len(rows))
+        tokens, _ = generate_ids(
+            model,
+            ids,
+            mask,
+            max_new_tokens=n_new,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            rng=key,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            stop_check=stop_check,
+            filler_B=np.arange(B) >= len(rows),
+        )
         for r, i in enumerate(rows):
             out[i] = finish(tokenizer, tokens[r].tolist(), budgets[i], stops[i], eos)
     return out

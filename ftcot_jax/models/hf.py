@@ -30,6 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spi
 
 # ----------------------------------------------------------------------------- the name tables
 
+
 @dataclasses.dataclass(frozen=True)
 class HFName:
     """One of our params (dotted path, shape) <-> the HF tensor(s) it is made of.
@@ -59,8 +60,11 @@ class HFName:
             shapes = (self.hf_shape,) if len(names) == 1 else self.hf_shape
         object.__setattr__(self, "hf", names)
         object.__setattr__(self, "hf_shape", tuple(tuple(s) for s in shapes))
-        if len(names) != len(self.hf_shape) or (len(names) > 1 and (self.aliases or self.tied or self.fallback)) or (
-                self.transpose and any(len(s) != 2 for s in self.hf_shape)):
+        if (
+            len(names) != len(self.hf_shape)
+            or (len(names) > 1 and (self.aliases or self.tied or self.fallback))
+            or (self.transpose and any(len(s) != 2 for s in self.hf_shape))
+        ):
             raise ValueError(f"HFName {self.param}: inconsistent entry {names} {self.hf_shape}")
 
     def sizes(self) -> list[int]:
@@ -72,41 +76,48 @@ class HFName:
         parts = [a.T if self.transpose else a for a in arrays]
         if len(parts) == 1:
             return parts[0].reshape(self.shape)
-        part_shapes = [self.shape[:self.axis] + (n,) + self.shape[self.axis + 1:] for n in self.sizes()]
+        part_shapes = [self.shape[: self.axis] + (n,) + self.shape[self.axis + 1 :] for n in self.sizes()]
         return np.concatenate([p.reshape(s) for p, s in zip(parts, part_shapes, strict=True)], axis=self.axis)
 
     def to_hf(self, value: np.ndarray) -> dict[str, np.ndarray]:
         pieces = np.split(value, np.cumsum(self.sizes())[:-1], axis=self.axis) if len(self.hf) > 1 else [value]
-        return {n: np.ascontiguousarray(p.reshape(s[::-1]).T if self.transpose else p.reshape(s))
-                for n, s, p in zip(self.hf, self.hf_shape, pieces, strict=True)}
+        return {
+            n: np.ascontiguousarray(p.reshape(s[::-1]).T if self.transpose else p.reshape(s))
+            for n, s, p in zip(self.hf, self.hf_shape, pieces, strict=True)
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class HFMap:
     """A family's checkpoint layout for one config."""
 
-    family: str                   # names the checkpoint in errors ("gpt2", "qwen2", ...)
+    family: str  # names the checkpoint in errors ("gpt2", "qwen2", ...)
     names: tuple[HFName, ...]
     ignore: tuple[str, ...] = ()  # substrings of HF names that are buffers, never weights
-    optional_prefix: str = ""     # import also accepts checkpoints whose names all lack it
+    optional_prefix: str = ""  # import also accepts checkpoints whose names all lack it
 
 
 def gpt2_names(c) -> HFMap:
     """HF GPT2LMHeadModel. Conv1D weights are [in, out] already: reshapes only. A stored `lm_head.weight` is
     the tied embedding; hub `gpt2` checkpoints name tensors without "transformer."."""
     D, H, K, F, V = c.n_embd, c.n_head, c.head_dim, c.d_ff, c.vocab_size
-    names = [HFName("wte", (V, D), "transformer.wte.weight", tied=("lm_head.weight",)),
-             HFName("wpe", (c.n_positions, D), "transformer.wpe.weight"),
-             HFName("ln_f.scale", (D,), "transformer.ln_f.weight"), HFName("ln_f.bias", (D,), "transformer.ln_f.bias")]
+    names = [
+        HFName("wte", (V, D), "transformer.wte.weight", tied=("lm_head.weight",)),
+        HFName("wpe", (c.n_positions, D), "transformer.wpe.weight"),
+        HFName("ln_f.scale", (D,), "transformer.ln_f.weight"),
+        HFName("ln_f.bias", (D,), "transformer.ln_f.bias"),
+    ]
     for i in range(c.n_layer):
         b, h = f"blocks.{i}.", f"transformer.h.{i}."
         names += [
-            HFName(b + "ln_1.scale", (D,), h + "ln_1.weight"), HFName(b + "ln_1.bias", (D,), h + "ln_1.bias"),
+            HFName(b + "ln_1.scale", (D,), h + "ln_1.weight"),
+            HFName(b + "ln_1.bias", (D,), h + "ln_1.bias"),
             HFName(b + "attn.qkv_kernel", (D, 3, H, K), h + "attn.c_attn.weight", (D, 3 * D)),
             HFName(b + "attn.qkv_bias", (3, H, K), h + "attn.c_attn.bias", (3 * D,)),
             HFName(b + "attn.out_kernel", (H, K, D), h + "attn.c_proj.weight", (D, D)),
             HFName(b + "attn.out_bias", (D,), h + "attn.c_proj.bias"),
-            HFName(b + "ln_2.scale", (D,), h + "ln_2.weight"), HFName(b + "ln_2.bias", (D,), h + "ln_2.bias"),
+            HFName(b + "ln_2.scale", (D,), h + "ln_2.weight"),
+            HFName(b + "ln_2.bias", (D,), h + "ln_2.bias"),
             HFName(b + "mlp.fc_kernel", (D, F), h + "mlp.c_fc.weight"),
             HFName(b + "mlp.fc_bias", (F,), h + "mlp.c_fc.bias"),
             HFName(b + "mlp.proj_kernel", (F, D), h + "mlp.c_proj.weight"),
@@ -119,12 +130,20 @@ def gpt2_names(c) -> HFMap:
 def llama_names(c) -> HFMap:
     """HF LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM. Our q/k/v kernel is fused group-major
     ([D, G, R + 2, K]: per kv head its R query heads, then k, then v), gate/up fused along a size-2 axis."""
-    D, H, G, K, F, V = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                        c.intermediate_size, c.vocab_size)
+    D, H, G, K, F, V = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+    )
     R = H // G
     tied = c.tie_word_embeddings
-    names = [HFName("embed", (V, D), "model.embed_tokens.weight", tied=("lm_head.weight",) if tied else ()),
-             HFName("norm.scale", (D,), "model.norm.weight")]
+    names = [
+        HFName("embed", (V, D), "model.embed_tokens.weight", tied=("lm_head.weight",) if tied else ()),
+        HFName("norm.scale", (D,), "model.norm.weight"),
+    ]
     if not tied:
         names.append(HFName("lm_head", (V, D), "lm_head.weight"))
     for i in range(c.num_hidden_layers):
@@ -133,21 +152,42 @@ def llama_names(c) -> HFMap:
         names += [
             HFName(b + "input_norm.scale", (D,), f"model.layers.{i}.input_layernorm.weight"),
             HFName(b + "post_norm.scale", (D,), f"model.layers.{i}.post_attention_layernorm.weight"),
-            HFName(b + "attn.qkv_kernel", (D, G, R + 2, K), tuple(n + ".weight" for n in qkv),
-                   ((H * K, D), (G * K, D), (G * K, D)), transpose=True, axis=2),
+            HFName(
+                b + "attn.qkv_kernel",
+                (D, G, R + 2, K),
+                tuple(n + ".weight" for n in qkv),
+                ((H * K, D), (G * K, D), (G * K, D)),
+                transpose=True,
+                axis=2,
+            ),
             HFName(b + "attn.o_kernel", (H, K, D), a + "o_proj.weight", (D, H * K), transpose=True),
-            HFName(b + "mlp.gate_up_kernel", (D, 2, F), tuple(n + ".weight" for n in gate_up), ((F, D), (F, D)),
-                   transpose=True, axis=1),
+            HFName(
+                b + "mlp.gate_up_kernel",
+                (D, 2, F),
+                tuple(n + ".weight" for n in gate_up),
+                ((F, D), (F, D)),
+                transpose=True,
+                axis=1,
+            ),
             HFName(b + "mlp.down_kernel", (F, D), m + "down_proj.weight", transpose=True),
         ]
         if c.qkv_bias:
-            names.append(HFName(b + "attn.qkv_bias", (G, R + 2, K), tuple(n + ".bias" for n in qkv),
-                                ((H * K,), (G * K,), (G * K,)), axis=1))
+            names.append(
+                HFName(
+                    b + "attn.qkv_bias",
+                    (G, R + 2, K),
+                    tuple(n + ".bias" for n in qkv),
+                    ((H * K,), (G * K,), (G * K,)),
+                    axis=1,
+                )
+            )
         if c.o_bias:
             names.append(HFName(b + "attn.o_bias", (D,), a + "o_proj.bias"))
         if c.mlp_bias:
-            names += [HFName(b + "mlp.gate_up_bias", (2, F), tuple(n + ".bias" for n in gate_up), ((F,), (F,))),
-                      HFName(b + "mlp.down_bias", (D,), m + "down_proj.bias")]
+            names += [
+                HFName(b + "mlp.gate_up_bias", (2, F), tuple(n + ".bias" for n in gate_up), ((F,), (F,))),
+                HFName(b + "mlp.down_bias", (D,), m + "down_proj.bias"),
+            ]
     return HFMap(c.model_type, tuple(names), ignore=("rotary_emb.inv_freq",))
 
 
@@ -162,23 +202,32 @@ def t5_names(c) -> HFMap:
     if not tied:
         names.append(HFName("lm_head", (D, V), "lm_head.weight", transpose=True, fallback=shared))
     for stack, n_blocks, decoder in (("encoder", c.num_layers, False), ("decoder", c.num_decoder_layers, True)):
-        names += [HFName(f"{stack}.rel_bias", (N, H),
-                         f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-                  HFName(f"{stack}.final_norm.scale", (D,), f"{stack}.final_layer_norm.weight")]
+        names += [
+            HFName(
+                f"{stack}.rel_bias", (N, H), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+            ),
+            HFName(f"{stack}.final_norm.scale", (D,), f"{stack}.final_layer_norm.weight"),
+        ]
         for i in range(n_blocks):
             b, h = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
             parts = [("self", "0.SelfAttention.", "0.")] + ([("cross", "1.EncDecAttention.", "1.")] if decoder else [])
             for ours, attn, norm in parts:
                 names += [HFName(f"{b}{ours}_norm.scale", (D,), f"{h}{norm}layer_norm.weight")]
-                names += [HFName(f"{b}{ours}_attn.{x}", (D, H, K), f"{h}{attn}{x}.weight", (H * K, D), transpose=True)
-                          for x in "qkv"]
+                names += [
+                    HFName(f"{b}{ours}_attn.{x}", (D, H, K), f"{h}{attn}{x}.weight", (H * K, D), transpose=True)
+                    for x in "qkv"
+                ]
                 names += [HFName(f"{b}{ours}_attn.o", (H, K, D), f"{h}{attn}o.weight", (D, H * K), transpose=True)]
             ff = f"{h}{2 if decoder else 1}."
-            names += [HFName(f"{b}ff_norm.scale", (D,), ff + "layer_norm.weight"),
-                      HFName(f"{b}ff.wo", (F, D), ff + "DenseReluDense.wo.weight", transpose=True)]
+            names += [
+                HFName(f"{b}ff_norm.scale", (D,), ff + "layer_norm.weight"),
+                HFName(f"{b}ff.wo", (F, D), ff + "DenseReluDense.wo.weight", transpose=True),
+            ]
             if c.is_gated:  # wi_0 goes through the activation (our wi_gate), wi_1 is the linear branch
-                names += [HFName(f"{b}ff.wi_gate", (D, F), ff + "DenseReluDense.wi_0.weight", transpose=True),
-                          HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi_1.weight", transpose=True)]
+                names += [
+                    HFName(f"{b}ff.wi_gate", (D, F), ff + "DenseReluDense.wi_0.weight", transpose=True),
+                    HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi_1.weight", transpose=True),
+                ]
             else:
                 names.append(HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi.weight", transpose=True))
     # Old checkpoints carry an unused cross-attention relative bias in decoder layer 0.
@@ -186,6 +235,7 @@ def t5_names(c) -> HFMap:
 
 
 # ----------------------------------------------------------------------------- the converter
+
 
 class HFTensors:
     """Reads HF tensors by name, checks shapes, and reports names that were never used."""
@@ -195,7 +245,7 @@ class HFTensors:
 
     def key(self, name: str) -> str:
         """The name a table entry has in these tensors (without the table's optional prefix when they lack it)."""
-        return name[len(self.strip):] if self.strip and name.startswith(self.strip) else name
+        return name[len(self.strip) :] if self.strip and name.startswith(self.strip) else name
 
     def has(self, name: str) -> bool:
         return self.key(name) in self.tensors
@@ -207,8 +257,9 @@ class HFTensors:
             raise KeyError(f"{self.family} checkpoint is missing tensor '{name}' (expected shape {tuple(shape)}{alt})")
         arr = np.asarray(self.tensors[name])
         if tuple(arr.shape) != tuple(shape):
-            raise ValueError(f"{self.family} checkpoint tensor '{name}' has shape {tuple(arr.shape)}, "
-                             f"expected {tuple(shape)}")
+            raise ValueError(
+                f"{self.family} checkpoint tensor '{name}' has shape {tuple(arr.shape)}, expected {tuple(shape)}"
+            )
         self.used.add(name)
         return arr.astype(np.float32)
 
@@ -220,24 +271,29 @@ class HFTensors:
         present = [n for n in (name, *entry.aliases) if self.has(n)]
         if not present and entry.fallback and any(self.has(n) for n in entry.fallback):
             fb = next(n for n in entry.fallback if self.has(n))
-            warnings.warn(f"{self.family} checkpoint has no '{self.key(name)}'; using '{self.key(fb)}' in its place",
-                          stacklevel=4)
+            warnings.warn(
+                f"{self.family} checkpoint has no '{self.key(name)}'; using '{self.key(fb)}' in its place", stacklevel=4
+            )
             return [self.get(fb, shape)]
         present = (present or [name]) + [n for n in entry.tied if self.has(n)]
         arrays = [self.get(n, shape, entry.aliases) for n in present]
         for n, a in zip(present[1:], arrays[1:], strict=True):
             if not np.array_equal(a, arrays[0]):
                 why = " (tied weights: tie_word_embeddings)" if n in entry.tied else ""
-                raise ValueError(f"{self.family} checkpoint: '{self.key(n)}' differs from '{self.key(present[0])}', "
-                                 f"but this model keeps one tensor for both{why}")
+                raise ValueError(
+                    f"{self.family} checkpoint: '{self.key(n)}' differs from '{self.key(present[0])}', "
+                    f"but this model keeps one tensor for both{why}"
+                )
         return arrays[:1]
 
     def warn_unused(self, ignore: Sequence[str] = ()):
         unused = sorted(n for n in self.tensors if n not in self.used and not any(s in n for s in ignore))
         if unused:
             more = f" (+{len(unused) - 5} more)" if len(unused) > 5 else ""
-            warnings.warn(f"{self.family}: {len(unused)} checkpoint tensors were not used: "
-                          f"{', '.join(unused[:5])}{more}", stacklevel=4)
+            warnings.warn(
+                f"{self.family}: {len(unused)} checkpoint tensors were not used: {', '.join(unused[:5])}{more}",
+                stacklevel=4,
+            )
 
 
 def flat_params_from_hf(names: HFMap, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -298,6 +354,7 @@ def build_model(family: Family, config, tensors: Mapping, *, dtype=jnp.float32):
 
 # ----------------------------------------------------------------------------- the directory format
 
+
 def read_config(model_dir) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
@@ -332,8 +389,10 @@ def read_tensors(model_dir) -> dict[str, np.ndarray]:
     try:
         import torch  # optional (the torch extra): only .bin checkpoints need it
     except ImportError as e:
-        raise ImportError(f"{d} has only PyTorch .bin weights; reading them needs torch "
-                          "(pip install 'ftcot-jax[torch]') or convert them to safetensors") from e
+        raise ImportError(
+            f"{d} has only PyTorch .bin weights; reading them needs torch "
+            "(pip install 'ftcot-jax[torch]') or convert them to safetensors"
+        ) from e
     for b in bins:
         # weights_only=True: a .bin is a pickle, never let it run code.
         sd = torch.load(str(b), map_location="cpu", weights_only=True)
@@ -363,20 +422,34 @@ def download(repo_id: str, revision: str | None, *, weights: bool = True) -> Pat
     # huggingface_hub's API module takes ~0.1 s to import; only hub downloads need it.
     from huggingface_hub import list_repo_files, snapshot_download
 
-    patterns = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab*",
-                "merges.txt", "spiece.model", "*.model", "added_tokens.json"]
+    patterns = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "vocab*",
+        "merges.txt",
+        "spiece.model",
+        "*.model",
+        "added_tokens.json",
+    ]
     if weights:
         try:
             files = list_repo_files(repo_id, revision=revision)
-            patterns += ["*.safetensors", SAFETENSORS_INDEX] if any(f.endswith(".safetensors") for f in files) \
+            patterns += (
+                ["*.safetensors", SAFETENSORS_INDEX]
+                if any(f.endswith(".safetensors") for f in files)
                 else ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+            )
         except Exception:  # offline: fall back to whatever is in the local cache
             patterns += ["*.safetensors", SAFETENSORS_INDEX]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as e:
-        raise FileNotFoundError(f"'{repo_id}' is neither a local directory nor a downloadable HF hub model "
-                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise FileNotFoundError(
+            f"'{repo_id}' is neither a local directory nor a downloadable HF hub model "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
 
 
 def write_dir(out_dir, hf_config: Mapping, tensors: Mapping[str, np.ndarray], tokenizer=None) -> None:
@@ -385,8 +458,11 @@ def write_dir(out_dir, hf_config: Mapping, tensors: Mapping[str, np.ndarray], to
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(hf_config)
     cfg.setdefault("dtype", "float32")
-    save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()},
+        str(out / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))

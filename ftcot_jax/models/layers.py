@@ -33,8 +33,7 @@ def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None
     """An fp32 nnx.Param carrying logical axis names (sharded later by sharding.logical_to_sharding)."""
     if len(shape) != len(names):
         raise ValueError(f"param shape {tuple(shape)} vs axis names {tuple(names)}")
-    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=tuple(names),
-                     eager_sharding=False)
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=tuple(names), eager_sharding=False)
 
 
 normal_init = jax.nn.initializers.normal
@@ -83,8 +82,9 @@ class Packing:
         self.B, self.L = batch, length
         self.G, self.N = index_GxN.shape
         if batch % self.G or (batch // self.G) * length != inverse_GxM.shape[1]:
-            raise ValueError(f"packing indices {index_GxN.shape} / {inverse_GxM.shape} do not fit a "
-                             f"{batch} x {length} batch")
+            raise ValueError(
+                f"packing indices {index_GxN.shape} / {inverse_GxM.shape} do not fit a {batch} x {length} batch"
+            )
 
     def pack(self, a_BxLx_):
         """[B, L, ...] -> [G, N, ...] (slots past a shard's tokens are zeros)."""
@@ -162,16 +162,19 @@ class DropoutKeys:
 NO_DROPOUT = DropoutKeys(None)  # stateless: hands out None (eval, decoding)
 
 
-def dot_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype, dropout_rate: float = 0.0,
-                  rng=None):
+def dot_attention(
+    q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype, dropout_rate: float = 0.0, rng=None
+):
     """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32, then dropout on
     the probabilities when `rng` is given (HF's attn_pdrop / attention_dropout).
     Keys/values are [B, G, S, K] (the cache layout): both dots then read them without a transpose."""
     B, T, H, K = q_BxTxHxK.shape
     G = k_BxGxSxK.shape[1]
     q_BxGxRxTxK = q_BxTxHxK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4).astype(dtype)
-    logits_BxGxRxTxS = jnp.einsum("bgrtk,bgsk->bgrts", q_BxGxRxTxK, k_BxGxSxK.astype(dtype),
-                                  preferred_element_type=jnp.float32) * scale
+    logits_BxGxRxTxS = (
+        jnp.einsum("bgrtk,bgsk->bgrts", q_BxGxRxTxK, k_BxGxSxK.astype(dtype), preferred_element_type=jnp.float32)
+        * scale
+    )
     logits_BxGxRxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxGxRxTxS, NEG_INF)
     probs = dropout(jax.nn.softmax(logits_BxGxRxTxS, axis=-1), dropout_rate, rng).astype(dtype)
     out_BxGxRxTxK = jnp.einsum("bgrts,bgsk->bgrtk", probs, v_BxGxSxK.astype(dtype))
@@ -233,17 +236,33 @@ class DecoderLM(nnx.Module):
 
     def logits(self, x_BxTxD):
         # fp32 accumulation and output whatever the compute dtype.
-        return jnp.einsum("btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype), preferred_element_type=jnp.float32
+        )
 
-    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, attention_mask=None, positions=None, dropout_rng=None):
+    def __call__(
+        self,
+        input_ids_BxL,
+        *,
+        attention_mask_BxL=None,
+        positions_BxL=None,
+        cache=None,
+        cache_index=None,
+        attention_mask=None,
+        positions=None,
+        dropout_rng=None,
+    ):
         """fp32 logits_BxLxV; with `cache` (decoding) (logits, new_cache). `attention_mask` / `positions` are
         accepted as aliases of the shape-suffixed names."""
         attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
         positions_BxL = positions if positions_BxL is None else positions_BxL
-        x, new_cache = self.features(input_ids_BxL, attention_mask_BxL=attention_mask_BxL,
-                                     positions_BxL=positions_BxL, cache=cache, cache_index=cache_index,
-                                     dropout_rng=dropout_rng)
+        x, new_cache = self.features(
+            input_ids_BxL,
+            attention_mask_BxL=attention_mask_BxL,
+            positions_BxL=positions_BxL,
+            cache=cache,
+            cache_index=cache_index,
+            dropout_rng=dropout_rng,
+        )
         logits_BxLxV = constrain(self.logits(x), ("batch", "length", "vocab"))
         return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)

@@ -50,11 +50,11 @@ class Config:
     # (("factor", 8.0), ("rope_type", "llama3"), ...) sorted items, hashable (the config is static under jit)
     rope_scaling: tuple | None = None
     tie_word_embeddings: bool = False
-    qkv_bias: bool = False                # Qwen2: True; Llama: attention_bias
-    o_bias: bool = False                  # Llama attention_bias also biases o_proj
+    qkv_bias: bool = False  # Qwen2: True; Llama: attention_bias
+    o_bias: bool = False  # Llama attention_bias also biases o_proj
     mlp_bias: bool = False
     hidden_act: str = "silu"
-    attention_dropout: float = 0.0        # on the attention probabilities, train mode only (as HF)
+    attention_dropout: float = 0.0  # on the attention probabilities, train mode only (as HF)
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
     eos_token_id: int | tuple | None = 2
@@ -73,18 +73,24 @@ class Config:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"{self.model_type} config: num_attention_heads={self.num_attention_heads} is not a "
-                             f"multiple of num_key_value_heads={self.num_key_value_heads}")
+            raise ValueError(
+                f"{self.model_type} config: num_attention_heads={self.num_attention_heads} is not a "
+                f"multiple of num_key_value_heads={self.num_key_value_heads}"
+            )
         if not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"{self.model_type} config: attention_dropout={self.attention_dropout} is not a "
-                             "probability in [0, 1)")
+            raise ValueError(
+                f"{self.model_type} config: attention_dropout={self.attention_dropout} is not a probability in [0, 1)"
+            )
         if self.hidden_act != "silu":
-            raise ValueError(f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; "
-                             "expected 'silu'")
+            raise ValueError(
+                f"{self.model_type} config: hidden_act '{self.hidden_act}' is not supported; expected 'silu'"
+            )
         rope_type = self.rope.get("rope_type", "default")
         if rope_type not in ROPE_TYPES:
-            raise ValueError(f"{self.model_type} config: rope_type '{rope_type}' is not supported; "
-                             f"expected one of: {', '.join(ROPE_TYPES)}")
+            raise ValueError(
+                f"{self.model_type} config: rope_type '{rope_type}' is not supported; "
+                f"expected one of: {', '.join(ROPE_TYPES)}"
+            )
 
     @property
     def num_layers(self) -> int:
@@ -103,8 +109,10 @@ class Config:
         if mt == "qwen2" and hf.get("use_sliding_window"):
             raise ValueError("qwen2 config: use_sliding_window=True (sliding-window attention) is not supported")
         if mt == "mistral" and hf.get("sliding_window") is not None:
-            raise ValueError(f"mistral config: sliding_window={hf['sliding_window']} is not supported; "
-                             "only full attention (sliding_window: null)")
+            raise ValueError(
+                f"mistral config: sliding_window={hf['sliding_window']} is not supported; "
+                "only full attention (sliding_window: null)"
+            )
         # transformers v5 keeps theta and scaling in rope_parameters; older configs use rope_theta/rope_scaling.
         rope = dict(hf.get("rope_parameters") or {})
         if any(isinstance(v, dict) for v in rope.values()):
@@ -116,15 +124,29 @@ class Config:
             scaling.setdefault("rope_type", scaling.pop("type"))
         rope_type = scaling.get("rope_type", "default")
         if rope_type == "llama3":
-            scaling.setdefault("original_max_position_embeddings",
-                               hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
+            scaling.setdefault(
+                "original_max_position_embeddings",
+                hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)),
+            )
         scaling = None if rope_type == "default" and len(scaling) <= 1 else scaling
         bias = bool(hf.get("attention_bias", False))
-        names = {f.name for f in dataclasses.fields(cls)} - {"is_encoder_decoder", "rope_theta", "rope_scaling",
-                                                            "qkv_bias", "o_bias", "model_type"}
+        names = {f.name for f in dataclasses.fields(cls)} - {
+            "is_encoder_decoder",
+            "rope_theta",
+            "rope_scaling",
+            "qkv_bias",
+            "o_bias",
+            "model_type",
+        }
         kw = {k: hf[k] for k in names if k in hf}
-        return cls(model_type=mt, rope_theta=float(theta), rope_scaling=scaling,
-                   qkv_bias=True if mt == "qwen2" else bias, o_bias=False if mt == "qwen2" else bias, **kw)
+        return cls(
+            model_type=mt,
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            qkv_bias=True if mt == "qwen2" else bias,
+            o_bias=False if mt == "qwen2" else bias,
+            **kw,
+        )
 
     def to_hf_config(self) -> dict:
         d = dataclasses.asdict(self)
@@ -133,8 +155,7 @@ class Config:
         if isinstance(d["eos_token_id"], tuple):
             d["eos_token_id"] = list(d["eos_token_id"])
         rope = {"rope_type": "default", **self.rope, "rope_theta": self.rope_theta}
-        out = {"architectures": [_ARCH[self.model_type]], **d, "rope_parameters": rope,
-               "is_encoder_decoder": False}
+        out = {"architectures": [_ARCH[self.model_type]], **d, "rope_parameters": rope, "is_encoder_decoder": False}
         if self.model_type == "llama":
             out["attention_bias"] = self.qkv_bias
         if self.model_type == "qwen2":
@@ -181,8 +202,9 @@ class Attention(nnx.Module):
         init = normal_init(cfg.initializer_range)
         # Group-major fused kernel: per kv head g, its R query heads then k then v; shards on kv_heads.
         self.qkv_kernel = param(rngs, init, (D, G, R + 2, K), ("embed", "kv_heads", "qkv", "head_dim"))
-        self.qkv_bias = (param(rngs, zeros_init, (G, R + 2, K), ("kv_heads", "qkv", "head_dim")) if cfg.qkv_bias
-                         else None)
+        self.qkv_bias = (
+            param(rngs, zeros_init, (G, R + 2, K), ("kv_heads", "qkv", "head_dim")) if cfg.qkv_bias else None
+        )
         self.o_kernel = param(rngs, init, (G * R, K, D), ("heads", "head_dim", "embed"))
         self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
         self.G, self.R, self.K, self.dtype, self.dropout_rate = G, R, K, dtype, cfg.attention_dropout
@@ -259,21 +281,31 @@ class Model(DecoderLM):
         self.embed = param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         self.layers = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
-        self.lm_head = (None if cfg.tie_word_embeddings
-                        else param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed")))
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        )
         self.inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))  # static, not a parameter
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
         c = self.config
-        return init_kv_cache(c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim,
-                             dtype or self.dtype)
+        return init_kv_cache(c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim, dtype or self.dtype)
 
-    def features(self, input_ids_BxT, *, attention_mask_BxL=None, positions_BxL=None, cache=None,
-                 cache_index=None, packing=None, dropout_rng=None):
+    def features(
+        self,
+        input_ids_BxT,
+        *,
+        attention_mask_BxL=None,
+        positions_BxL=None,
+        cache=None,
+        cache_index=None,
+        packing=None,
+        dropout_rng=None,
+    ):
         """Final hidden states and the updated cache; [G, N, D] with `packing` (see gpt2.Model.features).
         With `dropout_rng` (training) the config's attention_dropout is on (HF Llama has no other dropout)."""
-        mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache,
-                                                   cache_index)
+        mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cache_index)
         if packing is not None:
             input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
         freqs_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(self.inv_freq, jnp.float32)
@@ -284,8 +316,9 @@ class Model(DecoderLM):
         keys = DropoutKeys(dropout_rng)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, c = layer(x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index,
-                               packing, keys())
+            x_BxTxD, c = layer(
+                x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys()
+            )
             new_cache.append(c)
         return self.norm(x_BxTxD), (None if cache is None else new_cache)
 
@@ -294,5 +327,4 @@ class Model(DecoderLM):
         return self.embed[...] if self.lm_head is None else self.lm_head[...]
 
 
-FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model,
-                hf_names=llama_names)
+FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=llama_names)

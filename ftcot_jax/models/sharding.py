@@ -24,15 +24,15 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("length", None),
     ("kv_length", None),
     # params and activations
-    ("embed", "fsdp"),        # FSDP shards every weight along d_model
+    ("embed", "fsdp"),  # FSDP shards every weight along d_model
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
-    ("qkv", None),            # the 3 of a fused q/k/v kernel
-    ("positions", None),      # learned position table rows
-    ("norm", None),           # layer-norm scales/biases
+    ("qkv", None),  # the 3 of a fused q/k/v kernel
+    ("positions", None),  # learned position table rows
+    ("norm", None),  # layer-norm scales/biases
     ("relpos_buckets", None),  # T5 relative attention buckets
 )
 
@@ -44,8 +44,9 @@ def check_mesh_axes(data: int, fsdp: int, tensor: int) -> None:
         raise ValueError(f"mesh: axis sizes must be positive (at most one -1 = 'the rest'), got {sizes}")
 
 
-def resolve_mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int, *,
-                       exact: bool = True) -> tuple[int, int, int]:
+def resolve_mesh_shape(
+    data: int, fsdp: int, tensor: int, n_devices: int, *, exact: bool = True
+) -> tuple[int, int, int]:
     """Concrete (data, fsdp, tensor) for `n_devices` devices, the -1 axis filled with what the others leave.
     `exact`: the product must equal `n_devices`; otherwise it may be smaller (the mesh uses the first ones)."""
     check_mesh_axes(data, fsdp, tensor)
@@ -53,14 +54,17 @@ def resolve_mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int, *,
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n_devices % known:
-            raise ValueError(f"mesh {tuple(sizes)} does not fit {n_devices} devices "
-                             f"({n_devices} is not divisible by {known})")
+            raise ValueError(
+                f"mesh {tuple(sizes)} does not fit {n_devices} devices ({n_devices} is not divisible by {known})"
+            )
         sizes[sizes.index(-1)] = n_devices // known
     total = math.prod(sizes)
     if total > n_devices or (exact and total != n_devices):
-        raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has {total} devices but "
-                         f"{n_devices} are available" +
-                         ("; the product must equal the device count (use -1 for one axis)" if exact else ""))
+        raise ValueError(
+            f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has {total} devices but "
+            f"{n_devices} are available"
+            + ("; the product must equal the device count (use -1 for one axis)" if exact else "")
+        )
     return sizes[0], sizes[1], sizes[2]
 
 
@@ -79,8 +83,9 @@ def _axis_size(mesh_shape: dict, axes) -> int:
     return n
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh_shape: dict | None = None, rules=RULES) -> P:
+def logical_to_spec(
+    names: Sequence[str | None], shape: Sequence[int] | None = None, mesh_shape: dict | None = None, rules=RULES
+) -> P:
     """PartitionSpec for logical `names`. A mesh axis is used at most once (first dim wins); with
     `shape`/`mesh_shape` a dim that the mesh axes don't divide is replicated instead of failing."""
     table = dict(rules)

@@ -30,6 +30,7 @@ from ftcot_jax.models.sharding import constrain
 
 HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
 
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     vocab_size: int = 32128
@@ -43,8 +44,8 @@ class Config:
     relative_attention_max_distance: int = 128
     dropout_rate: float = 0.1
     layer_norm_epsilon: float = 1e-6
-    feed_forward_proj: str = "relu"       # "relu" (v1.0) | "gated-gelu" (v1.1, Flan-T5) | "{act}" | "gated-{act}"
-    tie_word_embeddings: bool = True      # head shares `shared` (v1.0) or has its own lm_head (v1.1)
+    feed_forward_proj: str = "relu"  # "relu" (v1.0) | "gated-gelu" (v1.1, Flan-T5) | "{act}" | "gated-{act}"
+    tie_word_embeddings: bool = True  # head shares `shared` (v1.0) or has its own lm_head (v1.1)
     scale_decoder_outputs: bool | None = None  # None = tie_word_embeddings (HF v4 semantics)
     pad_token_id: int = 0
     eos_token_id: int = 1
@@ -58,14 +59,17 @@ class Config:
         if self.scale_decoder_outputs is None:
             object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)
         if self.model_type not in HF_MODEL_TYPES:
-            raise ValueError(f"t5 config: model_type '{self.model_type}' is not supported; expected one of: "
-                             f"{', '.join(HF_MODEL_TYPES)}")
+            raise ValueError(
+                f"t5 config: model_type '{self.model_type}' is not supported; expected one of: "
+                f"{', '.join(HF_MODEL_TYPES)}"
+            )
         _ = self.activation  # validates feed_forward_proj
         if self.model_type == "mt5" and (self.tie_word_embeddings or self.scale_decoder_outputs):
             raise ValueError("t5 config: mt5 has an untied, unscaled head; set tie_word_embeddings=False")
         if self.relative_attention_num_buckets < 4:
-            raise ValueError("t5 config: relative_attention_num_buckets must be >= 4, got "
-                             f"{self.relative_attention_num_buckets}")
+            raise ValueError(
+                f"t5 config: relative_attention_num_buckets must be >= 4, got {self.relative_attention_num_buckets}"
+            )
 
     @property
     def is_gated(self) -> bool:
@@ -75,12 +79,16 @@ class Config:
     def activation(self) -> str:
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            raise ValueError(f"t5 config: feed_forward_proj '{self.feed_forward_proj}' is not of the form "
-                             "'{act}' or 'gated-{act}'")
+            raise ValueError(
+                f"t5 config: feed_forward_proj '{self.feed_forward_proj}' is not of the form "
+                "'{act}' or 'gated-{act}'"
+            )
         act = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]  # as HF does
         if act not in ACTIVATIONS:
-            raise ValueError(f"t5 config: feed_forward_proj '{self.feed_forward_proj}' uses an unsupported "
-                             f"activation '{act}'; expected one of: {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"t5 config: feed_forward_proj '{self.feed_forward_proj}' uses an unsupported "
+                f"activation '{act}'; expected one of: {', '.join(ACTIVATIONS)}"
+            )
         return act
 
     @classmethod
@@ -89,8 +97,11 @@ class Config:
         if mt not in HF_MODEL_TYPES:
             hint = " (UMT5 has a relative attention bias in every layer)" if mt == "umt5" else ""
             raise ValueError(f"t5.Config got model_type '{mt}'{hint}; supported: {', '.join(HF_MODEL_TYPES)}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"is_encoder_decoder", "tie_word_embeddings",
-                                                             "scale_decoder_outputs"}
+        names = {f.name for f in dataclasses.fields(cls)} - {
+            "is_encoder_decoder",
+            "tie_word_embeddings",
+            "scale_decoder_outputs",
+        }
         kw = {k: hf[k] for k in names if hf.get(k) is not None}
         for k in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
             if isinstance(kw.get(k), list):  # HF allows a list of eos ids; T5 checkpoints use one
@@ -116,8 +127,13 @@ class Config:
     def to_hf_config(self) -> dict:
         d = dataclasses.asdict(self)
         arch = "MT5ForConditionalGeneration" if self.model_type == "mt5" else "T5ForConditionalGeneration"
-        return {**d, "architectures": [arch], "is_encoder_decoder": True,
-                "dense_act_fn": self.activation, "is_gated_act": self.is_gated}
+        return {
+            **d,
+            "architectures": [arch],
+            "is_encoder_decoder": True,
+            "dense_act_fn": self.activation,
+            "is_gated_act": self.is_gated,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,8 +200,9 @@ class Attention(nnx.Module):
         dt = self.dtype
         q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dt), self.q[...].astype(dt))
         q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "length", "heads", "head_dim"))
-        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK.astype(dt),
-                                    preferred_element_type=jnp.float32)  # no 1/sqrt(K): T5 folds it into init
+        scores_BxHxTxS = jnp.einsum(
+            "bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK.astype(dt), preferred_element_type=jnp.float32
+        )  # no 1/sqrt(K): T5 folds it into init
         if bias_1xHxTxS is not None:
             scores_BxHxTxS = scores_BxHxTxS + bias_1xHxTxS
         scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, NEG_INF)
@@ -227,8 +244,18 @@ class Block(nnx.Module):
         self.ff = FeedForward(cfg, dtype=dtype, rngs=rngs)
         self.decoder, self.dropout_rate = decoder, cfg.dropout_rate
 
-    def __call__(self, x_BxTxD, self_bias, self_mask_BxTxS, *, cache=None, cache_index=None, cross_kv=None,
-                 cross_mask_BxTxL=None, rng=lambda: None):
+    def __call__(
+        self,
+        x_BxTxD,
+        self_bias,
+        self_mask_BxTxS,
+        *,
+        cache=None,
+        cache_index=None,
+        cross_kv=None,
+        cross_mask_BxTxL=None,
+        rng=lambda: None,
+    ):
         """Residual stream stays fp32; sublayers compute in the model dtype.
         With `cache` (dict k, v: BxSxHxK) the T new keys/values are written at slot cache_index."""
         x_BxTxD = grad_barrier(x_BxTxD)
@@ -253,17 +280,25 @@ class Stack(nnx.Module):
 
     def __init__(self, cfg: Config, *, decoder: bool, dtype, rngs: nnx.Rngs):
         n = cfg.num_decoder_layers if decoder else cfg.num_layers
-        self.rel_bias = param(rngs, normal_init(cfg.d_model**-0.5), (cfg.relative_attention_num_buckets,
-                                                                     cfg.num_heads), ("relpos_buckets", "heads"))
+        self.rel_bias = param(
+            rngs,
+            normal_init(cfg.d_model**-0.5),
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            ("relpos_buckets", "heads"),
+        )
         self.blocks = nnx.List([Block(cfg, decoder=decoder, dtype=dtype, rngs=rngs) for _ in range(n)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype=jnp.float32, rngs=rngs)
-        self.bucket_table = tuple(relative_position_bucket_table(
-            not decoder, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance).tolist())
+        self.bucket_table = tuple(
+            relative_position_bucket_table(
+                not decoder, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+            ).tolist()
+        )
         self.max_distance = cfg.relative_attention_max_distance
 
     def bias(self, q_pos_T, k_pos_S):
-        return position_bias_1xHxTxS(self.rel_bias[...], np.asarray(self.bucket_table, np.int32),
-                                     self.max_distance, q_pos_T, k_pos_S)
+        return position_bias_1xHxTxS(
+            self.rel_bias[...], np.asarray(self.bucket_table, np.int32), self.max_distance, q_pos_T, k_pos_S
+        )
 
 
 class Model(nnx.Module):
@@ -318,8 +353,18 @@ class Model(nnx.Module):
         dt = dtype or self.dtype
         return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in self.decoder.blocks]
 
-    def _decoder_features(self, ids_BxT, q_pos_T, self_mask_BxTxS, k_pos_S, cross_kv, attention_mask_BxL,
-                          cache=None, cache_index=None, rng=lambda: None):
+    def _decoder_features(
+        self,
+        ids_BxT,
+        q_pos_T,
+        self_mask_BxTxS,
+        k_pos_S,
+        cross_kv,
+        attention_mask_BxL,
+        cache=None,
+        cache_index=None,
+        rng=lambda: None,
+    ):
         B, T = ids_BxT.shape
         L = cross_kv[0][0].shape[1]
         enc_mask_BxL = jnp.ones((B, L), bool) if attention_mask_BxL is None else attention_mask_BxL > 0
@@ -329,9 +374,16 @@ class Model(nnx.Module):
         bias = self.decoder.bias(q_pos_T, k_pos_S)
         new_cache = []
         for i, block in enumerate(self.decoder.blocks):
-            x_BxTxD, c = block(x_BxTxD, bias, self_mask_BxTxS, cache=None if cache is None else cache[i],
-                               cache_index=cache_index, cross_kv=cross_kv[i], cross_mask_BxTxL=cross_mask_BxTxL,
-                               rng=rng)
+            x_BxTxD, c = block(
+                x_BxTxD,
+                bias,
+                self_mask_BxTxS,
+                cache=None if cache is None else cache[i],
+                cache_index=cache_index,
+                cross_kv=cross_kv[i],
+                cross_mask_BxTxL=cross_mask_BxTxL,
+                rng=rng,
+            )
             new_cache.append(c)
         x_BxTxD = dropout(self.decoder.final_norm(x_BxTxD), self.config.dropout_rate, rng())
         return x_BxTxD, (None if cache is None else new_cache)
@@ -341,28 +393,41 @@ class Model(nnx.Module):
         if self.config.scale_decoder_outputs:
             x_BxTxD = x_BxTxD * (self.config.d_model**-0.5)
         if self.config.tie_word_embeddings:
-            out = jnp.einsum("btd,vd->btv", x_BxTxD.astype(dt), self.shared[...].astype(dt),
-                             preferred_element_type=jnp.float32)
+            out = jnp.einsum(
+                "btd,vd->btv", x_BxTxD.astype(dt), self.shared[...].astype(dt), preferred_element_type=jnp.float32
+            )
         else:
-            out = jnp.einsum("btd,dv->btv", x_BxTxD.astype(dt), self.lm_head[...].astype(dt),
-                             preferred_element_type=jnp.float32)
+            out = jnp.einsum(
+                "btd,dv->btv", x_BxTxD.astype(dt), self.lm_head[...].astype(dt), preferred_element_type=jnp.float32
+            )
         return constrain(out, ("batch", "length", "vocab"))
 
-    def decode(self, decoder_input_ids_BxT, encoder_out_BxLxD, *, attention_mask_BxL=None,
-               decoder_attention_mask_BxT=None, dropout_rng=None):
+    def decode(
+        self,
+        decoder_input_ids_BxT,
+        encoder_out_BxLxD,
+        *,
+        attention_mask_BxL=None,
+        decoder_attention_mask_BxT=None,
+        dropout_rng=None,
+    ):
         """Teacher-forced decoder logits (causal; decoder_attention_mask masks padded keys)."""
         B, T = decoder_input_ids_BxT.shape
-        dmask_BxT = (jnp.ones((B, T), bool) if decoder_attention_mask_BxT is None
-                     else decoder_attention_mask_BxT > 0)
+        dmask_BxT = jnp.ones((B, T), bool) if decoder_attention_mask_BxT is None else decoder_attention_mask_BxT > 0
         if dmask_BxT.shape != (B, T):
-            raise ValueError(f"t5: decoder_attention_mask shape {dmask_BxT.shape} != decoder_input_ids shape "
-                             f"{(B, T)}")
+            raise ValueError(f"t5: decoder_attention_mask shape {dmask_BxT.shape} != decoder_input_ids shape {(B, T)}")
         pos_T = jnp.arange(T)
         causal_TxT = pos_T[None, :] <= pos_T[:, None]
         self_mask_BxTxT = causal_TxT[None] & dmask_BxT[:, None, :]
-        x, _ = self._decoder_features(decoder_input_ids_BxT, pos_T, self_mask_BxTxT, pos_T,
-                                      self.cross_kv(encoder_out_BxLxD), attention_mask_BxL,
-                                      rng=DropoutKeys(dropout_rng))
+        x, _ = self._decoder_features(
+            decoder_input_ids_BxT,
+            pos_T,
+            self_mask_BxTxT,
+            pos_T,
+            self.cross_kv(encoder_out_BxLxD),
+            attention_mask_BxL,
+            rng=DropoutKeys(dropout_rng),
+        )
         return self.logits(x)
 
     def decode_step(self, token_ids_BxT, cache_index, cache, cross_kv, attention_mask_BxL):
@@ -374,26 +439,49 @@ class Model(nnx.Module):
         q_pos_T = index + jnp.arange(T)
         k_pos_S = jnp.arange(S)
         self_mask_BxTxS = jnp.broadcast_to(k_pos_S[None, None, :] <= q_pos_T[None, :, None], (B, T, S))
-        x, new_cache = self._decoder_features(token_ids_BxT, q_pos_T, self_mask_BxTxS, k_pos_S, cross_kv,
-                                              attention_mask_BxL, cache=cache, cache_index=index)
+        x, new_cache = self._decoder_features(
+            token_ids_BxT,
+            q_pos_T,
+            self_mask_BxTxS,
+            k_pos_S,
+            cross_kv,
+            attention_mask_BxL,
+            cache=cache,
+            cache_index=index,
+        )
         return self.logits(x), new_cache
 
-    def __call__(self, input_ids_BxL, *, attention_mask_BxL=None, decoder_input_ids_BxT=None,
-                 decoder_attention_mask_BxT=None, dropout_rng=None, attention_mask=None, decoder_input_ids=None,
-                 decoder_attention_mask=None):
+    def __call__(
+        self,
+        input_ids_BxL,
+        *,
+        attention_mask_BxL=None,
+        decoder_input_ids_BxT=None,
+        decoder_attention_mask_BxT=None,
+        dropout_rng=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+    ):
         # The HF-style names are accepted as aliases of the shape-suffixed ones.
         attention_mask_BxL = attention_mask if attention_mask_BxL is None else attention_mask_BxL
         decoder_input_ids_BxT = decoder_input_ids if decoder_input_ids_BxT is None else decoder_input_ids_BxT
         if decoder_attention_mask_BxT is None:
             decoder_attention_mask_BxT = decoder_attention_mask
         if decoder_input_ids_BxT is None:
-            raise ValueError("t5: decoder_input_ids_BxT is required (shift the labels right, starting with "
-                             f"decoder_start_token_id={self.config.decoder_start_token_id})")
+            raise ValueError(
+                "t5: decoder_input_ids_BxT is required (shift the labels right, starting with "
+                f"decoder_start_token_id={self.config.decoder_start_token_id})"
+            )
         enc_rng, dec_rng = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
         enc_BxLxD = self.encode(input_ids_BxL, attention_mask_BxL, dropout_rng=enc_rng)
-        return self.decode(decoder_input_ids_BxT, enc_BxLxD, attention_mask_BxL=attention_mask_BxL,
-                           decoder_attention_mask_BxT=decoder_attention_mask_BxT, dropout_rng=dec_rng)
+        return self.decode(
+            decoder_input_ids_BxT,
+            enc_BxLxD,
+            attention_mask_BxL=attention_mask_BxL,
+            decoder_attention_mask_BxT=decoder_attention_mask_BxT,
+            dropout_rng=dec_rng,
+        )
 
 
-FAMILY = Family(name="t5", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model,
-                hf_names=t5_names)
+FAMILY = Family(name="t5", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=t5_names)

@@ -93,7 +93,7 @@ class Curation:
             line = f"{self.task} ft: {self.kept} train questions with gold answers (no teacher)"
         else:
             line = (
-                f"{self.task} {self.method}: teacher accuracy {100 * self.teacher_accuracy:.1f}% "
+                f"{self.task} {self.method}: teacher accuracy {100 * self.teacher_accuracy:.2f}% "
                 f"({self.teacher_correct}/{self.teacher_total} cached, train+test); kept "
                 f"{self.kept}/{self.train_pairs} train samples"
             )

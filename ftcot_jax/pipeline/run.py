@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ftcot_jax import models
-from ftcot_jax.config import RunConfig, TrainConfig, from_dict, save_config, to_dict
+from ftcot_jax.config import RunConfig, TrainConfig, save_config
 from ftcot_jax.evaluation import generate_and_score
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.models.api import count_params
@@ -33,6 +33,7 @@ from ftcot_jax.pipeline.stages import StageState, config_hash, section_dict, tea
 from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.compat import file_identity, import_file, task_file
 from ftcot_jax.teacher.run import make_backend, run_teach, select_items
 from ftcot_jax.train.loop import train
 from ftcot_jax.train.student import build_student
@@ -67,6 +68,8 @@ def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
         temperature, samples, split = t.diverse_temperature, max(cfg.curate.diverse_samples), "train"
     else:
         temperature, samples, split = t.temperature, 1, t.split
+    if t.import_from:
+        return _import_teacher(cfg, task, temperature, log)
     items = select_items(task, split)
     backend = _teacher_backend(cfg)
     with TeacherCache(cache_root(cfg), task=task, teacher_model=backend.model, temperature=temperature) as cache:
@@ -80,6 +83,20 @@ def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
                 f"{'; '.join(rep.errors[:2])}); rerun to retry them"
             )
         return cache.path
+
+
+def _import_teacher(cfg: RunConfig, task: str, temperature: float, log) -> Path:
+    """The task's released teacher file into the run's cache (the stage hash covers the file's bytes)."""
+    path = task_file(cfg.teacher.import_from, task)
+    got_task, model, got_temperature = file_identity(path)
+    if (got_task, model, got_temperature) != (task, cfg.teacher.model, temperature):
+        raise ValueError(
+            f"{path} holds {got_task} by {model} at T={got_temperature:g}; this run needs {task} by "
+            f"teacher.model={cfg.teacher.model} at T={temperature:g}"
+        )
+    cache, added, skipped = import_file(path, cache_root(cfg))
+    log(f"  teach {task} T={temperature:g}: imported {added} completions from {path} ({skipped} already cached)")
+    return cache.path
 
 
 def curate(cfg: RunConfig, task: str, method: Method, out: Path, log) -> Path:
@@ -154,9 +171,7 @@ def load_student(cfg: RunConfig):
     s = cfg.student
     if not s.from_scratch:
         return models.load(student_path(cfg))
-    student = build_student(
-        TrainConfig(student=dataclasses.replace(s, precision="fp32"), seed=cfg.train.seed)
-    )
+    student = build_student(TrainConfig(student=dataclasses.replace(s, precision="fp32"), seed=cfg.train.seed))
     return student.make_model(), student.tokenizer
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ftcot_jax.config import RunConfig, TrainConfig, to_dict
 from ftcot_jax.files import write_json_atomic
+from ftcot_jax.teacher.compat import task_file
 
 # Train fields that change how a run is carried out, not what it computes (left out of the train hash).
 NON_SEMANTIC_TRAIN_FIELDS = (
@@ -46,6 +47,9 @@ def teacher_hash(cfg: RunConfig, task: str, kind: str) -> str:
     t = section_dict(cfg.teacher)
     for k in ("concurrency", "timeout", "max_attempts", "cache_dir"):
         t.pop(k)  # how to ask, not what is asked
+    if cfg.teacher.import_from:  # a released teacher: what is taught is the file's content, wherever it lies
+        path = task_file(t.pop("import_from"), task)
+        t["imported"] = hashlib.sha256(path.read_bytes()).hexdigest()
     d = max(cfg.curate.diverse_samples) if kind == "diverse" else 1
     return config_hash("teach", task, cfg.split_name, kind, d, t)
 

@@ -16,8 +16,9 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
         try:
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         except Exception as e:  # templates raise (e.g. "roles must alternate") on conversations they refuse
-            raise APIError(400, f"Invalid 'messages': the model's chat template refused them: {e}",
-                           param="messages") from None
+            raise APIError(
+                400, f"Invalid 'messages': the model's chat template refused them: {e}", param="messages"
+            ) from None
     parts = []
     for m in messages:
         role = PLAIN_ROLE_NAMES[m["role"]]

@@ -28,6 +28,7 @@ from ftcot_jax.serve.schema import APIError
 class Params:
     """One request's decoding parameters. Rows of different requests share a decoder call when their
     temperature, top_p, seed and generation-length bucket agree (see Engine._run)."""
+
     max_new_tokens: int
     temperature: float
     top_p: float
@@ -44,7 +45,7 @@ class RowResult:
 
 @dataclass
 class _Job:
-    prompts: list[str]                  # one entry per row (a prompt repeated n times for n samples)
+    prompts: list[str]  # one entry per row (a prompt repeated n times for n samples)
     params: Params
     future: Future
     results: list[RowResult | None] = field(default_factory=list)
@@ -53,10 +54,10 @@ class _Job:
 
 @dataclass
 class Stats:
-    requests: int = 0         # jobs completed by the worker
-    rows: int = 0             # sequences decoded
-    batches: int = 0          # decode.generate calls
-    max_batch_rows: int = 0   # largest number of real rows in one call
+    requests: int = 0  # jobs completed by the worker
+    rows: int = 0  # sequences decoded
+    batches: int = 0  # decode.generate calls
+    max_batch_rows: int = 0  # largest number of real rows in one call
     decode_seconds: float = 0.0
     http_4xx: int = 0
     http_5xx: int = 0
@@ -65,8 +66,16 @@ class Stats:
 class Engine:
     """Owns the model; `submit` queues rows, one worker thread batches and decodes them."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 8, batch_window_s: float = 0.01,
-                 max_queue: int = 1024, generate_fn: Callable | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch: int = 8,
+        batch_window_s: float = 0.01,
+        max_queue: int = 1024,
+        generate_fn: Callable | None = None,
+    ):
         generate_fn = generate_fn or decode.generate
         self._bucket, self._min_new_bucket = decode.bucket, decode.MIN_NEW_BUCKET
         self.model, self.tokenizer = model, tokenizer
@@ -101,8 +110,12 @@ class Engine:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise APIError(503, "The server is overloaded (request queue full); retry later.",
-                           type="server_error", code="overloaded") from None
+            raise APIError(
+                503,
+                "The server is overloaded (request queue full); retry later.",
+                type="server_error",
+                code="overloaded",
+            ) from None
         return job.future
 
     def close(self, timeout: float = 5.0) -> None:
@@ -146,7 +159,7 @@ class Engine:
                 groups.setdefault(key, []).append((job, i))
         for rows in groups.values():
             for start in range(0, len(rows), self.max_batch):
-                self._decode(rows[start:start + self.max_batch])
+                self._decode(rows[start : start + self.max_batch])
 
     def _decode(self, rows: list[tuple[_Job, int]]) -> None:
         live = [(j, i) for j, i in rows if not j.future.done()]
@@ -159,14 +172,23 @@ class Engine:
             # fill_batch: every call has max_batch rows (filler rows are never decoded past the first step),
             # so the decoder compiles one batch shape, not one per power of two below it.
             gens = self._generate(
-                self.model, self.tokenizer, prompts, max_new_tokens=[j.params.max_new_tokens for j, _ in live],
-                batch_size=self.max_batch, stop=[list(j.params.stop) for j, _ in live],
-                temperature=params.temperature, top_k=0, top_p=params.top_p, rng=self._rng(params),
-                fill_batch=True)
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=[j.params.max_new_tokens for j, _ in live],
+                batch_size=self.max_batch,
+                stop=[list(j.params.stop) for j, _ in live],
+                temperature=params.temperature,
+                top_k=0,
+                top_p=params.top_p,
+                rng=self._rng(params),
+                fill_batch=True,
+            )
             if len(gens) != len(prompts):
                 raise RuntimeError(f"decode.generate returned {len(gens)} generations for {len(prompts)} prompts")
-            results = [RowResult(text=g.text, completion_tokens=len(g.token_ids), finish_reason=g.finish_reason)
-                       for g in gens]
+            results = [
+                RowResult(text=g.text, completion_tokens=len(g.token_ids), finish_reason=g.finish_reason) for g in gens
+            ]
         except Exception as e:  # noqa: BLE001 -- the worker must survive anything a batch throws
             for j, _ in live:
                 if not j.future.done():
@@ -195,4 +217,3 @@ class Engine:
             self._sample_counter += 1
             seed = int.from_bytes(os.urandom(4), "little") ^ self._sample_counter
         return jax.random.key(seed)
-

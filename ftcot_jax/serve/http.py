@@ -20,7 +20,7 @@ from ftcot_jax.serve.engine import Engine
 from ftcot_jax.serve.openai import App
 from ftcot_jax.serve.schema import APIError
 
-MAX_BODY_BYTES = 8 * 1024 * 1024   # above this: 413 without reading the body
+MAX_BODY_BYTES = 8 * 1024 * 1024  # above this: 413 without reading the body
 
 
 def _reject_constant(name: str):
@@ -28,12 +28,12 @@ def _reject_constant(name: str):
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"     # keep-alive: the openai client reuses connections
+    protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses connections
     server_version = "ftcot-serve"
-    timeout = 60                      # a client that stops sending mid-request frees its thread
-    app: App                          # set on the subclass made by make_server
+    timeout = 60  # a client that stops sending mid-request frees its thread
+    app: App  # set on the subclass made by make_server
 
-    def log_message(self, fmt, *args):   # one short line per request on stderr unless quiet
+    def log_message(self, fmt, *args):  # one short line per request on stderr unless quiet
         if not getattr(self.server, "quiet", False):
             sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
@@ -67,9 +67,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise
             except Exception as e:  # noqa: BLE001 -- never let a request kill the server
                 self.close_connection = True
-                self._send_error(APIError(500, f"Internal server error: {type(e).__name__}: {e}",
-                                          type="server_error"))
-        except OSError:   # the client went away (mid-body or before reading its answer): nothing to tell it
+                self._send_error(APIError(500, f"Internal server error: {type(e).__name__}: {e}", type="server_error"))
+        except OSError:  # the client went away (mid-body or before reading its answer): nothing to tell it
             self.close_connection = True
 
     def _read_json(self) -> dict:
@@ -86,25 +85,31 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise APIError(400, f"Invalid Content-Length header: {length_header!r}.")
         if length > MAX_BODY_BYTES:
-            self.close_connection = True   # the unread body would be parsed as the next request
-            raise APIError(413, f"Request body of {length} bytes is larger than this server's limit of "
-                                f"{MAX_BODY_BYTES} bytes.")
+            self.close_connection = True  # the unread body would be parsed as the next request
+            raise APIError(
+                413, f"Request body of {length} bytes is larger than this server's limit of {MAX_BODY_BYTES} bytes."
+            )
         raw = self.rfile.read(length) if length else b""
         if len(raw) < length:
             self.close_connection = True
             raise APIError(400, "Request body shorter than its Content-Length.")
         ctype = self.headers.get("Content-Type", "")
         if ctype.split(";")[0].strip().lower() != "application/json":
-            raise APIError(400, f"Invalid Content-Type header ({ctype or 'none'}); expected application/json. "
-                                "Send the request body as JSON.")
+            raise APIError(
+                400,
+                f"Invalid Content-Type header ({ctype or 'none'}); expected application/json. "
+                "Send the request body as JSON.",
+            )
         if not raw.strip():
-            raise APIError(400, "We could not parse the JSON body of your request: the body is empty. "
-                                "Expected a JSON object.")
+            raise APIError(
+                400, "We could not parse the JSON body of your request: the body is empty. Expected a JSON object."
+            )
         try:
             body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise APIError(400, f"We could not parse the JSON body of your request ({e}). Expected a JSON "
-                                "object.") from None
+            raise APIError(
+                400, f"We could not parse the JSON body of your request ({e}). Expected a JSON object."
+            ) from None
         if not isinstance(body, dict):
             raise APIError(400, f"The JSON body must be an object, got {type(body).__name__}.")
         return body
@@ -122,7 +127,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v1/models":
             return self._send_json(200, self.app.models())
         if path.startswith("/v1/models/"):
-            return self._send_json(200, self.app.model(path[len("/v1/models/"):]))
+            return self._send_json(200, self.app.model(path[len("/v1/models/") :]))
         if path == "/stats":
             return self._send_json(200, self.app.stats())
         if path in ("/v1/completions", "/v1/chat/completions"):
@@ -150,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
         response = self.app.respond(req, results, counts)
         if not req.stream:
             return self._send_json(200, response)
-        self.close_connection = True     # an event stream ends when the connection closes
+        self.close_connection = True  # an event stream ends when the connection closes
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -177,8 +182,11 @@ class Handler(BaseHTTPRequestHandler):
         OpenAI error shape instead of an HTML page."""
         self.close_connection = True
         try:
-            err = APIError(code, message or HTTPStatus(code).phrase,
-                           type="server_error" if code >= 500 else "invalid_request_error")
+            err = APIError(
+                code,
+                message or HTTPStatus(code).phrase,
+                type="server_error" if code >= 500 else "invalid_request_error",
+            )
             with self.app.engine._lock:
                 if code >= 500:
                     self.app.engine.stats.http_5xx += 1
@@ -214,16 +222,23 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 256          # listen backlog: the default 5 refuses bursts of concurrent clients
+    request_queue_size = 256  # listen backlog: the default 5 refuses bursts of concurrent clients
     allow_reuse_address = True
     quiet = False
 
 
-def make_server(model, tokenizer, config: ServeConfig, *, generate_fn: Callable | None = None,
-                quiet: bool = False) -> tuple[Server, App]:
+def make_server(
+    model, tokenizer, config: ServeConfig, *, generate_fn: Callable | None = None, quiet: bool = False
+) -> tuple[Server, App]:
     """Build (but do not start) the server. `server.serve_forever()` runs it; `shutdown_server` stops it."""
-    engine = Engine(model, tokenizer, max_batch=config.max_batch, batch_window_s=config.batch_window_s,
-                    max_queue=config.max_queue, generate_fn=generate_fn)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch=config.max_batch,
+        batch_window_s=config.batch_window_s,
+        max_queue=config.max_queue,
+        generate_fn=generate_fn,
+    )
     try:
         app = App(engine, config, max_positions(model))
         handler = type("BoundHandler", (Handler,), {"app": app})
@@ -242,16 +257,18 @@ def shutdown_server(server: Server) -> None:
     server.app.engine.close()
 
 
-
 def serve(checkpoint: str, config: ServeConfig) -> None:
     """Load CHECKPOINT with models.load and serve it until interrupted (Ctrl-C)."""
     model, tokenizer = models.load(checkpoint)
     server, app = make_server(model, tokenizer, config)
     host, port = server.server_address[:2]
     auth = "bearer key required" if config.api_key else "no API key"
-    print(f"ftcot serve: model '{config.model_id}' on http://{host}:{port}/v1 ({auth}; max batch {config.max_batch}, "
-          f"max_tokens <= {app.limits.max_new_tokens}, prompt <= {app.limits.max_prompt_tokens} tokens)",
-          file=sys.stderr, flush=True)
+    print(
+        f"ftcot serve: model '{config.model_id}' on http://{host}:{port}/v1 ({auth}; max batch {config.max_batch}, "
+        f"max_tokens <= {app.limits.max_new_tokens}, prompt <= {app.limits.max_prompt_tokens} tokens)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -21,8 +21,15 @@ from typing import Any
 class APIError(Exception):
     """An error returned to the client as {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -32,19 +39,19 @@ class APIError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    max_new_tokens: int       # largest max_tokens a request may ask for
-    max_prompt_tokens: int    # per prompt, after the chat template
-    max_prompt_chars: int     # checked before tokenizing: a 200k-character prompt never reaches the tokenizer
+    max_new_tokens: int  # largest max_tokens a request may ask for
+    max_prompt_tokens: int  # per prompt, after the chat template
+    max_prompt_chars: int  # checked before tokenizing: a 200k-character prompt never reaches the tokenizer
     max_n: int
-    context_length: int       # prompt tokens + max_tokens must fit
-    max_prompts: int = 64     # list-of-prompts length on /v1/completions
+    context_length: int  # prompt tokens + max_tokens must fit
+    max_prompts: int = 64  # list-of-prompts length on /v1/completions
 
 
 @dataclass(frozen=True)
 class Request:
-    kind: str                         # "completion" | "chat"
-    prompts: tuple[str, ...]          # rendered text fed to the decoder (chat: after the template)
-    max_tokens: int | None            # None: chat default, resolved against the context by the server
+    kind: str  # "completion" | "chat"
+    prompts: tuple[str, ...]  # rendered text fed to the decoder (chat: after the template)
+    max_tokens: int | None  # None: chat default, resolved against the context by the server
     n: int
     temperature: float
     top_p: float
@@ -52,7 +59,7 @@ class Request:
     seed: int | None
     stream: bool
     include_usage: bool
-    messages: tuple[dict, ...] = field(default=())   # chat only, normalized {"role", "content"}
+    messages: tuple[dict, ...] = field(default=())  # chat only, normalized {"role", "content"}
 
 
 def _off(value: Any, *offs: Any) -> bool:
@@ -67,10 +74,10 @@ _COMMON_DEFAULT_ONLY = {
 }
 COMPLETION_DEFAULT_ONLY = {
     **_COMMON_DEFAULT_ONLY,
-    "logprobs": lambda v: v is None,   # 0 is not "off": legacy logprobs=0 returns the sampled tokens' logprobs
+    "logprobs": lambda v: v is None,  # 0 is not "off": legacy logprobs=0 returns the sampled tokens' logprobs
     "echo": lambda v: _off(v, False),
     "suffix": lambda v: v is None or v == "",
-    "best_of": None,   # special-cased: null or equal to n
+    "best_of": None,  # special-cased: null or equal to n
 }
 CHAT_DEFAULT_ONLY = {
     **_COMMON_DEFAULT_ONLY,
@@ -91,16 +98,46 @@ CHAT_DEFAULT_ONLY = {
 }
 # Accepted and ignored: metadata about the caller or the platform, no effect on the output.
 COMPLETION_IGNORED = {"user"}
-CHAT_IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-                "prompt_cache_options", "prompt_cache_retention", "safety_identifier"}
-COMPLETION_IMPLEMENTED = {"model", "prompt", "max_tokens", "n", "temperature", "top_p", "stop", "seed",
-                          "stream", "stream_options"}
-CHAT_IMPLEMENTED = {"model", "messages", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p",
-                    "stop", "seed", "stream", "stream_options"}
+CHAT_IGNORED = {
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "prompt_cache_key",
+    "prompt_cache_options",
+    "prompt_cache_retention",
+    "safety_identifier",
+}
+COMPLETION_IMPLEMENTED = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "n",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+}
+CHAT_IMPLEMENTED = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+}
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
-UNSUPPORTED_ROLES = ("tool", "function")   # OpenAI roles that only make sense with tool calling
-MAX_STOP = 4                               # OpenAI's limit on stop sequences
+UNSUPPORTED_ROLES = ("tool", "function")  # OpenAI roles that only make sense with tool calling
+MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 
 def _is_int(v: Any) -> bool:
@@ -112,8 +149,15 @@ def _is_num(v: Any) -> bool:
 
 
 def _type_name(v: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "an integer",
+        float: "a number",
+    }.get(type(v), type(v).__name__)
 
 
 def _bad_type(param: str, expected: str, v: Any) -> APIError:
@@ -133,8 +177,11 @@ def check_fields(body: dict, implemented: set, ignored: set, default_only: dict)
                 continue
         elif is_off(v):
             continue
-        raise APIError(400, f"'{key}' is not supported by this server (accepted only at its default value; "
-                            f"see docs/serve.md).", param=key)
+        raise APIError(
+            400,
+            f"'{key}' is not supported by this server (accepted only at its default value; see docs/serve.md).",
+            param=key,
+        )
 
 
 def _opt_int(body: dict, key: str, lo: int, hi: int | None, *, hi_msg: str = "") -> int | None:
@@ -144,11 +191,16 @@ def _opt_int(body: dict, key: str, lo: int, hi: int | None, *, hi_msg: str = "")
     if not _is_int(v):
         raise _bad_type(key, "an integer", v)
     if v < lo:
-        raise APIError(400, f"Invalid '{key}': {v} is less than the minimum of {lo}.", param=key,
-                       code="integer_below_min_value")
+        raise APIError(
+            400, f"Invalid '{key}': {v} is less than the minimum of {lo}.", param=key, code="integer_below_min_value"
+        )
     if hi is not None and v > hi:
-        raise APIError(400, f"Invalid '{key}': {v} is greater than the maximum of {hi}{hi_msg}.", param=key,
-                       code="integer_above_max_value")
+        raise APIError(
+            400,
+            f"Invalid '{key}': {v} is greater than the maximum of {hi}{hi_msg}.",
+            param=key,
+            code="integer_above_max_value",
+        )
     return v
 
 
@@ -172,8 +224,9 @@ def _stop(body: dict) -> tuple[str, ...]:
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise _bad_type("stop", "a string or an array of strings", v)
     if len(items) > MAX_STOP:
-        raise APIError(400, f"Invalid 'stop': at most {MAX_STOP} stop sequences are allowed, got {len(items)}.",
-                       param="stop")
+        raise APIError(
+            400, f"Invalid 'stop': at most {MAX_STOP} stop sequences are allowed, got {len(items)}.", param="stop"
+        )
     if any(s == "" for s in items):
         raise APIError(400, "Invalid 'stop': stop sequences must be non-empty strings.", param="stop")
     return tuple(dict.fromkeys(items))
@@ -189,12 +242,12 @@ def _stream(body: dict) -> tuple[bool, bool]:
         if not isinstance(opts, dict):
             raise _bad_type("stream_options", "an object", opts)
         if not stream:
-            raise APIError(400, "Invalid 'stream_options': only allowed when 'stream' is true.",
-                           param="stream_options")
+            raise APIError(400, "Invalid 'stream_options': only allowed when 'stream' is true.", param="stream_options")
         for k, val in opts.items():
             if k != "include_usage":
-                raise APIError(400, f"Unrecognized request argument supplied: stream_options.{k}",
-                               param=f"stream_options.{k}")
+                raise APIError(
+                    400, f"Unrecognized request argument supplied: stream_options.{k}", param=f"stream_options.{k}"
+                )
             if not isinstance(val, bool):
                 raise _bad_type("stream_options.include_usage", "a boolean", val)
             include_usage = val
@@ -203,14 +256,20 @@ def _stream(body: dict) -> tuple[bool, bool]:
 
 def _check_prompt_chars(text: str, param: str, limits: Limits) -> None:
     if len(text) > limits.max_prompt_chars:
-        raise APIError(400, f"Invalid '{param}': {len(text)} characters is more than this server's limit of "
-                            f"{limits.max_prompt_chars} characters.", param=param, code="string_above_max_length")
+        raise APIError(
+            400,
+            f"Invalid '{param}': {len(text)} characters is more than this server's limit of "
+            f"{limits.max_prompt_chars} characters.",
+            param=param,
+            code="string_above_max_length",
+        )
 
 
 def _common(body: dict, limits: Limits, max_tokens_key: str) -> dict:
     n = _opt_int(body, "n", 1, limits.max_n, hi_msg=" (this server's max_n)")
-    max_tokens = _opt_int(body, max_tokens_key, 1, limits.max_new_tokens,
-                          hi_msg=" (this server's max_new_tokens_limit)")
+    max_tokens = _opt_int(
+        body, max_tokens_key, 1, limits.max_new_tokens, hi_msg=" (this server's max_new_tokens_limit)"
+    )
     temperature = _opt_num(body, "temperature", 0.0, 2.0, 1.0)
     top_p = _opt_num(body, "top_p", 0.0, 1.0, 1.0, lo_open=True)
     seed = body.get("seed")
@@ -219,8 +278,16 @@ def _common(body: dict, limits: Limits, max_tokens_key: str) -> dict:
     if seed is not None and not (-(2**63) <= seed < 2**64):
         raise APIError(400, "Invalid 'seed': must fit in 64 bits.", param="seed")
     stream, include_usage = _stream(body)
-    return dict(n=n or 1, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                stop=_stop(body), stream=stream, include_usage=include_usage)
+    return dict(
+        n=n or 1,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=_stop(body),
+        stream=stream,
+        include_usage=include_usage,
+    )
 
 
 def parse_completion(body: dict, limits: Limits) -> Request:
@@ -233,15 +300,20 @@ def parse_completion(body: dict, limits: Limits) -> Request:
     elif isinstance(p, list) and p and all(isinstance(s, str) for s in p):
         prompts = p
     elif isinstance(p, list) and p and all(_is_int(t) or isinstance(t, list) for t in p):
-        raise APIError(400, "Invalid 'prompt': token-id prompts are not supported by this server; send text.",
-                       param="prompt")
+        raise APIError(
+            400, "Invalid 'prompt': token-id prompts are not supported by this server; send text.", param="prompt"
+        )
     elif isinstance(p, list) and not p:
         raise APIError(400, "Invalid 'prompt': empty array. Expected at least one prompt.", param="prompt")
     else:
         raise _bad_type("prompt", "a string or an array of strings", p)
     if len(prompts) > limits.max_prompts:
-        raise APIError(400, f"Invalid 'prompt': {len(prompts)} prompts is more than this server's limit of "
-                            f"{limits.max_prompts} per request.", param="prompt")
+        raise APIError(
+            400,
+            f"Invalid 'prompt': {len(prompts)} prompts is more than this server's limit of "
+            f"{limits.max_prompts} per request.",
+            param="prompt",
+        )
     for i, s in enumerate(prompts):
         param = "prompt" if isinstance(p, str) else f"prompt[{i}]"
         if not s:
@@ -249,7 +321,7 @@ def parse_completion(body: dict, limits: Limits) -> Request:
         _check_prompt_chars(s, param, limits)
     c = _common(body, limits, "max_tokens")
     if c["max_tokens"] is None:
-        c["max_tokens"] = min(16, limits.max_new_tokens)   # OpenAI's default for /v1/completions
+        c["max_tokens"] = min(16, limits.max_new_tokens)  # OpenAI's default for /v1/completions
     return Request(kind="completion", prompts=tuple(prompts), **c)
 
 
@@ -259,8 +331,12 @@ def parse_messages(raw: Any, limits: Limits) -> tuple[dict, ...]:
     if not isinstance(raw, list):
         raise _bad_type("messages", "an array", raw)
     if not raw:
-        raise APIError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                       param="messages", code="empty_array")
+        raise APIError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+            code="empty_array",
+        )
     out, total_chars = [], 0
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
@@ -272,12 +348,18 @@ def parse_messages(raw: Any, limits: Limits) -> tuple[dict, ...]:
         if not isinstance(role, str):
             raise _bad_type(f"{where}.role", "a string", role)
         if role in UNSUPPORTED_ROLES:
-            raise APIError(400, f"Invalid '{where}.role': '{role}' messages need tool calling, which this "
-                                "server does not implement.", param=f"{where}.role")
+            raise APIError(
+                400,
+                f"Invalid '{where}.role': '{role}' messages need tool calling, which this server does not implement.",
+                param=f"{where}.role",
+            )
         if role not in CHAT_ROLES:
-            raise APIError(400, f"Invalid value: '{role}'. Supported values are: "
-                                + ", ".join(f"'{r}'" for r in CHAT_ROLES) + ".", param=f"{where}.role",
-                           code="invalid_value")
+            raise APIError(
+                400,
+                f"Invalid value: '{role}'. Supported values are: " + ", ".join(f"'{r}'" for r in CHAT_ROLES) + ".",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
         for key in m:
             if key in ("role", "content", "name"):
                 continue
@@ -294,8 +376,12 @@ def parse_messages(raw: Any, limits: Limits) -> tuple[dict, ...]:
         content = _content_text(m["content"], f"{where}.content")
         total_chars += len(content)
         if total_chars > limits.max_prompt_chars:
-            raise APIError(400, f"Invalid 'messages': more than this server's limit of {limits.max_prompt_chars} "
-                                "characters in total.", param="messages", code="string_above_max_length")
+            raise APIError(
+                400,
+                f"Invalid 'messages': more than this server's limit of {limits.max_prompt_chars} characters in total.",
+                param="messages",
+                code="string_above_max_length",
+            )
         msg = {"role": role, "content": content}
         if name:
             msg["name"] = name
@@ -316,8 +402,11 @@ def _content_text(content: Any, param: str) -> str:
             raise _bad_type(where, "an object", part)
         ptype = part.get("type")
         if ptype != "text":
-            raise APIError(400, f"Invalid '{where}.type': only 'text' content parts are supported, got "
-                                f"{ptype!r}.", param=f"{where}.type")
+            raise APIError(
+                400,
+                f"Invalid '{where}.type': only 'text' content parts are supported, got {ptype!r}.",
+                param=f"{where}.type",
+            )
         for key in part:
             if key not in ("type", "text"):
                 raise APIError(400, f"Unrecognized request argument supplied: {where}.{key}", param=f"{where}.{key}")
@@ -333,8 +422,7 @@ def parse_chat(body: dict, limits: Limits, render) -> Request:
     check_fields(body, CHAT_IMPLEMENTED, CHAT_IGNORED, CHAT_DEFAULT_ONLY)
     messages = parse_messages(body.get("messages"), limits)
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
-        raise APIError(400, "Give only one of 'max_tokens' and 'max_completion_tokens'.",
-                       param="max_completion_tokens")
+        raise APIError(400, "Give only one of 'max_tokens' and 'max_completion_tokens'.", param="max_completion_tokens")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     c = _common(body, limits, key)
     prompt = render(list(messages))

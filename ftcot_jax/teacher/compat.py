@@ -117,6 +117,26 @@ _REQUIRED = (
 )
 
 
+def _file_temperature(meta: dict, source: str) -> float | None:
+    """The step-1 (rationale) temperature a file was written with. The reference's released files keep it in
+    `metadata.parameters` (`reasoning_temperature`, else `temperature`); our exports at the top level; the
+    completion key ("zs_cot", "zs_cot_t70") names it too."""
+    params = meta.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"{source}: metadata.parameters is not a mapping; expected {{'temperature': ..., ...}}")
+    for where, value in (
+        ("reasoning_temperature", meta.get("reasoning_temperature")),
+        ("parameters.reasoning_temperature", (params or {}).get("reasoning_temperature")),
+        ("parameters.temperature", (params or {}).get("temperature")),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{source}: metadata.{where} is {value!r}; expected a temperature >= 0")
+        return float(value)
+    return temperature_from_key(meta.get("completion_key"))
+
+
 def records_from_completion_dataset(
     doc: dict,
     *,
@@ -130,9 +150,7 @@ def records_from_completion_dataset(
     task = task or meta.get("dataset_key")
     teacher_model = teacher_model or meta.get("base_model")
     if temperature is None:
-        temperature = meta.get("reasoning_temperature")
-    if temperature is None:
-        temperature = temperature_from_key(meta.get("completion_key"))
+        temperature = _file_temperature(meta, source)
     for name, value, arg in (
         ("dataset_key", task, "task"),
         ("base_model", teacher_model, "teacher_model"),
@@ -140,7 +158,7 @@ def records_from_completion_dataset(
     ):
         if value is None:
             raise ValueError(f"{source}: metadata has no {name}; give the {arg} explicitly")
-    if meta.get("prediction_template", "zs_cot") != "zs_cot" or meta.get("train_key") is not None:
+    if meta.get("prediction_template") not in (None, "zs_cot") or meta.get("train_key") is not None:
         raise ValueError(
             f"{source}: holds student completions (train_key={meta.get('train_key')!r}, "
             f"prediction_template={meta.get('prediction_template')!r}); expected teacher zs_cot data"
@@ -158,6 +176,12 @@ def records_from_completion_dataset(
                 raise ValueError(
                     f"{source}: data[{key!r}][{j}] lacks {', '.join(missing)}; expected zs_cot teacher data"
                 )
+            for f in ("sample_index", "completion_index"):
+                if isinstance(c[f], bool) or not isinstance(c[f], (int, str)) or not str(c[f]).isdigit():
+                    raise ValueError(f"{source}: data[{key!r}][{j}].{f} is {c[f]!r}; expected an integer >= 0")
+            for f in _REQUIRED[2:]:
+                if c[f] is not None and not isinstance(c[f], str):
+                    raise ValueError(f"{source}: data[{key!r}][{j}].{f} is a {type(c[f]).__name__}; expected text")
             if str(c["sample_index"]) != str(key):
                 raise ValueError(f"{source}: data[{key!r}][{j}] has sample_index {c['sample_index']}")
             idx = int(c["sample_index"])
@@ -189,6 +213,39 @@ def records_from_completion_dataset(
             )
     out.sort(key=lambda r: r.key)
     return task, teacher_model, float(temperature), out
+
+
+def completion_files(paths) -> list[Path]:
+    """The CompletionDataset files named by `paths`: files as given, and for a folder (the reference's
+    `B_<teacher>__C_<key>/` layout) every `D_<task>.json` inside it, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("D_*.json"))
+            if not found:
+                raise FileNotFoundError(f"{p} holds no D_<task>.json files; expected a B_<teacher>__C_<key>/ folder")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"completion file {p} does not exist")
+    return out
+
+
+def task_file(source, task: str) -> Path:
+    """The file of `task` in `source`: a folder's D_<task>.json, or `source` itself when it is a file."""
+    source = Path(source)
+    path = source / f"D_{task}.json" if source.is_dir() else source
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher file {path} does not exist (expected the reference's D_<task>.json)")
+    return path
+
+
+def file_identity(path) -> tuple[str, str, float]:
+    """(task, teacher_model, temperature) a CompletionDataset file holds, checked as an import would."""
+    doc = read_completion_dataset(path)
+    task, teacher_model, temperature, _ = records_from_completion_dataset(doc, source=str(path))
+    return task, teacher_model, temperature
 
 
 def import_file(

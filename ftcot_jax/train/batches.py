@@ -31,7 +31,7 @@ from ftcot_jax import prompts
 class Encoded:
     """Token ids of every sample. Decoder: `source` = prompt, `target` = label + EOS (loss on target)."""
 
-    model_type: str                 # decoder | encoder_decoder
+    model_type: str  # decoder | encoder_decoder
     source: list[list[int]]
     target: list[list[int]]
     sample_keys: list[tuple[int, int]]  # (sample_index, completion_index)
@@ -77,18 +77,21 @@ def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> E
                 t = t + [eos]
         if len(p) > max_length:
             cut_p += 1
-            p = p[:max_length - 1] + [p[-1]] if model_type == "encoder_decoder" else p[:max_length]
+            p = p[: max_length - 1] + [p[-1]] if model_type == "encoder_decoder" else p[:max_length]
         if len(t) > max_length:
             cut_l += 1
-            t = t[:max_length - 1] + [eos] if model_type == "encoder_decoder" else t[:max_length]
+            t = t[: max_length - 1] + [eos] if model_type == "encoder_decoder" else t[:max_length]
         src.append(p)
         tgt.append(t)
         keys.append((s.sample_index, s.completion_index))
     if not src:
         raise ValueError("no samples to encode")
     if cut_p or cut_l:
-        warnings.warn(f"{cut_p} of {len(src)} prompts and {cut_l} of {len(src)} labels were longer than "
-                      f"max_length={max_length} tokens and were truncated (kept, not dropped)", stacklevel=2)
+        warnings.warn(
+            f"{cut_p} of {len(src)} prompts and {cut_l} of {len(src)} labels were longer than "
+            f"max_length={max_length} tokens and were truncated (kept, not dropped)",
+            stacklevel=2,
+        )
     return Encoded(model_type, src, tgt, keys, cut_p, cut_l)
 
 
@@ -139,7 +142,7 @@ class Batcher:
         """Sample ids of global batch `index` of `epoch` (-1 = filler row), shape (accum, micro)."""
         if not 0 <= index < self.steps_per_epoch:
             raise IndexError(f"batch {index} out of range for {self.steps_per_epoch} batches per epoch")
-        ids = self.permutation(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        ids = self.permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         ids = np.concatenate([ids, -np.ones(self.batch_size - len(ids), dtype=ids.dtype)])
         return ids.reshape(self.grad_accum, self.micro)
 
@@ -148,7 +151,7 @@ class Batcher:
         rows = self.rows(epoch, index)
         real = rows[rows >= 0]
         per_host = self.micro // self.process_count
-        local = rows[:, self.process_index * per_host:(self.process_index + 1) * per_host]
+        local = rows[:, self.process_index * per_host : (self.process_index + 1) * per_host]
         if self.data.model_type == "decoder":
             return self._decoder_batch(local, max(self.data.seq_len(i) for i in real))
         src_len = max(len(self.data.source[i]) for i in real)
@@ -173,11 +176,16 @@ class Batcher:
             input_ids[a, m, :n] = seq
             attention_mask[a, m, :n] = 1
             # Position j predicts token j+1; the loss counts it iff token j+1 is a label token.
-            targets[a, m, :n - 1] = seq[1:]
-            loss_mask[a, m, max(len(p) - 1, 0):n - 1] = 1.0
+            targets[a, m, : n - 1] = seq[1:]
+            loss_mask[a, m, max(len(p) - 1, 0) : n - 1] = 1.0
         positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape).copy()
-        return dict(input_ids=input_ids, attention_mask=attention_mask, positions=positions,
-                    targets=targets, loss_mask=loss_mask)
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            positions=positions,
+            targets=targets,
+            loss_mask=loss_mask,
+        )
 
     def _seq2seq_batch(self, rows: np.ndarray, src_len: int, tgt_len: int) -> dict[str, np.ndarray]:
         ls, lt = _round_up(src_len, self.bucket), _round_up(tgt_len, self.bucket)
@@ -194,19 +202,26 @@ class Batcher:
                 dec_mask[a, m] = 1
                 continue
             s, t = self.data.source[i], self.data.target[i]
-            input_ids[a, m, :len(s)] = s
-            attention_mask[a, m, :len(s)] = 1
-            dec_in[a, m, :len(t)] = [self.decoder_start_id] + t[:-1]
-            dec_mask[a, m, :len(t)] = 1
-            targets[a, m, :len(t)] = t
-            loss_mask[a, m, :len(t)] = 1.0
-        return dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=dec_in,
-                    decoder_attention_mask=dec_mask, targets=targets, loss_mask=loss_mask)
+            input_ids[a, m, : len(s)] = s
+            attention_mask[a, m, : len(s)] = 1
+            dec_in[a, m, : len(t)] = [self.decoder_start_id] + t[:-1]
+            dec_mask[a, m, : len(t)] = 1
+            targets[a, m, : len(t)] = t
+            loss_mask[a, m, : len(t)] = 1.0
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=dec_in,
+            decoder_attention_mask=dec_mask,
+            targets=targets,
+            loss_mask=loss_mask,
+        )
 
     def n_tokens(self, epoch: int, index: int) -> int:
         """Real (non-padding) tokens in global batch `index`, for tokens/s."""
-        return int(sum(len(self.data.source[i]) + len(self.data.target[i])
-                       for i in self.rows(epoch, index).ravel() if i >= 0))
+        return int(
+            sum(len(self.data.source[i]) + len(self.data.target[i]) for i in self.rows(epoch, index).ravel() if i >= 0)
+        )
 
     def iterate(self, start_epoch: int = 0, start_index: int = 0, epochs: int = 1):
         """Yield ((epoch, index), batch) from a saved position onwards."""
@@ -232,8 +247,9 @@ def needed_tokens(attention_mask: np.ndarray, loss_mask: np.ndarray) -> np.ndarr
     return (attention_mask > 0) & (j <= last[..., None])
 
 
-def packing_indices(attention_mask: np.ndarray, loss_mask: np.ndarray, groups: int, multiple: int,
-                    size: int | None = None):
+def packing_indices(
+    attention_mask: np.ndarray, loss_mask: np.ndarray, groups: int, multiple: int, size: int | None = None
+):
     """Gather indices of the padding-free layout (models.layers.Packing) for (accum, rows, L) arrays.
 
     Rows are split into `groups` consecutive groups (the data shards: packing never moves a token to
@@ -254,7 +270,7 @@ def packing_indices(attention_mask: np.ndarray, loss_mask: np.ndarray, groups: i
     inverse = np.full((A, groups, M), N, np.int32)
     for a, g in np.ndindex(A, groups):
         pos = np.flatnonzero(keep[a, g])
-        index[a, g, :len(pos)] = pos
+        index[a, g, : len(pos)] = pos
         inverse[a, g, pos] = np.arange(len(pos), dtype=np.int32)
     return index, inverse
 

@@ -27,8 +27,14 @@ class Checkpoints:
         _remove_unfinished_saves(self.directory)
         policies = [cm.LatestN(n=keep_last)]
         if keep_best:
-            policies.append(cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=keep_best,
-                                     keep_checkpoints_without_metrics=False))
+            policies.append(
+                cm.BestN(
+                    get_metric_fn=lambda m: m[BEST_METRIC],
+                    reverse=False,
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=cm.AnyPreservationPolicy(policies),

@@ -7,7 +7,7 @@ small student (GPT-2 small: 31% of the step's FLOPs), and the full `[B, L, V]` l
 depends on the data) and the head runs over them in chunks of `chunk` tokens inside a `lax.fori_loop` whose trip
 count is the number of chunks holding labels; the gradients w.r.t. the hidden states and the head are formed in
 the same pass (softmax - one-hot), so no logits tensor ever exists beyond one chunk. The loss is the same sum
-of token cross-entropies as the full-logits path (tests/test_head_loss.py compares both, values and gradients).
+of token cross-entropies as the full-logits path (tests/unit/test_head_loss.py compares both, values and gradients).
 
 Rows are grouped by data-parallel shard (G groups): packing, chunks and the head gradient stay local to a
 shard, so a mesh runs this without moving activations; the trip count is the largest over the groups.

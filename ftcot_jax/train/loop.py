@@ -47,10 +47,10 @@ class TrainResult:
 
     run_dir: Path
     steps: int
-    losses: dict[int, float]          # step -> loss of the steps this call ran
-    history: list[dict]               # per-epoch eval summaries (whole run, resumes included)
-    best: dict | None                 # the reference's protocol: best test accuracy over epochs
-    last: dict | None                 # last evaluated epoch
+    losses: dict[int, float]  # step -> loss of the steps this call ran
+    history: list[dict]  # per-epoch eval summaries (whole run, resumes included)
+    best: dict | None  # the reference's protocol: best test accuracy over epochs
+    last: dict | None  # last evaluated epoch
     truncated_prompts: int
     truncated_labels: int
     resumed_from: int | None
@@ -60,8 +60,10 @@ def _resolve_samples(cfg: TrainConfig, run_dir: Path):
     if cfg.samples:
         return sample_files.load_samples(list(cfg.samples))
     if not cfg.task:
-        raise ValueError("no training data: set `samples` (fine-tune sample files) or `task` (to build them "
-                         "from the dataset's gold answers/rationales)")
+        raise ValueError(
+            "no training data: set `samples` (fine-tune sample files) or `task` (to build them "
+            "from the dataset's gold answers/rationales)"
+        )
     path = run_dir / "samples" / f"gold_{cfg.task}_{cfg.method}.tfrecord"
     if jax.process_index() == 0:
         n = sample_files.write_gold_samples(cfg.task, cfg.method, path, cfg.split_name)
@@ -86,8 +88,16 @@ def _predictions_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "predictions" / f"epoch_{epoch:03d}.jsonl"
 
 
-def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, samples=None,
-          eval_examples=None, require_checkpoint: bool = False, on_step: Callable | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    model: nnx.Module | None = None,
+    tokenizer=None,
+    samples=None,
+    eval_examples=None,
+    require_checkpoint: bool = False,
+    on_step: Callable | None = None,
+) -> TrainResult:
     """Fine-tune a student; resumes automatically from the newest checkpoint in `cfg.run_dir`.
 
     Python-API extras: `model`/`tokenizer` objects instead of `cfg.student.model`, `samples` (FinetuneSample
@@ -115,15 +125,23 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
     template = METHOD_TEMPLATE[samples[0].method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        encoded = encode_samples(samples, student.tokenizer, model_type=student.model_type,
-                                 max_length=cfg.max_length)
+        encoded = encode_samples(samples, student.tokenizer, model_type=student.model_type, max_length=cfg.max_length)
     for w in caught:
         if is_main:
             print(f"warning: {w.message}", flush=True)
     pad_id = tokenizer_pad_id(student.tokenizer)
     start_id = getattr(student.config, "decoder_start_token_id", None)
-    batcher = Batcher(encoded, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.bucket, pad_id,
-                      pad_id if start_id is None else start_id, jax.process_index(), jax.process_count())
+    batcher = Batcher(
+        encoded,
+        cfg.batch_size,
+        cfg.grad_accum,
+        cfg.seed,
+        cfg.bucket,
+        pad_id,
+        pad_id if start_id is None else start_id,
+        jax.process_index(),
+        jax.process_count(),
+    )
     steps_per_epoch = batcher.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
@@ -133,19 +151,24 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
     st = setup(cfg, student=student, total_steps=total_steps, mesh=mesh)
     dp = st.mesh.shape["data"] * st.mesh.shape["fsdp"]
     if batcher.micro % dp:
-        raise ValueError(f"micro-batch of {batcher.micro} rows (batch_size {cfg.batch_size} / grad_accum "
-                         f"{cfg.grad_accum}) is not divisible by the data-parallel mesh size {dp} "
-                         f"(data={st.mesh.shape['data']} x fsdp={st.mesh.shape['fsdp']})")
-    ckpt = Checkpoints(run_dir / "checkpoints", keep_last=cfg.keep_last, keep_best=cfg.keep_best,
-                       async_save=cfg.async_checkpointing)
+        raise ValueError(
+            f"micro-batch of {batcher.micro} rows (batch_size {cfg.batch_size} / grad_accum "
+            f"{cfg.grad_accum}) is not divisible by the data-parallel mesh size {dp} "
+            f"(data={st.mesh.shape['data']} x fsdp={st.mesh.shape['fsdp']})"
+        )
+    ckpt = Checkpoints(
+        run_dir / "checkpoints", keep_last=cfg.keep_last, keep_best=cfg.keep_best, async_save=cfg.async_checkpointing
+    )
     latest = ckpt.latest_step()
     history: list[dict] = []
     if latest is not None:
         state, pos = ckpt.restore(latest, st.abstract_state())
         epoch, index, history = pos["epoch"], pos["batch"], pos.get("history", [])
         if pos.get("steps_per_epoch") not in (None, steps_per_epoch):
-            raise ValueError(f"checkpoint in {run_dir} was made with {pos['steps_per_epoch']} batches per epoch, "
-                             f"this config gives {steps_per_epoch}: resume needs the same data and batch size")
+            raise ValueError(
+                f"checkpoint in {run_dir} was made with {pos['steps_per_epoch']} batches per epoch, "
+                f"this config gives {steps_per_epoch}: resume needs the same data and batch size"
+            )
         if is_main:
             print(f"resuming from step {latest} (epoch {epoch}, batch {index}) in {run_dir}", flush=True)
     else:
@@ -164,12 +187,21 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
     peak, peak_src = peak_flops_per_device(dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32)
     peak_total = peak * st.mesh.size
     logger = MetricsLogger(run_dir, total_steps=total_steps, initial_step=step)
-    logger.write(f"student {student.family.name} ({student.n_params / 1e6:.1f}M params), "
-                 f"{len(encoded)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, mesh "
-                 f"{dict(st.mesh.shape)}, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_src})")
+    logger.write(
+        f"student {student.family.name} ({student.n_params / 1e6:.1f}M params), "
+        f"{len(encoded)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, mesh "
+        f"{dict(st.mesh.shape)}, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_src})"
+    )
     if encoded.truncated_prompts or encoded.truncated_labels:
-        logger.log(step, {"truncated_prompts": encoded.truncated_prompts,
-                          "truncated_labels": encoded.truncated_labels, "samples": len(encoded)}, kind="data")
+        logger.log(
+            step,
+            {
+                "truncated_prompts": encoded.truncated_prompts,
+                "truncated_labels": encoded.truncated_labels,
+                "samples": len(encoded),
+            },
+            kind="data",
+        )
 
     losses: dict[int, float] = {}
     pending = None  # (step, metrics on device, tokens) of the last step: fetched after the next dispatch
@@ -226,9 +258,15 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
                 metrics = None
                 if cfg.eval.every_epochs and (e_done + 1) % cfg.eval.every_epochs == 0 and evals:
                     summary, records = generate_and_score(
-                        nnx.merge(student.graphdef, state["params"]), student.tokenizer, evals, task=task,
-                        template=template, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                        mesh=st.mesh)
+                        nnx.merge(student.graphdef, state["params"]),
+                        student.tokenizer,
+                        evals,
+                        task=task,
+                        template=template,
+                        batch_size=cfg.eval.batch_size,
+                        max_new_tokens=cfg.eval.max_new_tokens,
+                        mesh=st.mesh,
+                    )
                     summary = {"epoch": e_done, "step": step, **summary}
                     history.append(summary)
                     metrics = {"accuracy": float(summary["accuracy"])}
@@ -252,16 +290,28 @@ def train(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenizer=None, 
 
     best = max(history, key=lambda h: h["accuracy"]) if history else None
     last = history[-1] if history else None
-    result = TrainResult(run_dir, step, losses, history, best, last, encoded.truncated_prompts,
-                         encoded.truncated_labels, resumed_from)
+    result = TrainResult(
+        run_dir, step, losses, history, best, last, encoded.truncated_prompts, encoded.truncated_labels, resumed_from
+    )
     done = step >= total_steps or epoch >= cfg.epochs
     if done and cfg.export:
         host_params = _gather_params(state["params"])
         if is_main:
             models.save_hf(nnx.merge(student.graphdef, host_params), student.tokenizer, run_dir / "export")
     if is_main:
-        write_json_atomic(run_dir / "results.json", {
-            "task": task, "method": cfg.method, "steps": step, "best_over_epochs": best, "last_epoch": last,
-            "history": history, "truncated_prompts": encoded.truncated_prompts,
-            "truncated_labels": encoded.truncated_labels, "samples": len(encoded), "config": to_dict(cfg)})
+        write_json_atomic(
+            run_dir / "results.json",
+            {
+                "task": task,
+                "method": cfg.method,
+                "steps": step,
+                "best_over_epochs": best,
+                "last_epoch": last,
+                "history": history,
+                "truncated_prompts": encoded.truncated_prompts,
+                "truncated_labels": encoded.truncated_labels,
+                "samples": len(encoded),
+                "config": to_dict(cfg),
+            },
+        )
     return result

@@ -27,14 +27,14 @@ from ftcot_jax.tfrecord import RecordWriter
 
 # Dense bf16 peak FLOP/s per device (one chip, or one GPU), from the vendors' spec sheets.
 PEAK_FLOPS = {
-    "TPU v2": 45e12 / 2,     # per core (a v2 chip = 2 devices)
-    "TPU v3": 123e12 / 2,    # per core
+    "TPU v2": 45e12 / 2,  # per core (a v2 chip = 2 devices)
+    "TPU v3": 123e12 / 2,  # per core
     "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,   # v5e
+    "TPU v5 lite": 197e12,  # v5e
     "TPU v5e": 197e12,
     "TPU v5p": 459e12,
     "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,   # v6e (Trillium)
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
     "TPU v6e": 918e12,
     "NVIDIA A100": 312e12,
     "NVIDIA H100": 989e12,
@@ -92,16 +92,19 @@ def _len_field(field: int, payload: bytes) -> bytes:
     return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
 
-def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                 scalars: dict[str, float] | None = None) -> bytes:
+def encode_event(
+    wall_time: float, step: int, *, file_version: str | None = None, scalars: dict[str, float] | None = None
+) -> bytes:
     """tensorflow.Event {1: wall_time double, 2: step int64, 3: file_version, 5: Summary}.
     Summary {1: repeated Value}; Value {1: tag string, 2: simple_value float}."""
     out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
     if file_version is not None:
         out += _len_field(3, file_version.encode())
     if scalars:
-        values = b"".join(_len_field(1, _len_field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", v))
-                          for tag, v in scalars.items())
+        values = b"".join(
+            _len_field(1, _len_field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", v))
+            for tag, v in scalars.items()
+        )
         out += _len_field(5, values)
     return out
 
@@ -126,8 +129,16 @@ class EventWriter:
 class MetricsLogger:
     """JSONL (`metrics.jsonl`) + TensorBoard (`tensorboard/`) + tqdm bar, on process 0 only."""
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, initial_step: int = 0, enabled: bool | None = None,
-                 tensorboard: bool = True, progress: bool = True):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int,
+        initial_step: int = 0,
+        enabled: bool | None = None,
+        tensorboard: bool = True,
+        progress: bool = True,
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.jsonl = self.tb = self.bar = None
         if not self.enabled:
@@ -138,8 +149,7 @@ class MetricsLogger:
         if tensorboard:
             self.tb = EventWriter(run_dir / "tensorboard")
         if progress:
-            self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
-                            desc="train")
+            self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True, desc="train")
 
     def log(self, step: int, metrics: dict, *, kind: str = "train"):
         if not self.enabled:
@@ -147,14 +157,17 @@ class MetricsLogger:
         clean = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in metrics.items()}
         self.jsonl.write(json.dumps({"kind": kind, "step": int(step), "time": time.time(), **clean}) + "\n")
         if self.tb is not None:
-            self.tb.scalars(step, {f"{kind}/{k}": float(v) for k, v in clean.items()
-                                   if isinstance(v, (int, float)) and math.isfinite(v)})
+            self.tb.scalars(
+                step,
+                {f"{kind}/{k}": float(v) for k, v in clean.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+            )
 
     def progress(self, step: int, **postfix):
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                 refresh=True)
+            self.bar.set_postfix(
+                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=True
+            )
 
     def write(self, message: str):
         if not self.enabled:

@@ -62,8 +62,9 @@ def opt_state_shardings(tx, abstract_params: dict, p_shardings: dict, mesh):
     """Optimizer moments sharded like their params; counters replicated."""
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, P())
-    return optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shardings,
-                                 transform_non_params=lambda _: replicated)
+    return optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, p_shardings, transform_non_params=lambda _: replicated
+    )
 
 
 # ----------------------------------------------------------------------------- loss and step
@@ -94,22 +95,44 @@ def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
         if label_head:  # the head only where the loss is (head_loss.py); same value as the full logits
             if "pack_index" in mb:  # padding dropped: hidden states of the needed tokens only, [G, N, D]
                 packing = Packing(mb["pack_index"], mb["unpack_index"], *mb["input_ids"].shape)
-                x_GxNxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
-                                            positions_BxL=mb["positions"], packing=packing, **extra)
-                return head_loss.label_cross_entropy(x_GxNxD, model.head_VxD(), packing.pack(mb["targets"]),
-                                                     packing.pack(mb["loss_mask"]), groups=packing.G,
-                                                     chunk=head_chunk)
-            x_BxLxD, _ = model.features(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
-                                        positions_BxL=mb["positions"], **extra)
-            return head_loss.label_cross_entropy(x_BxLxD, model.head_VxD(), mb["targets"], mb["loss_mask"],
-                                                 groups=_current_data_shards(), chunk=head_chunk)
+                x_GxNxD, _ = model.features(
+                    mb["input_ids"],
+                    attention_mask_BxL=mb["attention_mask"],
+                    positions_BxL=mb["positions"],
+                    packing=packing,
+                    **extra,
+                )
+                return head_loss.label_cross_entropy(
+                    x_GxNxD,
+                    model.head_VxD(),
+                    packing.pack(mb["targets"]),
+                    packing.pack(mb["loss_mask"]),
+                    groups=packing.G,
+                    chunk=head_chunk,
+                )
+            x_BxLxD, _ = model.features(
+                mb["input_ids"], attention_mask_BxL=mb["attention_mask"], positions_BxL=mb["positions"], **extra
+            )
+            return head_loss.label_cross_entropy(
+                x_BxLxD,
+                model.head_VxD(),
+                mb["targets"],
+                mb["loss_mask"],
+                groups=_current_data_shards(),
+                chunk=head_chunk,
+            )
         if decoder:
-            logits_BxLxV = model(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
-                                 positions_BxL=mb["positions"], **extra)
+            logits_BxLxV = model(
+                mb["input_ids"], attention_mask_BxL=mb["attention_mask"], positions_BxL=mb["positions"], **extra
+            )
         else:
-            logits_BxLxV = model(mb["input_ids"], attention_mask_BxL=mb["attention_mask"],
-                                 decoder_input_ids_BxT=mb["decoder_input_ids"],
-                                 decoder_attention_mask_BxT=mb["decoder_attention_mask"], **extra)
+            logits_BxLxV = model(
+                mb["input_ids"],
+                attention_mask_BxL=mb["attention_mask"],
+                decoder_input_ids_BxT=mb["decoder_input_ids"],
+                decoder_attention_mask_BxT=mb["decoder_attention_mask"],
+                **extra,
+            )
         nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), mb["targets"])
         w_BxL = mb["loss_mask"]
         return jnp.sum(nll_BxL * w_BxL), jnp.sum(w_BxL)
@@ -137,12 +160,12 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
 
         accum = jax.tree.leaves(batch)[0].shape[0]
         if accum == 1:  # no loop: lets XLA fuse the step as one program
-            (loss_sum, n_tok), g_sum = grad_fn(params, jax.tree.map(lambda x: x[0], batch),
-                                               jax.random.fold_in(base, 0))
+            (loss_sum, n_tok), g_sum = grad_fn(params, jax.tree.map(lambda x: x[0], batch), jax.random.fold_in(base, 0))
         else:
             zeros = jax.tree.map(jnp.zeros_like, params)
             (g_sum, loss_sum, n_tok), _ = jax.lax.scan(
-                micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
+                micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum))
+            )
         # One normalisation by the label tokens of the whole batch (not a mean of micro-batch means).
         denom = jnp.maximum(n_tok, 1.0)
         grads = jax.tree.map(lambda g: g / denom, g_sum)
@@ -150,10 +173,18 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
         new_params = optax.apply_updates(params, updates)
         new_state = dict(params=new_params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])
         # positions the step computed on: all of them (encoder + decoder for T5), or the packed tokens
-        computed = (batch["pack_index"].size if "pack_index" in batch
-                    else sum(batch[k].size for k in ("input_ids", "decoder_input_ids") if k in batch))
-        metrics = dict(loss=loss_sum / denom, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
-                       label_tokens=n_tok, computed_tokens=jnp.float32(computed))
+        computed = (
+            batch["pack_index"].size
+            if "pack_index" in batch
+            else sum(batch[k].size for k in ("input_ids", "decoder_input_ids") if k in batch)
+        )
+        metrics = dict(
+            loss=loss_sum / denom,
+            grad_norm=optax.tree.norm(grads),
+            lr=schedule(state["step"]),
+            label_tokens=n_tok,
+            computed_tokens=jnp.float32(computed),
+        )
         return new_state, metrics
 
     return step
@@ -174,7 +205,7 @@ class TrainSetup:
     schedule: Any
     state_shardings: dict
     batch_sharding: NamedSharding
-    step_fn: Callable   # jitted (state, batch) -> (state, metrics), state donated
+    step_fn: Callable  # jitted (state, batch) -> (state, metrics), state donated
     init_params: Callable[[], dict]  # the params placed with state_shardings["params"] (student.make_param_init)
     pack_multiple: int = 0  # > 0: put_batch adds the padding-free layout's indices (layers.Packing)
 
@@ -183,14 +214,20 @@ class TrainSetup:
             params = self.init_params()
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
         rep = self.state_shardings["step"]
-        return dict(params=params, opt_state=opt_state, step=jax.device_put(jnp.int32(0), rep),
-                    rng=jax.device_put(jax.random.key_data(jax.random.key(self.cfg.seed)), rep))
+        return dict(
+            params=params,
+            opt_state=opt_state,
+            step=jax.device_put(jnp.int32(0), rep),
+            rng=jax.device_put(jax.random.key_data(jax.random.key(self.cfg.seed)), rep),
+        )
 
     def abstract_state(self) -> dict:
-        abstract = dict(params=self.student.abstract_params,
-                        opt_state=jax.eval_shape(self.tx.init, self.student.abstract_params),
-                        step=jax.ShapeDtypeStruct((), jnp.int32),
-                        rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+        abstract = dict(
+            params=self.student.abstract_params,
+            opt_state=jax.eval_shape(self.tx.init, self.student.abstract_params),
+            step=jax.ShapeDtypeStruct((), jnp.int32),
+            rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+        )
         return abstract_like(abstract, self.state_shardings)
 
     def put_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -222,6 +259,7 @@ class TrainSetup:
         """Compile the step for every batch shape in `batch_list` before any is run (the padding-free layout
         gives a few); for benchmarks, which time steps, not compiles. Returns (step(state, fed) -> (state,
         metrics) dispatching on fed's shapes, number of shapes). Call both inside `jax.set_mesh(self.mesh)`."""
+
         def key(fed):
             return tuple((k, tuple(v.shape)) for k, v in sorted(fed.items()))
 
@@ -237,8 +275,9 @@ class TrainSetup:
             return self.step_fn(state, self.put_batch(batch))
 
 
-def setup(cfg: TrainConfig, *, student: Student | None = None, model=None, tokenizer=None,
-          total_steps: int = 1, mesh=None) -> TrainSetup:
+def setup(
+    cfg: TrainConfig, *, student: Student | None = None, model=None, tokenizer=None, total_steps: int = 1, mesh=None
+) -> TrainSetup:
     """The `TrainSetup` of `cfg` (its student built from `cfg`, or from `model`/`tokenizer`, unless given)."""
     mesh = mesh if mesh is not None else make_mesh(cfg)
     student = student or build_student(cfg, model=model, tokenizer=tokenizer)
@@ -246,13 +285,23 @@ def setup(cfg: TrainConfig, *, student: Student | None = None, model=None, token
     tx = make_optimizer(cfg, schedule)
     p_sh = param_shardings(student, mesh)
     rep = NamedSharding(mesh, P())
-    state_sh = dict(params=p_sh, opt_state=opt_state_shardings(tx, student.abstract_params, p_sh, mesh),
-                    step=rep, rng=rep)
+    state_sh = dict(
+        params=p_sh, opt_state=opt_state_shardings(tx, student.abstract_params, p_sh, mesh), step=rep, rng=rep
+    )
     b_sh = batch_sharding(mesh)
-    step = make_train_step(student, tx, schedule, use_dropout=cfg.dropout, p_shardings=p_sh,
-                           head_chunk=cfg.head_chunk)
+    step = make_train_step(student, tx, schedule, use_dropout=cfg.dropout, p_shardings=p_sh, head_chunk=cfg.head_chunk)
     step_fn = jax.jit(step, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
     # Every CausalLM's `features` takes the padding-free layout (models.api).
     packs = uses_label_head(student, cfg.head_chunk)
-    return TrainSetup(cfg, mesh, student, tx, schedule, state_sh, b_sh, step_fn, make_param_init(student, p_sh),
-                      pack_multiple=cfg.pack_multiple if packs else 0)
+    return TrainSetup(
+        cfg,
+        mesh,
+        student,
+        tx,
+        schedule,
+        state_sh,
+        b_sh,
+        step_fn,
+        make_param_init(student, p_sh),
+        pack_multiple=cfg.pack_multiple if packs else 0,
+    )

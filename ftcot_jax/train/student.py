@@ -29,14 +29,14 @@ class Student:
     """Everything the trainer needs about the model, independent of where the weights came from."""
 
     family: Family
-    config: Any                      # the family's Config
+    config: Any  # the family's Config
     tokenizer: Any
-    graphdef: Any                    # nnx graph of the model with the compute dtype
-    abstract_params: dict            # ShapeDtypeStructs (pure dict)
-    param_logical: Any               # nnx.State with logical axis metadata (for the sharding rules)
-    host_params: dict | None         # loaded weights (numpy/jax), or None for a random init
+    graphdef: Any  # nnx graph of the model with the compute dtype
+    abstract_params: dict  # ShapeDtypeStructs (pure dict)
+    param_logical: Any  # nnx.State with logical axis metadata (for the sharding rules)
+    host_params: dict | None  # loaded weights (numpy/jax), or None for a random init
     make_model: Callable[[], nnx.Module]
-    abstract_model: nnx.Module       # the model with ShapeDtypeStruct leaves: which interface it implements
+    abstract_model: nnx.Module  # the model with ShapeDtypeStruct leaves: which interface it implements
 
     @property
     def model_type(self) -> ModelKind:
@@ -68,8 +68,10 @@ def build_student(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenize
         hf = st.model_config
         if hf is None:
             if not st.model:
-                raise ValueError("student.from_scratch needs student.model_config (an HF config dict) or "
-                                 "student.model (a dir with config.json)")
+                raise ValueError(
+                    "student.from_scratch needs student.model_config (an HF config dict) or "
+                    "student.model (a dir with config.json)"
+                )
             path = Path(st.model) / "config.json"
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist (from_scratch reads the architecture from it)")
@@ -77,7 +79,9 @@ def build_student(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenize
         config = models.config_from_hf(hf)
         if tokenizer is None:
             if not (st.tokenizer or st.model):
-                raise ValueError("a from-scratch student needs student.tokenizer (or student.model) naming a tokenizer directory")
+                raise ValueError(
+                    "a from-scratch student needs student.tokenizer (or student.model) naming a tokenizer directory"
+                )
             tokenizer = models.load_tokenizer(st.tokenizer or st.model)
     else:
         if not st.model:
@@ -94,8 +98,9 @@ def build_student(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenize
     abstract = nnx.eval_shape(make_model)
     graphdef, param_state, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
-        raise ValueError(f"{family.name}: the model has non-Param state ({list(rest.keys())}); the trainer "
-                         "expects parameters only")
+        raise ValueError(
+            f"{family.name}: the model has non-Param state ({list(rest.keys())}); the trainer expects parameters only"
+        )
     abstract_params = nnx.to_pure_dict(param_state)
     if host_params is not None:
         got = jax.tree.map(lambda x: tuple(x.shape), host_params)
@@ -106,8 +111,7 @@ def build_student(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenize
         raise ValueError(f"the student {st.model!r} comes without a tokenizer")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    return Student(family, config, tokenizer, graphdef, abstract_params, param_state, host_params, make_model,
-                   abstract)
+    return Student(family, config, tokenizer, graphdef, abstract_params, param_state, host_params, make_model, abstract)
 
 
 def param_shardings(student: Student, mesh) -> dict:

@@ -16,8 +16,17 @@ def last_letter_samples(n: int, seed: int = 0, method: str = "ft", letters: str 
         words = ["".join(rng.choice(list(letters), 3)) for _ in range(2)]
         answer = "".join(w[-1] for w in words)
         rationale = " ".join(f"{w} ends with {w[-1]}." for w in words) if method == "ft_cot" else ""
-        out.append(FinetuneSample(task="last_letter_concatenation", sample_index=i, completion_index=0,
-                                  question=" ".join(words), answer=answer, rationale=rationale, method=method))
+        out.append(
+            FinetuneSample(
+                task="last_letter_concatenation",
+                sample_index=i,
+                completion_index=0,
+                question=" ".join(words),
+                answer=answer,
+                rationale=rationale,
+                method=method,
+            )
+        )
     return out
 
 

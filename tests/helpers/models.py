@@ -1,7 +1,7 @@
 """Tiny model configs, one set per family (HF config dicts), and helpers to run and compare the models.
 
 TINY_* are the model tests' configs (special ids 0 pad, 1 bos, 2 eos for the decoders; T5's own 0 pad, 1 eos).
-CHAR_* are the same families sized for `tokenizers.char_tokenizer()`: its 80-id room (78 used), its EOS id 1,
+CHAR_* are the same families sized for `toy_tokenizers.char_tokenizer()`: its 80-id room (78 used), its EOS id 1,
 and positions for training lengths; the trainer, pipeline and compare tests use them.
 """
 
@@ -39,7 +39,10 @@ TINY_T5 = dict(
 )  # fmt: skip
 TINY = {"gpt2": TINY_GPT2, "llama": TINY_LLAMA, "qwen2": TINY_QWEN2, "t5": TINY_T5}
 
-CHAR_VOCAB_ROOM = 80  # >= tokenizers.CHAR_VOCAB
+# the decode tests that pin outputs of a random 30-token GPT-2 read it with toy_tokenizers.LetterTokenizer
+LETTER_GPT2 = dict(TINY_GPT2, vocab_size=30)
+
+CHAR_VOCAB_ROOM = 80  # >= toy_tokenizers.CHAR_VOCAB
 CHAR_GPT2 = dict(TINY_GPT2, vocab_size=CHAR_VOCAB_ROOM, n_positions=256, eos_token_id=1)
 CHAR_LLAMA = dict(TINY_LLAMA, vocab_size=CHAR_VOCAB_ROOM, max_position_embeddings=1024, eos_token_id=1)
 CHAR_T5 = dict(TINY_T5, vocab_size=CHAR_VOCAB_ROOM)
@@ -66,7 +69,8 @@ def max_diff_on_real(a, b, mask):
 def max_tree_diff(a, b) -> float:
     """Largest absolute difference between the leaves of two pytrees of the same structure."""
     return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
 

@@ -37,9 +37,7 @@ def torch_logits(model, ids, mask):
 
     pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
     with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
-        )
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos))
     return out.logits.float().numpy()
 
 

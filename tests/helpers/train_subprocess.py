@@ -14,7 +14,7 @@ import yaml
 from ftcot_jax.samples import write_samples
 from tests.helpers.data import last_letter_samples
 from tests.helpers.models import CHAR_GPT2
-from tests.helpers.tokenizers import char_tokenizer
+from tests.helpers.toy_tokenizers import char_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,10 +30,18 @@ def make_inputs(root: Path, n_samples: int = 64) -> tuple[Path, Path]:
 
 
 def write_config(path: Path, run_dir: Path, tok_dir: Path, samples: Path, **overrides) -> Path:
-    cfg = dict(run_dir=str(run_dir), student={"from_scratch": True, "model_config": CHAR_GPT2,
-                                              "tokenizer": str(tok_dir)},
-               samples=[str(samples)], epochs=4, batch_size=8, bucket=32, eval={"every_epochs": 0},
-               log_every_steps=1, export=False, mesh={"data": 2, "fsdp": 2, "tensor": 2})
+    cfg = dict(
+        run_dir=str(run_dir),
+        student={"from_scratch": True, "model_config": CHAR_GPT2, "tokenizer": str(tok_dir)},
+        samples=[str(samples)],
+        epochs=4,
+        batch_size=8,
+        bucket=32,
+        eval={"every_epochs": 0},
+        log_every_steps=1,
+        export=False,
+        mesh={"data": 2, "fsdp": 2, "tensor": 2},
+    )
     cfg.update(overrides)
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -53,8 +61,10 @@ def env(devices: int = 8, cache_dir: Path | None = None) -> dict:
 
 def train_cmd(config: Path, *extra: str, prelude: str = "") -> list[str]:
     """python -c '<prelude>; ftcot train --config CONFIG ...' (prelude = fault injection for the tests)."""
-    code = (f"{prelude}\nimport sys\nfrom ftcot_jax.cli import main\n"
-            f"sys.exit(main(['train', '--config', {str(config)!r}] + {list(extra)!r}))")
+    code = (
+        f"{prelude}\nimport sys\nfrom ftcot_jax.cli import main\n"
+        f"sys.exit(main(['train', '--config', {str(config)!r}] + {list(extra)!r}))"
+    )
     return [sys.executable, "-c", code]
 
 

@@ -1,0 +1,1 @@
+"""The test suite: unit/ (in-process, the fast tier), integration/ (marked slow), helpers/ (shared code)."""

@@ -1,0 +1,1 @@
+"""Subprocess, multi-host, kill/resume, pipeline, compare and benchmark tests; all marked slow (conftest.py)."""
