@@ -89,7 +89,46 @@ def add_run_parser(sub):
     )
     p.add_argument("--list-paper-cells", action="store_true", help="print the paper grid's cells and exit")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the run will ask its teacher (questions, cached answers, requests, estimated cost) and exit",
+    )
+    p.add_argument("--prices", default=None, metavar="FILE", help='with --plan: JSON price overrides {"model": {...}}')
     p.set_defaults(func=_run_pipeline)
+
+
+def _print_plan(cfg, prices_file) -> None:
+    from ftcot_jax.pipeline.plan import plan
+    from ftcot_jax.teacher.pricing import format_cost, load_prices
+
+    rows = plan(cfg, prices=load_prices(prices_file) if prices_file else None)
+    if not rows:
+        print("no teach stage: the run's methods need no teacher")
+        return
+    print(
+        "| task | stage | T | questions (test) | samples | cached | requests | est. prompt tok | max completion tok "
+        "| est. cost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r.task} | {r.kind} | {r.temperature:g} | {r.questions} ({r.test_questions}) | {r.samples} | "
+            f"{r.cached}/{r.pairs} | {r.requests} | {r.prompt_tokens} | {r.completion_tokens} | {format_cost(r.cost)} |"
+        )
+    costs = [r.cost for r in rows]
+    total = None if any(c is None for c in costs) else sum(costs)
+    cost = f"at most {format_cost(total)}" if total is not None else "cost unknown (no price for it: --prices FILE)"
+    print(
+        f"\n{sum(r.requests for r in rows)} requests to {cfg.teacher.model}, {cost}; prompt tokens estimated at "
+        "4 characters a token, completions counted at their max_tokens"
+    )
+    tests = sum(r.test_questions for r in rows)
+    if tests:
+        print(
+            f"{tests} of the questions are test questions, asked only for the teacher's own test accuracy "
+            f"(teacher.split={cfg.teacher.split}; teacher.split=auto leaves them out)"
+        )
 
 
 def _run_pipeline(args) -> int:
@@ -113,6 +152,9 @@ def _run_pipeline(args) -> int:
     cfg = load_run_config(args.config, overrides)
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    if args.plan:
+        _print_plan(cfg, args.prices)
         return 0
     from ftcot_jax.pipeline.run import run  # JAX and the trainer: only when something runs
 

@@ -43,7 +43,9 @@ class TeacherSection:
     api_key_env: str = ""  # "" = OPENAI_API_KEY
     temperature: float = 0.0  # Fine-tune-CoT teacher: greedy (reference)
     diverse_temperature: float = 0.7  # diverse reasoning teacher (reference: T=0.7, D samples)
-    split: str = "all"  # questions the greedy teacher answers: train | test | all (paper: all)
+    # Questions the greedy teacher answers: auto = only the train questions curation uses; train | test | all
+    # (all = the paper's: the test split too, for the teacher's own test accuracy, at extra cost).
+    split: str = "auto"
     max_tokens: int = 128
     stop: tuple[str, ...] = ("END",)
     concurrency: int = 8
@@ -64,7 +66,7 @@ class TeacherSection:
                 "(the files' base_model, e.g. text-davinci-002)"
             )
         check_choice("teacher.protocol", self.protocol, ("completions", "chat"))
-        check_choice("teacher.split", self.split, ("train", "test", "all"))
+        check_choice("teacher.split", self.split, ("auto", "train", "test", "all"))
         if self.temperature < 0 or self.diverse_temperature < 0:
             raise ValueError("teacher temperatures must be >= 0")
         if self.max_tokens < 1 or self.concurrency < 1 or self.max_attempts < 1 or self.timeout <= 0:

@@ -28,13 +28,14 @@ from ftcot_jax.evaluation import generate_and_score
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.models.api import count_params
 from ftcot_jax.pipeline.curate import METHOD_LABELS, Method, curate_cot, methods_of, vanilla
+from ftcot_jax.pipeline.plan import cache_root, teach_items
 from ftcot_jax.pipeline.report import write_report
 from ftcot_jax.pipeline.stages import StageState, config_hash, section_dict, teacher_hash, train_hash
 from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.compat import file_identity, import_file, task_file
-from ftcot_jax.teacher.run import make_backend, run_teach, select_items
+from ftcot_jax.teacher.run import make_backend, run_teach
 from ftcot_jax.train.loop import train
 from ftcot_jax.train.student import build_student
 
@@ -57,20 +58,23 @@ def _teacher_backend(cfg: RunConfig):
     )
 
 
-def cache_root(cfg: RunConfig) -> Path:
-    return Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else Path(cfg.run_dir) / "teacher_cache"
-
-
 def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
-    """Greedy teacher (kind ft_cot) on teacher.split, or D samples at diverse_temperature on train."""
+    """Greedy teacher (kind ft_cot) on teacher.split, or D samples at diverse_temperature on the train questions
+    curation uses (pipeline.plan.teach_items)."""
     t = cfg.teacher
     if kind == "diverse":
-        temperature, samples, split = t.diverse_temperature, max(cfg.curate.diverse_samples), "train"
+        temperature, samples = t.diverse_temperature, max(cfg.curate.diverse_samples)
     else:
-        temperature, samples, split = t.temperature, 1, t.split
+        temperature, samples = t.temperature, 1
     if t.import_from:
         return _import_teacher(cfg, task, temperature, log)
-    items = select_items(task, split)
+    items = teach_items(cfg, task, "diverse" if kind == "diverse" else "greedy")
+    n_test = sum(it.split == "test" for it in items)
+    if n_test:
+        log(
+            f"  teach {task}: {n_test} of {len(items)} questions are test questions (teacher.split={t.split}): "
+            "asked only for the teacher's own test accuracy"
+        )
     backend = _teacher_backend(cfg)
     with TeacherCache(cache_root(cfg), task=task, teacher_model=backend.model, temperature=temperature) as cache:
         rep = run_teach(

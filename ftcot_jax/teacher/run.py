@@ -38,8 +38,11 @@ def default_split(temperature: float) -> str:
     return "all" if temperature == 0 else "train"
 
 
-def select_items(task_name: str, split: str, *, limit: int | None = None) -> list[TeachItem]:
-    """The questions of `split` ("train" | "test" | "all"), in split order, at most `limit` of them."""
+def select_items(
+    task_name: str, split: str, *, limit: int | None = None, split_name: str = "default"
+) -> list[TeachItem]:
+    """The questions of `split` ("train" | "test" | "all") of the split file `split_name`, in split order, at
+    most `limit` of them."""
     if split not in SPLIT_CHOICES:
         raise ValueError(f"unknown split {split!r}; expected one of: {', '.join(SPLIT_CHOICES)}")
     if limit is not None and limit < 1:
@@ -47,7 +50,7 @@ def select_items(task_name: str, split: str, *, limit: int | None = None) -> lis
     task = load_task(task_name)
     items = []
     for part in ("train", "test") if split == "all" else (split,):
-        for ex in task.split(part):
+        for ex in task.split(part, split_name):
             items.append(TeachItem(task_name, part, ex.sample_index, ex.question, ex.answer))
             if limit is not None and len(items) >= limit:
                 return items

@@ -12,10 +12,7 @@ from tests.helpers.train_subprocess import env, free_port, losses, make_inputs, 
 COMMON = dict(
     epochs=2,
     mesh={"data": 4, "fsdp": 2, "tensor": 1},
-    eval_every_epochs=2,
-    eval_limit=4,
-    eval_max_new_tokens=8,
-    eval_batch_size=4,
+    eval={"every_epochs": 2, "limit": 4, "max_new_tokens": 8, "batch_size": 4},
 )
 
 

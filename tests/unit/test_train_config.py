@@ -131,3 +131,31 @@ def test_keys_of_the_flat_schema_move_into_the_student_and_eval_sections():
     assert (old.student.model, old.precision, old.eval.limit, old.eval.every_epochs) == ("gpt2", "bf16", 5, 2)
     with pytest.raises(ValueError, match="'eval_limit' and 'eval.limit' name the same setting"):
         load_config(None, ["eval_limit=5", "eval.limit=6"], cls=TrainConfig)
+
+
+@pytest.mark.parametrize("command", ["train --config", "run", "compare --config"])
+def test_a_malformed_yaml_file_is_one_line_naming_file_and_place(tmp_path, capsys, command):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\ntasks: [a\n  b: c\n")
+    assert main([*command.split(), str(bad)]) == 2
+    err = capsys.readouterr().err
+    name = command.split()[0]
+    assert (
+        err == f"ftcot {name}: error: config file {bad} is not valid YAML (line 3, column 4): "
+        "expected ',' or ']', but got ':'\n"
+    )
+
+
+def test_malformed_override_values_and_non_utf8_files_are_one_line(tmp_path, capsys):
+    assert main(["train", "--set", "samples=[a"]) == 2
+    assert capsys.readouterr().err == (
+        "ftcot train: error: override 'samples=[a': the value is not valid YAML: expected ',' or ']', "
+        "but got '<stream end>'\n"
+    )
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert main(["train", "--config", str(binary)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"ftcot train: error: config file {binary} is not UTF-8 text; expected a YAML mapping\n"
+    )
