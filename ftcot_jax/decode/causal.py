@@ -1,5 +1,5 @@
 """The decode loop for decoder-only students (`models.api.CausalLM`): a jitted prefill plus a
-`lax.while_loop` over a fixed-size KV cache.
+loop over a fixed-size KV cache (a `lax.while_loop` on CPU, fixed-length chunks elsewhere: `decode.sampling`).
 
 Layout of one batch (B rows, prompt bucket P, generation bucket N, cache S = P + N slots):
 
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.decode.sampling import Sampling, emit, loop_until
+from ftcot_jax.decode.sampling import Sampling, emit, host_driver, loop_until
 from ftcot_jax.models import api, cpu_xla
 
 MIN_PROMPT_BUCKET = 16
@@ -93,9 +93,9 @@ def _prefill(graphdef, state, ids_BxP, mask_BxP, done_B, s: Sampling, *, new_buc
     return emit(loop, _last_logits(model, x_BxPxD), s, greedy=greedy)
 
 
-def _continue(graphdef, state, loop, until, s: Sampling, *, greedy: bool):
-    """Decode until step `until` or until every row is done; the loop state is donated (the cache is
-    updated in place)."""
+def _continue(graphdef, state, loop, until, s: Sampling, *, greedy: bool, chunk: int | None = None):
+    """Decode until step `until` or until every row is done (`chunk` None), or `chunk` steps masked past
+    `until` (`sampling.loop_until`); the loop state is donated (the cache is updated in place)."""
     model = compute_model(graphdef, state)
     B, N = loop["tokens_BxN"].shape
     P = loop["kv_mask_BxS"].shape[1] - N
@@ -110,14 +110,14 @@ def _continue(graphdef, state, loop, until, s: Sampling, *, greedy: bool):
         )
         return emit(c, _last_logits(model, x_Bx1xD), s, greedy=greedy, cache=cache, kv_mask_BxS=kv_mask_BxS)
 
-    return loop_until(loop, until, body)
+    return loop_until(loop, until, body, chunk=chunk)
 
 
 @functools.cache
 def _loop_jit(options: frozenset | None):
     return jax.jit(
         _continue,
-        static_argnames=("graphdef", "greedy"),
+        static_argnames=("graphdef", "greedy", "chunk"),
         donate_argnames=("loop",),
         compiler_options=None if options is None else dict(options),
     )
@@ -163,11 +163,12 @@ def begin(
         greedy=greedy,
     )
     platform = cpu_xla.platform_of(state)
+    chunk = cpu_xla.decode_chunk(platform)
 
-    def advance(loop, until: int):
+    def call(loop, until: int):
         options = cpu_xla.loop_compiler_options(len(ids), platform)
         return cpu_xla.run_with_compiler_options(
-            lambda o: loop_fn(o)(graphdef, state, loop, jnp.int32(until), s, greedy=greedy), options
+            lambda o: loop_fn(o)(graphdef, state, loop, jnp.int32(until), s, greedy=greedy, chunk=chunk), options
         )
 
-    return loop, advance, filler_B
+    return loop, host_driver(call, 1, chunk), filler_B

@@ -9,6 +9,12 @@ chunked (stop-string checks return to the host between chunks).
 The loop state is a dict, donated between calls: `step` (index of the next new token), `last_B` (the token
 fed to the next step), `cache`, `tokens_BxN` (N = the generation bucket; padding after each row's end),
 `done_B`, and whatever a model kind adds (the causal loop's `kv_mask_BxS`).
+
+The shape of the device loop depends on the platform (`models.cpu_xla.decode_chunk`). On CPU one call is a
+`lax.while_loop` to the requested step that exits as soon as every row is done. Elsewhere a while loop whose trip
+count depends on data makes the runtime copy its predicate to the host every iteration, so one call is a
+fixed-trip loop of `chunk` steps (a scan: no data-dependent loop); steps at or past the requested one change
+nothing (masked), finished rows write padding, and `host_driver` checks between calls whether to go on.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from ftcot_jax.models.api import MAX_EOS
 
@@ -82,7 +90,45 @@ def emit(loop: dict, logits_BxV, s: Sampling, *, greedy: bool, **updates) -> dic
     }
 
 
-def loop_until(loop: dict, until, body) -> dict:
-    """`body` (loop state -> loop state) until step `until` (at most N) or until every row is done."""
+def loop_until(loop: dict, until, body, *, chunk: int | None = None) -> dict:
+    """`body` (loop state -> loop state) towards step `until` (at most N). `chunk` None: a while loop that runs
+    until that step or until every row is done. `chunk` k: exactly k iterations (a fixed-trip loop), the ones
+    at or past step `until` masked: they keep every entry but the cache, whose one write (the fed token's
+    keys/values at its slot) is the one the next real step makes again, so tokens are the same either way."""
     until = jnp.minimum(until, loop["tokens_BxN"].shape[1])
-    return jax.lax.while_loop(lambda c: (c["step"] < until) & ~jnp.all(c["done_B"]), body, loop)
+    if chunk is None:
+        return jax.lax.while_loop(lambda c: (c["step"] < until) & ~jnp.all(c["done_B"]), body, loop)
+
+    def masked(_, c):
+        new, live = body(c), c["step"] < until
+        return {k: v if k == "cache" else jnp.where(live, v, c[k]) for k, v in new.items()}
+
+    return jax.lax.fori_loop(0, chunk, masked, loop)
+
+
+def gather_across_hosts(x) -> np.ndarray:
+    """A device array on the host. When the model spans several processes (multi-host evaluation) the
+    loop's arrays do too: every process gathers the whole array (each runs the same decode, so they agree)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_driver(call, step: int, chunk: int | None):
+    """`advance(loop, until)`: `call(loop, until)` (one device call, see `loop_until`) repeated until step
+    `until` or until every row is done. `step`: the loop's step now; with chunks the host counts the steps
+    (a call from step s reaches min(s + chunk, until)) and reads only `done_B` between calls."""
+    at = step
+
+    def advance(loop, until: int):
+        nonlocal at
+        if chunk is None:
+            return call(loop, until)
+        while at < until:
+            loop = call(loop, until)
+            at = min(at + chunk, until)
+            if at < until and gather_across_hosts(loop["done_B"]).all():
+                break
+        return loop
+
+    return advance

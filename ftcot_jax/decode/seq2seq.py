@@ -1,5 +1,5 @@
 """The decode loop for encoder-decoder students (`models.api.Seq2SeqLM`, T5): encoder once, then a
-`lax.while_loop` over a decoder cache.
+loop over a decoder cache (a `lax.while_loop` on CPU, fixed-length chunks elsewhere: `decode.sampling`).
 
 `_start` runs the encoder once per batch, projects the cross-attention keys/values of every decoder layer
 once, and allocates a fixed-size self-attention cache of N slots (the generation bucket); the loop then
@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx
 
 from ftcot_jax.decode.causal import MIN_NEW_BUCKET, bucket, compute_model
-from ftcot_jax.decode.sampling import Sampling, emit, loop_until
+from ftcot_jax.decode.sampling import Sampling, emit, host_driver, loop_until
+from ftcot_jax.models import cpu_xla
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket"))
@@ -39,17 +40,18 @@ def _start(graphdef, state, input_ids_BxL, mask_BxL, done_B, pad_id, start_id, *
     return loop, cross_kv
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy"), donate_argnames=("loop",))
-def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, s: Sampling, *, greedy: bool):
-    """Decode until step `until` or until every row is done. Everything that may change between calls is
-    traced; only shapes, the model and greedy-vs-sampling are static. The loop state is donated."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "chunk"), donate_argnames=("loop",))
+def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, s: Sampling, *, greedy: bool, chunk=None):
+    """Decode until step `until` or until every row is done (`chunk` None), or `chunk` steps masked past
+    `until` (`sampling.loop_until`). Everything that may change between calls is traced; only shapes, the
+    model, greedy-vs-sampling and the chunk are static. The loop state is donated."""
     model = compute_model(graphdef, state)
 
     def body(c):
         logits_Bx1xV, cache = model.decode_step(c["last_B"][:, None], c["step"], c["cache"], cross_kv, mask_BxL)
         return emit(c, logits_Bx1xV[:, 0], s, greedy=greedy, cache=cache)
 
-    return loop_until(loop, until, body)
+    return loop_until(loop, until, body, chunk=chunk)
 
 
 def begin(
@@ -82,7 +84,9 @@ def begin(
         new_bucket=bucket(max_new_tokens, MIN_NEW_BUCKET),
     )
 
-    def advance(loop, until: int):
-        return _continue(graphdef, state, loop, cross_kv, mask, jnp.int32(until), s, greedy=greedy)
+    chunk = cpu_xla.decode_chunk(cpu_xla.platform_of(state))
 
-    return loop, advance, filler
+    def call(loop, until: int):
+        return _continue(graphdef, state, loop, cross_kv, mask, jnp.int32(until), s, greedy=greedy, chunk=chunk)
+
+    return loop, host_driver(call, 0, chunk), filler

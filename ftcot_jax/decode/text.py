@@ -2,8 +2,9 @@
 and bucketing, and the chunked host loop around the jitted loops of `decode.causal` (`models.api.CausalLM`)
 and `decode.seq2seq` (`models.api.Seq2SeqLM`). The only module that knows both kinds.
 
-Without stop strings (or per-row budgets) one loop call runs to EOS or max_new_tokens; otherwise the loop
-returns every `check_every` steps so the host can test the text and end rows (and the whole loop) early.
+Without stop strings (or per-row budgets) the loop runs to EOS or max_new_tokens; otherwise it returns every
+`check_every` steps so the host can test the text and end rows (and the whole loop) early. (Off CPU the device
+runs fixed-length chunks and the host also checks for EOS between them: `decode.sampling`.)
 Batch sizes are bucketed by `batch_bucket`; generation lengths and input lengths are rounded up (see the
 kind's module), so a run compiles a bounded number of shapes.
 
@@ -18,11 +19,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from ftcot_jax.decode import causal, seq2seq
 from ftcot_jax.decode.causal import MIN_PROMPT_BUCKET, bucket
-from ftcot_jax.decode.sampling import make_sampling
+from ftcot_jax.decode.sampling import gather_across_hosts, make_sampling
 from ftcot_jax.models import api
 
 CHECK_EVERY = 16  # steps between the host's stop checks
@@ -40,14 +40,6 @@ def batch_bucket(n: int) -> int:
     64). `generate` pads every batch of a call, the last one included, to this one size."""
     n = max(int(n), 1)
     return bucket(n) if n <= 8 else -(-n // 8) * 8
-
-
-def gather_across_hosts(x) -> np.ndarray:
-    """A device array on the host. When the model spans several processes (multi-host evaluation) the
-    loop's arrays do too: every process gathers the whole array (each runs the same decode, so they agree)."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _is_seq2seq(model) -> bool:

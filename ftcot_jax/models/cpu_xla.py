@@ -3,6 +3,7 @@
 - `grad_barrier`: stops XLA:CPU from duplicating residual-gradient sums across blocks in the backward pass.
 - `linear`: a projection as one 2-D matmul with a hand-written backward.
 - `loop_compiler_options`: Eigen dots instead of YNNPACK for the decode loop at 2-16 rows.
+- `decode_chunk`: the decode loop as one data-dependent while loop on CPU, fixed-length chunks elsewhere.
 
 docs/train.md and docs/compare.md have the measurements behind each.
 """
@@ -91,6 +92,20 @@ def loop_compiler_options(batch: int, platform: str) -> dict | None:
     """The XLA compile options for the decode loop at `batch` rows on `platform` (None = XLA's defaults)."""
     few_rows = platform == "cpu" and CPU_FEW_ROWS[0] <= batch <= CPU_FEW_ROWS[1]
     return dict(FEW_ROWS_OPTIONS) if few_rows and frozenset(FEW_ROWS_OPTIONS.items()) not in _rejected else None
+
+
+# Off CPU, a while loop whose trip count depends on data (rows done, the step to stop at) makes the runtime copy
+# its predicate to the host every iteration (XLA:GPU's WhileThunk); a fixed trip count does not. So there the
+# decode loop runs DECODE_CHUNK steps per call, masked past the requested step, and the host checks for EOS
+# between calls. On CPU the predicate is on the host anyway, and the fixed chunk would only add masked steps at
+# the end (up to DECODE_CHUNK - 1 of them, e.g. 1 in 16 at 16 new tokens; see docs/compare.md).
+DECODE_CHUNK = 16
+
+
+def decode_chunk(platform: str) -> int | None:
+    """Steps per call of the decode loop on `platform`: None = a while loop to the requested step or until
+    every row is done (CPU); an int = a fixed-trip loop of that many steps (`decode.sampling.loop_until`)."""
+    return None if platform == "cpu" else DECODE_CHUNK
 
 
 def run_with_compiler_options(run: Callable, options: dict | None):

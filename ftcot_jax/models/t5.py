@@ -13,7 +13,6 @@ H heads, K d_kv, F d_ff, V vocab, N relative position buckets.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Mapping
 
@@ -27,6 +26,7 @@ from ftcot_jax.models.cpu_xla import grad_barrier
 from ftcot_jax.models.hf import t5_names
 from ftcot_jax.models.layers import ACTIVATIONS, NEG_INF, DropoutKeys, RMSNorm, dropout, normal_init, param
 from ftcot_jax.models.sharding import constrain
+from ftcot_jax.models.t5_positions import position_bias_1xHxTxS, relative_position_bucket_table
 
 HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
 
@@ -137,38 +137,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Relative position buckets
-
-
-def relative_position_bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
-    """Bucket id for every relative position (key - query) in [-max_distance, max_distance].
-
-    Positions further away share the last bucket, so the table covers all lengths. Computed on the host
-    with the same float32 op sequence as HF/Mesh-TF so bucket boundaries agree exactly.
-    """
-    rp = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
-    out = np.zeros_like(rp)
-    nb = num_buckets
-    if bidirectional:
-        nb //= 2
-        out += (rp > 0) * nb
-        rp = np.abs(rp)
-    else:
-        rp = -np.minimum(rp, 0)
-    max_exact = nb // 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        large = np.log(np.maximum(rp, 1).astype(np.float32) / np.float32(max_exact))
-        large = large / np.float32(math.log(max_distance / max_exact)) * np.float32(nb - max_exact)
-    large = np.minimum(max_exact + large.astype(np.int64), nb - 1)
-    return (out + np.where(rp < max_exact, rp, large)).astype(np.int32)
-
-
-def position_bias_1xHxTxS(rel_bias_NxH, table: np.ndarray, max_distance: int, q_pos_T, k_pos_S):
-    rp_TxS = jnp.clip(k_pos_S[None, :] - q_pos_T[:, None], -max_distance, max_distance) + max_distance
-    bucket_TxS = jnp.asarray(table)[rp_TxS]
-    return jnp.take(rel_bias_NxH, bucket_TxS, axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)
-
-
 def shift_right(labels_BxT, decoder_start_token_id: int, pad_token_id: int = 0):
     """Teacher-forcing decoder inputs from labels (HF `_shift_right`): start token, then labels[:-1];
     -100 (ignored label) becomes pad."""

@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from ftcot_jax import decode, models  # noqa: E402
 from ftcot_jax.models import t5  # noqa: E402
+from ftcot_jax.models.t5_positions import relative_position_bucket_table  # noqa: E402
 from tests.helpers.models import TINY_T5  # noqa: E402
 from tests.helpers.toy_tokenizers import ModuloLetterTokenizer  # noqa: E402
 
@@ -248,7 +249,7 @@ def test_relative_position_buckets_match_hf():
             ref = T5Attention._relative_position_bucket(
                 torch.tensor(rp), bidirectional=bidirectional, num_buckets=nb, max_distance=md
             ).numpy()
-            table = t5.relative_position_bucket_table(bidirectional, nb, md)
+            table = relative_position_bucket_table(bidirectional, nb, md)
             np.testing.assert_array_equal(table[np.clip(rp, -md, md) + md], ref)
 
 
