@@ -2,6 +2,8 @@
 
 8 virtual CPU devices so sharded code paths run without accelerators. XLA_FLAGS must be set before jax is
 imported anywhere, hence at the top of conftest; the fixtures import what they build lazily.
+FTCOT_TEST_PLATFORM (default cpu) names the JAX platform the tests run on: `auto` leaves JAX_PLATFORMS to
+JAX (the GPU where there is one; scripts/device_check.py runs its GPU tests so), another name sets it.
 
 Shared objects (session-scoped, built once): the character tokenizer and its saved directory, the torch
 parity pairs, the tiny random models the decode tests share, the train-step tests' encoded samples.
@@ -11,10 +13,13 @@ Tests must not modify them.
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_platform = os.environ.get("FTCOT_TEST_PLATFORM", "cpu")
+if _platform != "auto":
+    os.environ.setdefault("JAX_PLATFORMS", _platform)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("FTCOT_COMPILATION_CACHE", "off")  # tests compile afresh and write nothing under ~/.cache
 
 import pytest  # noqa: E402
 

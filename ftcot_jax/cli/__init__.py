@@ -30,9 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that compile JAX programs: they keep them in the persistent compilation cache (ftcot_jax/jax_setup.py).
+COMPILING_COMMANDS = ("train", "run", "serve", "generate", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in COMPILING_COMMANDS:
+        from ftcot_jax.jax_setup import enable_compilation_cache  # deferred: `ftcot tasks list` needs no JAX
+
+        enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except CLIError as e:

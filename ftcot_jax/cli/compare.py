@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ftcot_jax.cli.common import CLIError
 
@@ -92,6 +93,11 @@ def _run_compare(args):
     if args.probe_xla_flags:
         raise CLIError("--probe-xla-flags moved to a script: python scripts/probe_xla_flags.py")
     # Deferred: `ftcot --help` and the other commands do not pay for importing JAX.
+    from ftcot_jax.jax_setup import memory_env
+
+    # This driver's JAX allocates on demand: it stays resident while the PyTorch workers run on the device
+    # (set before its first computation, when JAX reads it).
+    os.environ.update(memory_env(preallocate=False))
     from ftcot_jax.compare.prepare import check_model
     from ftcot_jax.compare.run import run_compare
     from ftcot_jax.config import load_compare_spec, to_dict
