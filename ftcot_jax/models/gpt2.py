@@ -169,6 +169,10 @@ class Model(DecoderLM):
     slots and the call returns (logits, new_cache).
     """
 
+    # The logits matmul runs on a head padded from 50257 to 50304 rows off CPU (layers.head_logits); params,
+    # checkpoints, HF import/export and `head_VxD` stay at the real vocabulary.
+    vocab_multiple = 128
+
     def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         cfg = self.config = config

@@ -7,7 +7,9 @@ R = H // G, K head dim, F mlp, V vocab.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -162,11 +164,8 @@ class DropoutKeys:
 NO_DROPOUT = DropoutKeys(None)  # stateless: hands out None (eval, decoding)
 
 
-def dot_attention(
-    q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype, dropout_rate: float = 0.0, rng=None
-):
-    """Grouped-query attention (G kv heads shared by R = H/G query heads); softmax in fp32, then dropout on
-    the probabilities when `rng` is given (HF's attn_pdrop / attention_dropout).
+def _masked_softmax_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, *, scale, dtype, dropout_rate=0.0, rng=None):
+    """Our hand-written form ("ours"): softmax in fp32, then dropout on the probabilities when `rng` is given.
     Keys/values are [B, G, S, K] (the cache layout): both dots then read them without a transpose."""
     B, T, H, K = q_BxTxHxK.shape
     G = k_BxGxSxK.shape[1]
@@ -179,6 +178,112 @@ def dot_attention(
     probs = dropout(jax.nn.softmax(logits_BxGxRxTxS, axis=-1), dropout_rate, rng).astype(dtype)
     out_BxGxRxTxK = jnp.einsum("bgrts,bgsk->bgrtk", probs, v_BxGxSxK.astype(dtype))
     return out_BxGxRxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
+
+
+def library_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, *, scale, dtype, implementation: str):
+    """`jax.nn.dot_product_attention` ("xla" or "cudnn") with our boolean mask, in its BTNH layout. Without a
+    cache (T == S) the mask is causal, so `is_causal` is passed too: cuDNN then skips the masked blocks."""
+    T, S = q_BxTxHxK.shape[1], k_BxGxSxK.shape[2]
+    if implementation == "cudnn":
+        # cuDNN adds the mask as a large negative bias; a query that sees no key (left padding) would subtract two
+        # of those (NaN in cuDNN). It sees every key instead: its output is never read (it is padding).
+        mask_BxTxS = mask_BxTxS | ~mask_BxTxS.any(-1, keepdims=True)
+    return jax.nn.dot_product_attention(
+        q_BxTxHxK.astype(dtype),
+        k_BxGxSxK.transpose(0, 2, 1, 3).astype(dtype),
+        v_BxGxSxK.transpose(0, 2, 1, 3).astype(dtype),
+        mask=mask_BxTxS[:, None],
+        scale=scale,
+        is_causal=T == S,
+        implementation=implementation,
+    )
+
+
+# cuDNN flash attention takes bf16/fp16 Q/K/V with a head dim that is a multiple of 8, up to 256 on Hopper (H100,
+# H200); an older GPU refuses 129-256 when the call is traced, and the cuda branch then takes the XLA form.
+CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+CUDNN_MAX_HEAD_DIM = 256
+_cudnn_probe: dict[str, bool] = {}  # "works": whether cuDNN attention ran (fwd + bwd) on this process's GPU
+
+
+def _cudnn_works() -> bool:
+    """Whether cuDNN attention lowers, compiles and runs forward and backward on this process's GPU: tried once
+    (a small bf16 call with a padding mask) and remembered, so a jaxlib where it fails (jax#32430) falls back to
+    the XLA form for good. True when this process has no GPU (lowering ahead of time for one)."""
+    if "works" not in _cudnn_probe:
+        try:
+            gpu = jax.devices("cuda")[0]
+        except RuntimeError:
+            return True
+
+        def loss(q, mask):
+            kv = q.transpose(0, 2, 1, 3)
+            out = library_attention(q, kv, kv, mask, scale=0.125, dtype=q.dtype, implementation="cudnn")
+            return out.astype(jnp.float32).sum()
+
+        try:
+            with jax.ensure_compile_time_eval():
+                q = jax.device_put(jnp.ones((2, 16, 2, 64), jnp.bfloat16), gpu)
+                mask = jax.device_put(
+                    attention_mask_BxTxS(
+                        jnp.ones((2, 16), jnp.int32).at[1, 12:].set(0), jnp.broadcast_to(jnp.arange(16), (2, 16))
+                    ),
+                    gpu,
+                )
+                jax.block_until_ready(jax.jit(jax.value_and_grad(loss))(q, mask))
+            _cudnn_probe["works"] = True
+        except Exception as e:  # any failure of the probe: this jaxlib/cuDNN cannot run it here
+            warnings.warn(
+                f"cuDNN attention does not run here ({type(e).__name__}: {e}); using the XLA form", stacklevel=2
+            )
+            _cudnn_probe["works"] = False
+    return _cudnn_probe["works"]
+
+
+def attention_implementation(platform: str, dtype, head_dim: int, *, dropout: bool = False, bias: bool = False) -> str:
+    """The attention form for a computation on `platform` ("cpu", "cuda"/"gpu", "rocm", "tpu"): "ours" (the
+    hand-written masked softmax: CPU, whose parity tests it is, and wherever attention dropout is on, which the
+    library forms lack), "cudnn" (GPU, bf16/fp16, a head dim cuDNN takes, no additive bias) or "xla" (the rest:
+    fp32, other head dims, a bias such as T5's, other accelerators, a GPU where cuDNN attention failed)."""
+    if platform == "cpu" or dropout:
+        return "ours"
+    cudnn_shape = head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
+    if platform in ("cuda", "gpu") and jnp.dtype(dtype) in CUDNN_DTYPES and cudnn_shape and not bias:
+        return "cudnn"
+    return "xla"
+
+
+def attention_on(platform: str, q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, *, scale, dtype):
+    """Attention as computed on `platform` (no dropout). A cuDNN call that raises when traced (a shape or jaxlib it
+    does not take, no cuDNN here), or that failed the probe on this GPU, falls back to the XLA form."""
+    impl = attention_implementation(platform, dtype, q_BxTxHxK.shape[-1])
+    args = (q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS)
+    if impl == "ours":
+        return _masked_softmax_attention(*args, scale=scale, dtype=dtype)
+    if impl == "cudnn" and _cudnn_works():
+        try:
+            return library_attention(*args, scale=scale, dtype=dtype, implementation="cudnn")
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass
+    return library_attention(*args, scale=scale, dtype=dtype, implementation="xla")
+
+
+def dot_attention(
+    q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, scale: float, dtype, dropout_rate: float = 0.0, rng=None
+):
+    """Grouped-query attention (G kv heads shared by R = H/G query heads) over keys/values in the cache layout
+    [B, G, S, K]; softmax in fp32, then dropout on the probabilities when `rng` is given (HF's attn_pdrop /
+    attention_dropout). The form is chosen by `attention_implementation` for the platform the computation is
+    lowered for (`lax.platform_dependent`, not the default backend): CPU runs ours, a GPU in bf16 cuDNN's."""
+    args = (q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS)
+    if rng is not None and dropout_rate > 0.0:  # only ours drops attention probabilities, on every platform
+        return _masked_softmax_attention(*args, scale=scale, dtype=dtype, dropout_rate=dropout_rate, rng=rng)
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=functools.partial(attention_on, "cpu", scale=scale, dtype=dtype),
+        cuda=functools.partial(attention_on, "cuda", scale=scale, dtype=dtype),
+        default=functools.partial(attention_on, "tpu", scale=scale, dtype=dtype),
+    )
 
 
 def init_kv_cache(n_layers: int, batch: int, kv_heads: int, length: int, head_dim: int, dtype) -> list[dict]:
@@ -230,15 +335,29 @@ def prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cach
     return attention_mask_BxTxS(kv_mask, q_slot_BxT), positions_BxL
 
 
+def head_logits(x_BxTxD, head_VxD, vocab_multiple: int = 1):
+    """fp32 logits (fp32 accumulation whatever the compute dtype). With `vocab_multiple` > 1 the head runs as
+    [V_pad, D] (V rounded up to the multiple, the extra rows zero: aligned GEMM tiles on an accelerator) and the
+    padded ids' logits are sliced off, so the values and shape are those of the [V, D] head."""
+    V = head_VxD.shape[0]
+    head_VxD = jnp.pad(head_VxD, ((0, -V % vocab_multiple), (0, 0)))
+    return jnp.einsum("btd,vd->btv", x_BxTxD, head_VxD, preferred_element_type=jnp.float32)[..., :V]
+
+
 class DecoderLM(nnx.Module):
     """The part of a decoder-only family (models.api.CausalLM) written once: the LM head matmul and `__call__`.
-    A family supplies `config`, `dtype`, `features` and `head_VxD`."""
+    A family supplies `config`, `dtype`, `features` and `head_VxD`; `vocab_multiple` > 1 pads the head for the
+    logits matmul off CPU (`head_logits`)."""
+
+    vocab_multiple = 1
 
     def logits(self, x_BxTxD):
-        # fp32 accumulation and output whatever the compute dtype.
-        return jnp.einsum(
-            "btd,vd->btv", x_BxTxD, self.head_VxD().astype(self.dtype), preferred_element_type=jnp.float32
-        )
+        head_VxD = self.head_VxD().astype(self.dtype)
+        if head_VxD.shape[0] % self.vocab_multiple == 0:
+            return head_logits(x_BxTxD, head_VxD)
+        # Padded only off CPU: there XLA:CPU's matmul gains nothing and the slice of the padded logits costs a copy.
+        padded = functools.partial(head_logits, vocab_multiple=self.vocab_multiple)
+        return jax.lax.platform_dependent(x_BxTxD, head_VxD, cpu=head_logits, default=padded)
 
     def __call__(
         self,
