@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from ftcot_jax.cli.common import CLIError
+from ftcot_jax.cli.common import CLIError, add_config_arguments, config_overrides, print_config
 
 # flag dest -> CompareSpec key (the flags are shorthands for `--set key=value`)
 FLAG_KEYS = {
@@ -44,15 +43,7 @@ def add_compare_parser(sub):
         "jax_devices=2); the flags below are shorthands. Precedence: --config file < "
         "flags < --set < --quick.",
     )
-    p.add_argument("--config", default=None, help="YAML file with keys of ftcot_jax.config.CompareSpec")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override, e.g. precisions=[fp32] or timeout_s=600 (repeatable)",
-    )
+    add_config_arguments(p, "CompareSpec", "precisions=[fp32] or timeout_s=600")
     p.add_argument(
         "--model", help="gpt2-small (default) | t5-small (random init) | smollm2-135m-instruct | HF dir | .gguf"
     )
@@ -84,7 +75,6 @@ def add_compare_parser(sub):
         action="store_true",
         help="development run: at most 4 steps, 1 repeat, eager only, fp32, 8 eval prompts",
     )
-    p.add_argument("--print-config", action="store_true", help="print the resolved spec as JSON and exit")
     p.add_argument("--probe-xla-flags", action="store_true", help=argparse.SUPPRESS)  # moved to a script
     p.set_defaults(func=_run_compare)
 
@@ -100,18 +90,18 @@ def _run_compare(args):
     os.environ.update(memory_env(preallocate=False))
     from ftcot_jax.compare.prepare import check_model
     from ftcot_jax.compare.run import run_compare
-    from ftcot_jax.config import load_compare_spec, to_dict
+    from ftcot_jax.config import load_compare_spec
 
     flags = {}
     for dest, key in FLAG_KEYS.items():
         value = getattr(args, dest)
-        if value is not None:
-            flags[key] = [x.strip() for x in value.split(",") if x.strip()] if dest in LIST_FLAGS else value
-    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items()] + list(args.overrides)
-    spec = load_compare_spec(args.config, overrides, quick=args.quick)
+        if value is not None and dest in LIST_FLAGS:
+            value = [x.strip() for x in value.split(",") if x.strip()]
+        flags[key] = value
+    spec = load_compare_spec(args.config, config_overrides(flags, args.overrides), quick=args.quick)
     check_model(spec)
     if args.print_config:
-        print(json.dumps(to_dict(spec), indent=2, sort_keys=True))
+        print_config(spec)
         return 0
     report = run_compare(spec)
     print(f"\nwrote {spec.out_dir}/compare.md, compare.json, loss_curves.png")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ftcot_jax.cli.common import CLIError
+from ftcot_jax.cli.common import CLIError, add_config_arguments, config_overrides, print_config
 
 
 def add_train_parser(sub):
@@ -16,15 +16,7 @@ def add_train_parser(sub):
         "from the newest checkpoint in the run directory. Precedence: --config file < "
         "flags < --set. Example: ftcot train --config run.yaml --set optim.lr=1e-4",
     )
-    p.add_argument("--config", default=None, help="YAML run config (keys of ftcot_jax.config.TrainConfig)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, e.g. mesh.fsdp=2 (repeatable)",
-    )
+    add_config_arguments(p, "TrainConfig", "mesh.fsdp=2")
     p.add_argument("--run-dir", default=None, help="run directory (checkpoints, metrics, predictions, export)")
     p.add_argument("--model", default=None, help="HF dir / hub id / smollm2-135m-instruct / .gguf")
     p.add_argument("--samples", nargs="+", default=None, metavar="FILE", help="fine-tune sample files")
@@ -32,7 +24,6 @@ def add_train_parser(sub):
     p.add_argument("--method", default=None, choices=("ft", "ft_cot"))
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="require a checkpoint in the run dir and continue from it")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.set_defaults(func=_run_train)
 
     g = sub.add_parser(
@@ -49,7 +40,7 @@ def _run_train(args):
     # Deferred: `ftcot --help` and the other commands do not pay for importing JAX.
     import jax
 
-    from ftcot_jax.config import TrainConfig, load_config, to_dict
+    from ftcot_jax.config import TrainConfig, load_config
     from ftcot_jax.train.checkpoint import NoCheckpointError
     from ftcot_jax.train.loop import train
 
@@ -61,10 +52,9 @@ def _run_train(args):
         "method": args.method,
         "epochs": args.epochs,
     }
-    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
-    cfg = load_config(args.config, overrides, cls=TrainConfig)
+    cfg = load_config(args.config, config_overrides(flags, args.overrides), cls=TrainConfig)
     if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+        print_config(cfg)
         return 0
     try:
         result = train(cfg, require_checkpoint=args.resume)

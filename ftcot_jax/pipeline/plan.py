@@ -85,7 +85,7 @@ def plan(cfg: RunConfig, *, prices: dict | None = None, batch: bool = False) -> 
             samples = max(cfg.curate.diverse_samples) if diverse else 1
             items = teach_items(cfg, task, kind)
             cache = TeacherCache(root, task=task, teacher_model=t.model, temperature=temperature)
-            done = cache.done_keys() if cache.path.exists() else set()
+            done = cache.done_keys()
             prompt_tokens = completion_tokens = cached = 0
             for it in items:
                 step1 = _tokens(prompts.zs_cot_step1_prompt(it.question))

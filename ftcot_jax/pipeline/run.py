@@ -34,7 +34,7 @@ from ftcot_jax.pipeline.stages import StageState, config_hash, section_dict, tea
 from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache
-from ftcot_jax.teacher.compat import file_identity, import_file, task_file
+from ftcot_jax.teacher.compat import TeacherMismatch, import_file, task_file
 from ftcot_jax.teacher.run import make_backend, run_teach
 from ftcot_jax.train.loop import train
 from ftcot_jax.train.student import build_student
@@ -92,13 +92,10 @@ def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
 def _import_teacher(cfg: RunConfig, task: str, temperature: float, log) -> Path:
     """The task's released teacher file into the run's cache (the stage hash covers the file's bytes)."""
     path = task_file(cfg.teacher.import_from, task)
-    got_task, model, got_temperature = file_identity(path)
-    if (got_task, model, got_temperature) != (task, cfg.teacher.model, temperature):
-        raise ValueError(
-            f"{path} holds {got_task} by {model} at T={got_temperature:g}; this run needs {task} by "
-            f"teacher.model={cfg.teacher.model} at T={temperature:g}"
-        )
-    cache, added, skipped = import_file(path, cache_root(cfg))
+    try:
+        cache, added, skipped = import_file(path, cache_root(cfg), expect=(task, cfg.teacher.model, temperature))
+    except TeacherMismatch as e:
+        raise TeacherMismatch(f"{e} (this run's teacher.model={cfg.teacher.model})") from None
     log(f"  teach {task} T={temperature:g}: imported {added} completions from {path} ({skipped} already cached)")
     return cache.path
 

@@ -215,6 +215,10 @@ def records_from_completion_dataset(
     return task, teacher_model, float(temperature), out
 
 
+class TeacherMismatch(ValueError):
+    """A completion file holds another task, teacher or temperature than the one expected."""
+
+
 def completion_files(paths) -> list[Path]:
     """The CompletionDataset files named by `paths`: files as given, and for a folder (the reference's
     `B_<teacher>__C_<key>/` layout) every `D_<task>.json` inside it, sorted."""
@@ -241,22 +245,28 @@ def task_file(source, task: str) -> Path:
     return path
 
 
-def file_identity(path) -> tuple[str, str, float]:
-    """(task, teacher_model, temperature) a CompletionDataset file holds, checked as an import would."""
-    doc = read_completion_dataset(path)
-    task, teacher_model, temperature, _ = records_from_completion_dataset(doc, source=str(path))
-    return task, teacher_model, temperature
-
-
 def import_file(
-    path, cache_root, *, task: str | None = None, teacher_model: str | None = None, temperature: float | None = None
+    path,
+    cache_root,
+    *,
+    task: str | None = None,
+    teacher_model: str | None = None,
+    temperature: float | None = None,
+    expect: tuple[str, str, float] | None = None,
 ) -> tuple[TeacherCache, int, int]:
     """Appends the file's completions to the matching cache under `cache_root`; completions whose
-    (sample_index, completion_index) is already cached are skipped. Returns (cache, added, skipped)."""
+    (sample_index, completion_index) is already cached are skipped. Returns (cache, added, skipped).
+    `expect` = (task, teacher model, temperature) the file must hold (a run's released teacher); another one
+    is a TeacherMismatch naming both, raised before anything is written."""
     doc = read_completion_dataset(path)
     task, teacher_model, temperature, recs = records_from_completion_dataset(
         doc, source=str(path), task=task, teacher_model=teacher_model, temperature=temperature
     )
+    if expect is not None and (task, teacher_model, temperature) != expect:
+        raise TeacherMismatch(
+            f"{path} holds {task} by {teacher_model} at T={temperature:g}; expected {expect[0]} by {expect[1]} "
+            f"at T={expect[2]:g}"
+        )
     if not recs:
         raise ValueError(f"{path} holds no completions")
     cache = TeacherCache(cache_root, task=task, teacher_model=teacher_model, temperature=temperature)

@@ -11,8 +11,8 @@ from ftcot_jax.pipeline.plan import STEPS_PER_SAMPLE, plan, teach_items
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.pricing import Price
+from tests.helpers.data import teacher_record as rec
 from tests.helpers.pipeline import tiny_run_config
-from tests.unit.test_cache import rec
 
 T = "last_letter_concatenation"
 
