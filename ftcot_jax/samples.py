@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ftcot_jax.files import write_bytes_atomic
+from ftcot_jax.paths import as_path, is_remote
 from ftcot_jax.prompts import METHOD_TEMPLATE
 from ftcot_jax.tasks import load_task
 from ftcot_jax.tfrecord import RecordCorruptError, decode_example, encode_example, frame, read_records
@@ -38,7 +40,11 @@ def _sample_to_features(s: FinetuneSample) -> dict:
 def write_samples(path, samples: Iterable[FinetuneSample]) -> int:
     """Writes (overwrites) a sample file; returns the number of samples written. The file is written
     to a temporary name and renamed, so a reader never sees half a file."""
-    path = Path(path)
+    path = as_path(path)
+    if is_remote(path):  # an object write is atomic by itself
+        data = [frame(encode_example(_sample_to_features(s))) for s in samples]
+        write_bytes_atomic(path, b"".join(data))
+        return len(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
@@ -55,7 +61,7 @@ def write_samples(path, samples: Iterable[FinetuneSample]) -> int:
 def read_samples(path) -> list[FinetuneSample]:
     """All samples of a sample file. A missing file raises FileNotFoundError; an empty, corrupt or
     non-sample file raises ValueError naming the file and the problem."""
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sample file {path} does not exist (write it with `ftcot curate`)")
     out = []
@@ -130,7 +136,7 @@ def gold_samples(task: str, method: str, split_name: str = "default"):
 
 
 def write_gold_samples(task: str, method: str, path: str | Path, split_name: str = "default") -> int:
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.unlink()  # write_samples may append; a rebuilt file must not double up
@@ -143,7 +149,7 @@ def load_samples(paths: Sequence[str | Path]):
         raise ValueError("no sample files given")
     samples = []
     for p in paths:
-        if not Path(p).is_file():
+        if not as_path(p).is_file():
             raise FileNotFoundError(f"sample file {p} does not exist")
         got = read_samples(p)
         if not got:

@@ -16,12 +16,15 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from ftcot_jax.paths import as_path, is_remote
 
 try:  # POSIX advisory locks guard files of live writers from repair_tail; elsewhere there are none
     import fcntl
@@ -60,10 +63,22 @@ def frame(data: bytes) -> bytes:
 
 class RecordWriter:
     """Appends framed records to `path`; every write is flushed to the OS at once (fsync=True also
-    syncs to disk), so a killed process loses at most the record it was writing."""
+    syncs to disk), so a killed process loses at most the record it was writing.
 
-    def __init__(self, path, append: bool = True, *, fsync: bool = False, lock: bool = False):
-        self.path = Path(path)
+    On an object store (paths.is_remote), where an object cannot be appended to, the writer keeps the
+    file's bytes and rewrites the whole object when flushed: at most every `remote_flush_s` seconds on
+    write, and on flush() and close(). A reader sees the object of the last flush, never a torn one."""
+
+    def __init__(
+        self, path, append: bool = True, *, fsync: bool = False, lock: bool = False, remote_flush_s: float = 0.0
+    ):
+        self.path = as_path(path)
+        self._remote = is_remote(self.path)
+        if self._remote:
+            self._buf = bytearray(self.path.read_bytes() if append and self.path.exists() else b"")
+            self._dirty, self._last_upload, self._remote_flush_s = True, 0.0, remote_flush_s
+            self._f = None
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "ab" if append else "wb")
         self._fsync = fsync
@@ -77,16 +92,30 @@ class RecordWriter:
     def write(self, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"RecordWriter.write expects bytes, got {type(data).__name__}")
+        if self._remote:
+            self._buf += frame(bytes(data))
+            self._dirty = True
+            if time.monotonic() - self._last_upload >= self._remote_flush_s:
+                self.flush()
+            return
         # One write() call per record: the tail after a crash is a prefix of one record, never a mix.
         self._f.write(frame(bytes(data)))
         self.flush()
 
     def flush(self) -> None:
+        if self._remote:
+            if self._dirty:
+                self.path.write_bytes(bytes(self._buf))  # one object write: whole or not at all
+                self._dirty, self._last_upload = False, time.monotonic()
+            return
         self._f.flush()
         if self._fsync:
             os.fsync(self._f.fileno())
 
     def close(self) -> None:
+        if self._remote:
+            self.flush()
+            return
         if not self._f.closed:
             self.flush()
             self._f.close()
@@ -108,7 +137,11 @@ def read_records(path, *, on_corrupt: str = "warn") -> Iterator[bytes]:
     """
     if on_corrupt not in ("warn", "raise"):
         raise ValueError(f"on_corrupt must be 'warn' or 'raise', got {on_corrupt!r}")
-    path = Path(path)
+    path = as_path(path)
+    if is_remote(path):  # an object is read whole (objects are small: sample files, cache segments)
+        data = path.read_bytes()
+        yield from _iter_frames(data, len(data), path, on_corrupt)
+        return
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -151,7 +184,10 @@ def repair_tail(path) -> int:
     """Cuts a torn last record (a file that ends inside a record) off `path`; returns the number of
     bytes removed (0 when the file is whole). Any other corruption (a CRC mismatch) raises
     RecordCorruptError and changes nothing: records after it may be intact and need a human.
-    Skips (returns 0) a file another process holds with RecordWriter(lock=True)."""
+    Skips (returns 0) a file another process holds with RecordWriter(lock=True). An object on a store is
+    never torn (an object write is whole or absent): 0."""
+    if is_remote(path):
+        return 0
     with open(path, "r+b") as f:
         try:
             if fcntl is not None:

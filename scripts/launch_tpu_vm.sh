@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the same ftcot command on every worker of a Cloud TPU VM (docs/multihost.md).
 #
-#   bash scripts/launch_tpu_vm.sh NAME ZONE setup                  # install ftcot-jax[tpu] on every worker
+#   bash scripts/launch_tpu_vm.sh NAME ZONE setup                  # install ftcot-jax[gcs] + jax[tpu] everywhere
 #   bash scripts/launch_tpu_vm.sh NAME ZONE train --config run.yaml --run-dir gs://bucket/run \
 #        --set distributed.enabled=true                            # same command on all workers
 #   bash scripts/launch_tpu_vm.sh NAME ZONE stop                   # kill a running ftcot on every worker
@@ -25,7 +25,7 @@ case "$ACTION" in
     [[ -n "$REPO_URL" ]] || { echo "set REPO_URL to the git URL of ftcot-jax" >&2; exit 2; }
     on_all "set -e; (test -d ftcot-jax || git clone -b $BRANCH $REPO_URL ftcot-jax); cd ftcot-jax && git pull -q;
             python3 -m venv ~/venv && . ~/venv/bin/activate && pip install -q -U pip &&
-            pip install -q -e . 'jax[tpu]' && python -c 'import jax; print(jax.process_index(), jax.device_count())'"
+            pip install -q -e '.[gcs]' 'jax[tpu]' && python -c 'import jax; print(jax.process_index(), jax.device_count())'"
     ;;
   train)
     # Quote each argument for the remote shell; every worker gets the identical command line.

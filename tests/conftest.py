@@ -97,3 +97,26 @@ def step_samples(char_tokenizer):
         for i, s in enumerate(last_letter_samples(8, seed=1, method="ft_cot"))
     ]
     return batches.encode_samples(samples, char_tokenizer, model_type="decoder", max_length=128)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS API server on 127.0.0.1 (tests/helpers/gcs.py) that this process's clients (gcsfs, tensorstore)
+    talk to; `gcs.env` points subprocesses at it. Skips when gcp-storage-emulator or gcsfs is missing."""
+    from tests.helpers import gcs as gcs_helper
+
+    emulator = gcs_helper.start() if not gcs_helper.missing_packages() else None
+    if emulator is None:
+        pytest.skip(f"gs:// tests need {', '.join(gcs_helper.missing_packages())} (pip install -e '.[dev]')")
+    old = gcs_helper.use(emulator)
+    yield emulator
+    gcs_helper.restore(old)
+    emulator.stop()
+
+
+@pytest.fixture
+def gcs_dir(gcs, request):
+    """A fresh gs:// prefix in the emulator's bucket for one test."""
+    import uuid
+
+    return f"gs://{gcs.bucket}/{request.node.name.replace('[', '_').replace(']', '')}-{uuid.uuid4().hex[:6]}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ftcot_jax.cli.common import CLIError
 
@@ -116,6 +115,10 @@ def _print_plan(cfg, prices_file) -> None:
             f"| {r.task} | {r.kind} | {r.temperature:g} | {r.questions} ({r.test_questions}) | {r.samples} | "
             f"{r.cached}/{r.pairs} | {r.requests} | {r.prompt_tokens} | {r.completion_tokens} | {format_cost(r.cost)} |"
         )
+    if all(r.source != "endpoint" for r in rows):
+        how = f"imported from {cfg.teacher.import_from}" if cfg.teacher.import_from else "written by a program"
+        print(f"\nno requests: the rationales are {how}")
+        return
     costs = [r.cost for r in rows]
     total = None if any(c is None for c in costs) else sum(costs)
     cost = f"at most {format_cost(total)}" if total is not None else "cost unknown (no price for it: --prices FILE)"
@@ -183,7 +186,7 @@ def add_report_parser(sub):
 def _run_report(args) -> int:
     from ftcot_jax.pipeline.report import write_report
 
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else None
+    out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)  # str: may be a gs:// URL
     if out is None:
         raise CLIError("several run directories: say where the report goes with --out DIR")
     rep = write_report(args.run_dirs, out, paper=not args.no_paper, plots=not args.no_plots)

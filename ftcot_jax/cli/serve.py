@@ -11,12 +11,16 @@ from ftcot_jax.config.serve import ServeConfig, default_model_id
 def add_serve_parser(sub):
     p = sub.add_parser(
         "serve",
-        help="OpenAI-compatible HTTP server for a checkpoint (docs/serve.md)",
-        description="Serve CHECKPOINT (an HF-format directory, or a name models.load accepts "
-        "such as smollm2-135m-instruct) on /v1/models, /v1/completions and "
-        "/v1/chat/completions, batching concurrent requests.",
+        help="OpenAI-compatible HTTP server for a student (docs/serve.md)",
+        description="Serve CHECKPOINT (a trained student: an `ftcot run` or `ftcot train` directory, "
+        "RUN/train/<task>/<method>, a checkpoints/<step> directory or an exported student; or an HF-format "
+        "directory, hub id, .gguf or smollm2-135m-instruct) on /v1/models, /v1/completions and "
+        "/v1/chat/completions, batching concurrent requests and streaming tokens as they are decoded.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument(
+        "--step", default="best", help="a trained student's checkpoint: best (default), last or a step number"
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -39,11 +43,25 @@ def add_serve_parser(sub):
         "--batch-window-ms", type=float, default=10.0, help="how long to wait for more requests to join a batch"
     )
     p.add_argument("--max-queue", type=int, default=1024, help="queued requests beyond this get a 503")
+    p.add_argument(
+        "--stream-every",
+        type=int,
+        default=16,
+        help="decode steps between streamed chunks (default 16; off CPU the device decodes 16-step chunks)",
+    )
     p.set_defaults(func=_run_serve)
 
 
+def _step(value: str) -> str | int:
+    if value in ("best", "last"):
+        return value
+    if value.isdigit():
+        return int(value)
+    raise CLIError(f"--step {value!r}: expected best, last or a step number")
+
+
 def _run_serve(args):
-    from ftcot_jax.serve import http  # JAX and the model code: only when serving
+    from ftcot_jax.serve import server  # JAX and the model code: only when serving
 
     if args.batch_window_ms < 0:
         raise CLIError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
@@ -60,8 +78,10 @@ def _run_serve(args):
         max_n=args.max_n,
         batch_window_s=args.batch_window_ms / 1000,
         max_queue=args.max_queue,
+        stream_every=args.stream_every,
+        step=_step(args.step),
     )
-    http.serve(args.checkpoint, config)
+    server.serve(args.checkpoint, config)
     return 0
 
 

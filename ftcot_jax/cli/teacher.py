@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import warnings
 
+from ftcot_jax.paths import check_reachable
 from ftcot_jax.teacher import pricing
 from ftcot_jax.teacher.backend import TeacherError
 from ftcot_jax.teacher.cache import TeacherCache, default_cache_dir
@@ -91,6 +92,7 @@ def _run_teach(args) -> int:
     cost_fn = cost_estimator(backend, batch=args.batch, table=table)
     batch = BatchOptions(poll_interval=args.poll_interval, max_wait=args.max_wait) if args.batch else None
     root = args.cache_dir or default_cache_dir()
+    check_reachable(root)  # before the first paid request
     with TeacherCache(root, task=args.task, teacher_model=backend.model, temperature=args.temperature) as cache:
         print(
             f"teach {args.task} ({split}, {len(items)} questions x {args.samples} samples, T={args.temperature:g}) "
@@ -239,6 +241,7 @@ def _export(args) -> int:
 
 def _import(args) -> int:
     root = args.cache_dir or default_cache_dir()
+    check_reachable(root)
     if args.task and len(args.task) > 1:
         raise ValueError("import takes at most one --task (it overrides the file's dataset_key)")
     for f in completion_files(args.files):

@@ -25,6 +25,7 @@ from ftcot_jax.models.api import count_params, model_kind, tokenizer_pad_id
 from ftcot_jax.models.gguf import ALIASES
 from ftcot_jax.tasks import load_task
 from ftcot_jax.train import batches as batching
+from ftcot_jax.trained import load_student
 
 DROPOUT_KEYS = (
     "resid_pdrop",
@@ -61,7 +62,7 @@ def _load_tokenizer(name: str):
 def initial_student(spec: CompareSpec):
     """(model, tokenizer, description) of the student both systems start from: a random init of the preset
     or `model_config` (its vocabulary grown to the tokenizer's, its special ids the tokenizer's), or
-    `models.load(spec.model)`."""
+    `trained.load_student(spec.model)` (a model name or path, or one of our trained students)."""
     hf = spec.model_config or PRESETS.get(spec.model)
     if hf is not None:
         tok = _load_tokenizer(spec.tokenizer or DEFAULT_TOKENIZER)
@@ -77,7 +78,8 @@ def initial_student(spec: CompareSpec):
             hf["bos_token_id"] = tok.bos_token_id if tok.bos_token_id is not None else eos
         model = models.from_config(hf, seed=spec.seed)
         return model, tok, f"random init {hf.get('model_type')} ({spec.model if not spec.model_config else 'config'})"
-    model, tok = models.load(spec.model)
+    loaded = load_student(spec.model)  # also a run / train dir / checkpoint of ours (its best epoch)
+    model, tok = loaded.model, loaded.tokenizer
     if tok is None:
         if not spec.tokenizer:
             raise ValueError(f"{spec.model} has no tokenizer; set `tokenizer`")

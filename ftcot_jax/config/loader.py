@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from ftcot_jax.files import write_text_atomic
+from ftcot_jax.paths import as_path
+
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]):
     if value not in choices:
@@ -163,11 +166,15 @@ def load_config(
     """YAML (or JSON) file + dotted overrides -> validated frozen config."""
     data = dict(base or {})
     if path is not None:
-        path = Path(path)
+        path = as_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+            # JSON through the JSON parser: YAML 1.1 reads a JSON number such as 1e-05 (no dot) as a string.
+            loaded = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON (line {e.lineno}): {e.msg}") from None
         except yaml.YAMLError as e:
             raise ValueError(f"config file {path} is not valid YAML{_where(e)}: {_problem(e)}") from None
         except UnicodeDecodeError:
@@ -184,4 +191,4 @@ def replace(cfg, **changes):
 
 
 def save_config(cfg, path: str | Path):
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,6 @@
-"""The server's schema: one `ServeConfig` describes a run of `ftcot serve` (bind address, auth, batching and
-request limits). docs/serve.md describes each limit and the error a request gets for crossing it.
+"""The server's schema: one `ServeConfig` describes a run of `ftcot serve` (bind address, auth, batching,
+streaming, request limits, and which checkpoint of a trained student). docs/serve.md describes each limit and
+the error a request gets for crossing it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ class ServeConfig:
     batch_window_s: float = 0.01  # how long the worker waits for more requests to join a batch
     max_queue: int = 1024  # queued requests beyond this get a 503
     request_timeout_s: float = 600.0
+    stream_every: int = 16  # decode steps between streamed chunks (off CPU the device runs 16-step chunks)
+    step: str | int = "best"  # a trained student's checkpoint: best | last | a step number
 
     def __post_init__(self):
-        for name in ("max_batch", "max_new_tokens_limit", "max_n", "max_queue"):
+        for name in ("max_batch", "max_new_tokens_limit", "max_n", "max_queue", "stream_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_prompt_tokens", "max_prompt_chars"):
@@ -44,6 +47,8 @@ class ServeConfig:
             raise ValueError("api_key must not be empty")
         if not self.model_id:
             raise ValueError("model_id must not be empty")
+        if self.step not in ("best", "last") and not (type(self.step) is int and self.step >= 0):
+            raise ValueError(f"step must be best, last or a step number, got {self.step!r}")
 
 
 def default_model_id(checkpoint: str) -> str:

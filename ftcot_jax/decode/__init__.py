@@ -6,6 +6,7 @@
 - `decode.sampling`: logit filters and the next-token step both loops share.
 
     gens = decode.generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=8)   # list of Generation
+    decode.generate(..., on_chunk=fn)   # streaming: fn(list of Partial) every check_every steps
     tokens_BxN, finished_B = decode.generate_ids(model, ids_BxL, mask_BxL, max_new_tokens=64)
 """
 
@@ -16,6 +17,7 @@ from ftcot_jax.decode.sampling import filter_logits, next_token
 from ftcot_jax.decode.text import (
     CHECK_EVERY,
     Generation,
+    Partial,
     batch_bucket,
     batch_limits,
     check_options,
@@ -26,6 +28,7 @@ from ftcot_jax.decode.text import (
     generate_ids,
     row_settings,
     stop_string_check,
+    stream_text,
 )
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "MIN_NEW_BUCKET",
     "MIN_PROMPT_BUCKET",
     "Generation",
+    "Partial",
     "batch_bucket",
     "batch_limits",
     "bucket",
@@ -48,4 +52,5 @@ __all__ = [
     "prompt_bucket",
     "row_settings",
     "stop_string_check",
+    "stream_text",
 ]

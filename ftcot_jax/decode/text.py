@@ -3,8 +3,10 @@ and bucketing, and the chunked host loop around the jitted loops of `decode.caus
 and `decode.seq2seq` (`models.api.Seq2SeqLM`). The only module that knows both kinds.
 
 Without stop strings (or per-row budgets) the loop runs to EOS or max_new_tokens; otherwise it returns every
-`check_every` steps so the host can test the text and end rows (and the whole loop) early. (Off CPU the device
-runs fixed-length chunks and the host also checks for EOS between them: `decode.sampling`.)
+`check_every` steps so the host can test the text and end rows (and the whole loop) early, and so can a
+streaming caller (`on_chunk`: the tokens so far, `Partial`, `stream_text`). (Off CPU the device runs
+fixed-length chunks, `models.cpu_xla.DECODE_CHUNK` steps, and the host also checks for EOS between them:
+`decode.sampling`.)
 Batch sizes are bucketed by `batch_bucket`; generation lengths and input lengths are rounded up (see the
 kind's module), so a run compiles a bounded number of shapes.
 
@@ -15,6 +17,7 @@ kind's module), so a run compiles a bounded number of shapes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +36,15 @@ class Generation:
     text: str  # completion text (stop string and EOS excluded)
     token_ids: list[int]  # completion tokens (EOS excluded; up to the token completing a stop string)
     finish_reason: str  # "stop" (EOS or stop string) | "length" (max_new_tokens reached)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partial:
+    """One prompt's output so far, as `generate`'s `on_chunk` sees it between decode chunks."""
+
+    index: int  # the prompt's position in `prompts`
+    token_ids: list[int]  # new tokens so far (within the prompt's budget, EOS excluded)
+    final: Generation | None  # the prompt's Generation once it is done (reported once), else None
 
 
 def batch_bucket(n: int) -> int:
@@ -80,6 +92,7 @@ def generate_ids(
     stop_check=None,
     check_every: int = CHECK_EVERY,
     filler_B=None,
+    on_chunk: Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None = None,
 ):
     """Token-level generation for one batch. Returns (tokens BxN int32 numpy, finished_B bool numpy) with
     N = max_new_tokens; each row holds its tokens up to and including EOS, then padding. EOS and pad ids
@@ -92,7 +105,13 @@ def generate_ids(
     `stop_check(tokens_BxN so far) -> bool_B` (e.g. a stop-string test) is called every `check_every`
     steps; rows it flags stop there (finished_B stays False for them: they did not emit EOS), and the loop
     ends as soon as every row has stopped. `filler_B` (bool) marks rows that only pad the batch: they emit
-    padding and never hold the loop open. Sampling draws token t with `jax.random.fold_in(rng, t)`."""
+    padding and never hold the loop open. Sampling draws token t with `jax.random.fold_in(rng, t)`.
+
+    `on_chunk(tokens_BxT so far, done_B) -> bool_B or None` (streaming) is called every `check_every` steps
+    too, after the stop check, while some row still decodes (not after the last step: the result follows);
+    `done_B` marks rows that will emit nothing more (EOS, a stop, filler). Rows it returns True for end
+    there like a stop (e.g. their client went away). Without `stop_check` and `on_chunk` the loop runs
+    without returning to the host."""
     check_options(max_new_tokens, temperature, top_k, top_p, rng)
     ids = np.asarray(input_ids_BxL)
     mask = np.ones_like(ids) if attention_mask_BxL is None else np.asarray(attention_mask_BxL)
@@ -105,7 +124,8 @@ def generate_ids(
     loop, advance, filler = begin(
         model, ids, mask, filler, s, pad=pad, max_new_tokens=max_new_tokens, greedy=temperature == 0.0
     )
-    until = max_new_tokens if stop_check is None else min(check_every, max_new_tokens)
+    host_checks = stop_check is not None or on_chunk is not None
+    until = min(check_every, max_new_tokens) if host_checks else max_new_tokens
     stopped = filler.copy()
     while True:
         loop = advance(loop, until)
@@ -114,7 +134,12 @@ def generate_ids(
         done = gather_across_hosts(loop["done_B"])
         if done.all():
             break
-        flags = np.asarray(stop_check(gather_across_hosts(loop["tokens_BxN"])[:, :until]), bool) & ~done
+        tokens = gather_across_hosts(loop["tokens_BxN"])[:, :until]
+        flags = np.zeros_like(done) if stop_check is None else np.asarray(stop_check(tokens), bool) & ~done
+        if on_chunk is not None:
+            ended = on_chunk(tokens, done | flags)
+            if ended is not None:
+                flags |= np.asarray(ended, bool) & ~done
         if flags.any():
             stopped |= flags
             loop = {**loop, "done_B": loop["done_B"] | jnp.asarray(flags)}
@@ -220,6 +245,8 @@ def generate(
     rng=None,
     max_input_length: int | None = None,
     fill_batch: bool = False,
+    on_chunk: Callable[[list[Partial]], Iterable[int] | None] | None = None,
+    check_every: int = CHECK_EVERY,
 ) -> list[Generation]:
     """Generations for `prompts` (order kept). Prompts are sorted by length into batches of up to
     `batch_size` rows (batch padded by `batch_bucket`; with `fill_batch` every batch has
@@ -230,7 +257,13 @@ def generate(
     "length". Batch k of a sampled call uses the key `jax.random.fold_in(rng, k)`.
 
     Decoder-only models stop at the config's and the tokenizer's EOS ids; encoder-decoder models take EOS
-    and pad from their config, as HF generate does, and an empty prompt becomes a lone EOS."""
+    and pad from their config, as HF generate does, and an empty prompt becomes a lone EOS.
+
+    Streaming: `on_chunk(partials)` is called every `check_every` steps while a batch decodes, with a
+    `Partial` for each of the batch's prompts not yet reported done (`stream_text` turns its tokens into
+    text that is safe to send); it may return indices of prompts to end there (their clients went away:
+    their Generation holds the tokens they had, finish_reason "length").
+    Without `on_chunk` nothing of this runs."""
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got a single string")
     if batch_size < 1:
@@ -263,6 +296,7 @@ def generate(
         mask[len(rows) :, 0] = 1
         key = None if rng is None else jax.random.fold_in(rng, n_batch)
         n_new, stop_check = batch_limits(tokenizer, [budgets[i] for i in rows], [stops[i] for i in rows], B, eos)
+        hook = None if on_chunk is None else _ChunkHook(on_chunk, tokenizer, rows, budgets, stops, eos, B)
         tokens, _ = generate_ids(
             model,
             ids,
@@ -275,8 +309,60 @@ def generate(
             eos_token_id=eos,
             pad_token_id=pad,
             stop_check=stop_check,
+            check_every=check_every,
             filler_B=np.arange(B) >= len(rows),
+            on_chunk=hook,
         )
         for r, i in enumerate(rows):
-            out[i] = finish(tokenizer, tokens[r].tolist(), budgets[i], stops[i], eos)
+            row = tokens[r].tolist()[: None if hook is None else hook.ended_at.get(i)]
+            out[i] = finish(tokenizer, row, budgets[i], stops[i], eos)
     return out
+
+
+class _ChunkHook:
+    """generate_ids' `on_chunk` for one batch of `generate`: token rows -> `Partial`s of the batch's prompts
+    (each done prompt reported once, with its Generation); the prompt indices `on_chunk` returns -> rows to
+    end, remembered in `ended_at` (prompt index -> tokens it had)."""
+
+    def __init__(self, on_chunk, tokenizer, rows: list[int], budgets, stops, eos, batch: int):
+        self.on_chunk, self.tokenizer, self.rows = on_chunk, tokenizer, rows
+        self.budgets, self.stops, self.eos, self.batch = budgets, stops, eos, batch
+        self.reported: set[int] = set()
+        self.ended_at: dict[int, int] = {}
+
+    def __call__(self, tokens_BxT, done_B):
+        partials = []
+        for r, i in enumerate(self.rows):
+            if i in self.reported or i in self.ended_at:
+                continue
+            row = tokens_BxT[r].tolist()
+            if done_B[r]:
+                self.reported.add(i)
+                final = finish(self.tokenizer, row, self.budgets[i], self.stops[i], self.eos)
+                partials.append(Partial(index=i, token_ids=final.token_ids, final=final))
+            else:
+                partials.append(Partial(index=i, token_ids=row[: self.budgets[i]], final=None))
+        ended = set(self.on_chunk(partials) or ()) - self.reported
+        for i in ended:
+            self.ended_at[i] = tokens_BxT.shape[1]
+        return np.array([r < len(self.rows) and self.rows[r] in ended for r in range(self.batch)], bool)
+
+
+def stream_text(tokenizer, token_ids: list[int], stop: list[str]) -> str:
+    """The part of an unfinished row's text that later tokens cannot change, i.e. a prefix of its final
+    Generation's text (for a tokenizer whose decoding of a prefix is a prefix of its decoding of the
+    whole): the text before its first stop string, less a tail that could still change: an unfinished
+    character (U+FFFD until its last byte arrives), trailing whitespace (a decoder may clean it up when
+    the next token comes) and the longest end that begins one of the stop strings."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if hits:
+        return text[: min(hits)]
+    text = text.rstrip("\ufffd").rstrip()
+    keep = len(text)
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = min(keep, len(text) - k)
+                break
+    return text[:keep]

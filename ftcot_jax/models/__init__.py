@@ -14,6 +14,7 @@ models implement are in `models.api`.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,9 +25,11 @@ from flax import nnx
 
 from ftcot_jax.models import gguf, gpt2, hf, llama, t5
 from ftcot_jax.models.api import Family
+from ftcot_jax.paths import as_path, download_tree, is_remote, upload_tree
 
 FAMILIES: tuple[Family, ...] = (gpt2.FAMILY, llama.FAMILY, t5.FAMILY)
 REGISTRY: dict[str, Family] = {mt: fam for fam in FAMILIES for mt in fam.hf_model_types}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")  # what a config + tokenizer read can leave behind
 
 
 def family_for(model_type: str | None) -> Family:
@@ -92,7 +95,10 @@ def _hf_dir(name: str, revision: str | None, *, weights: bool) -> Path:
 
 
 def load(name_or_path, *, dtype=jnp.float32, revision: str | None = None):
-    """(model, tokenizer) from an HF dir, an HF hub id, "smollm2-135m-instruct", or a .gguf file."""
+    """(model, tokenizer) from an HF dir (local or gs://), an HF hub id, "smollm2-135m-instruct", or a .gguf file."""
+    if is_remote(name_or_path):  # read into memory from a local copy that is gone when this returns
+        with tempfile.TemporaryDirectory(prefix="ftcot-load-") as tmp:
+            return load_dir(download_tree(as_path(name_or_path), Path(tmp)), dtype=dtype)
     name = str(name_or_path)
     path = gguf.alias_gguf(name)
     if path is not None or name.endswith(".gguf"):
@@ -132,6 +138,10 @@ def load_gguf(path, *, dtype=jnp.float32, with_tokenizer: bool = True, use_cache
 def load_tokenizer(name_or_path, *, revision: str | None = None):
     """The tokenizer of anything `load` accepts (HF dir, hub id, alias, .gguf), without loading weights;
     a ValueError when there is none."""
+    if is_remote(name_or_path):
+        with tempfile.TemporaryDirectory(prefix="ftcot-load-") as tmp:
+            local = download_tree(as_path(name_or_path), Path(tmp), skip_suffixes=WEIGHT_SUFFIXES)
+            return hf.read_tokenizer(local)
     name = str(name_or_path)
     path = gguf.alias_gguf(name)
     if path is not None or name.endswith(".gguf"):
@@ -140,5 +150,11 @@ def load_tokenizer(name_or_path, *, revision: str | None = None):
 
 
 def save_hf(model, tokenizer, out_dir) -> None:
-    """Write config.json + model.safetensors (+ tokenizer files) that transformers loads in PyTorch."""
-    hf.write_dir(out_dir, model.config.to_hf_config(), params_to_hf(model), tokenizer)
+    """Write config.json + model.safetensors (+ tokenizer files) that transformers loads in PyTorch. A store
+    URL (gs://...) is written to a local temporary directory first, then uploaded file by file."""
+    if not is_remote(out_dir):
+        hf.write_dir(out_dir, model.config.to_hf_config(), params_to_hf(model), tokenizer)
+        return
+    with tempfile.TemporaryDirectory(prefix="ftcot-export-") as tmp:
+        hf.write_dir(tmp, model.config.to_hf_config(), params_to_hf(model), tokenizer)
+        upload_tree(Path(tmp), as_path(out_dir))

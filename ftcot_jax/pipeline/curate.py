@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcot_jax.config.run import RunConfig
+from ftcot_jax.paths import as_path
 from ftcot_jax.samples import FinetuneSample, write_samples
 from ftcot_jax.scoring import check_answer
 from ftcot_jax.tasks import load_task
@@ -194,7 +195,7 @@ def vanilla(task_name: str, split_name: str = "default") -> Curation:
 
 
 def sample_path(out_dir, task: str, key: str) -> Path:
-    return Path(out_dir) / f"{task}__{key}.tfrecord"
+    return as_path(out_dir) / f"{task}__{key}.tfrecord"
 
 
 def curate(

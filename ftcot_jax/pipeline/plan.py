@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftcot_jax import prompts
 from ftcot_jax.config import RunConfig
+from ftcot_jax.paths import as_path
 from ftcot_jax.pipeline.curate import methods_of
 from ftcot_jax.teacher.backend import TeachItem
 from ftcot_jax.teacher.cache import TeacherCache
@@ -38,6 +39,7 @@ class TeachPlan:
     prompt_tokens: int  # estimated, for the pairs still to ask
     completion_tokens: int  # at most: max_tokens per request
     cost: float | None  # USD, None when the model has no price
+    source: str = "endpoint"  # endpoint | program (the reference teacher) | import (teacher.import_from)
 
     @property
     def pairs(self) -> int:
@@ -45,12 +47,13 @@ class TeachPlan:
 
     @property
     def requests(self) -> int:
-        return (self.pairs - self.cached) * STEPS_PER_SAMPLE
+        """Requests to the teacher's endpoint: none for a program or an imported file."""
+        return (self.pairs - self.cached) * STEPS_PER_SAMPLE if self.source == "endpoint" else 0
 
 
 def cache_root(cfg: RunConfig) -> Path:
     """The run's teacher cache: teacher.cache_dir (shared between runs), else <run_dir>/teacher_cache."""
-    return Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else Path(cfg.run_dir) / "teacher_cache"
+    return as_path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else as_path(cfg.run_dir) / "teacher_cache"
 
 
 def teach_items(cfg: RunConfig, task: str, kind: str) -> list[TeachItem]:
@@ -96,7 +99,8 @@ def plan(cfg: RunConfig, *, prices: dict | None = None, batch: bool = False) -> 
                     # step 2's prompt is step 1's plus the rationale (at most max_tokens) and the trigger
                     prompt_tokens += step1 + step1 + t.max_tokens + _tokens(prompts.ANSWER_TRIGGER)
                     completion_tokens += STEPS_PER_SAMPLE * t.max_tokens
-            free = t.model == "reference" or bool(t.import_from)
+            source = "import" if t.import_from else "program" if t.model == "reference" else "endpoint"
+            free = source != "endpoint"
             cost = 0.0 if free else estimate_cost(t.model, prompt_tokens, completion_tokens, batch=batch, table=prices)
             out.append(
                 TeachPlan(
@@ -107,9 +111,10 @@ def plan(cfg: RunConfig, *, prices: dict | None = None, batch: bool = False) -> 
                     sum(it.split == "test" for it in items),
                     samples,
                     cached,
-                    prompt_tokens,
-                    completion_tokens,
+                    0 if free else prompt_tokens,
+                    0 if free else completion_tokens,
                     cost,
+                    source,
                 )
             )
     return out

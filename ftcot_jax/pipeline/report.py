@@ -14,12 +14,14 @@ Two numbers per cell:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
 
 from ftcot_jax.config import RunConfig, from_dict
-from ftcot_jax.files import write_text_atomic
+from ftcot_jax.files import write_bytes_atomic, write_text_atomic
+from ftcot_jax.paths import as_path, is_remote
 from ftcot_jax.pipeline.curate import METHOD_LABELS, methods_of
 from ftcot_jax.pipeline.paper import PAPER_NEAREST_DECODER, PAPER_STUDENTS, paper_diverse_d, paper_key, paper_value
 
@@ -58,6 +60,7 @@ class Cell:
     train_dir: Path | None
     samples: int | None
     params: int | None
+    export: dict | None = None  # the exported student: {"dir", step, epoch, selection, ...} (trained.TrainedFormat)
 
     @property
     def order(self):
@@ -72,7 +75,7 @@ def _run_config(cfg: dict, where: Path) -> RunConfig:
 
 
 def read_run(run_dir: str | Path) -> list[Cell]:
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} does not exist; expected a run directory made by `ftcot run`")
@@ -106,6 +109,7 @@ def read_run(run_dir: str | Path) -> list[Cell]:
                     run_dir / r["train_dir"] if r.get("train_dir") else None,
                     r.get("samples"),
                     r.get("params"),
+                    r.get("export"),
                 )
             )
     return cells
@@ -223,7 +227,12 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if is_remote(path):  # matplotlib writes local files; for a store, the PNG's bytes as one object
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        write_bytes_atomic(path, buf.getvalue())
+    else:
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -323,8 +332,59 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- the report
 
 
+def students_section(cells: list[Cell]) -> list[str]:
+    """Where each fine-tuned student is and how to use it (markdown lines; none for a run without training)."""
+    trained = [c for c in sorted(cells, key=lambda c: (c.task, c.order)) if c.train_dir is not None]
+    if not trained:
+        return []
+    md = ["## The students", "", "| Task | Method | Student | Checkpoint |", "|---|---|---|---|"]
+    for c in trained:
+        if c.export:
+            where = c.train_dir / c.export["dir"]
+            acc = "" if c.export.get("accuracy") is None else f", test accuracy {100 * c.export['accuracy']:.2f}"
+            ckpt = f"step {c.export['step']} ({c.export['selection']}, epoch {c.export.get('epoch')}{acc}), HF format"
+        else:
+            where = c.train_dir
+            ckpt = "orbax checkpoints (best epoch by default; `ftcot export-hf DIR OUT` writes an HF dir)"
+        md.append(f"| {c.task} | {c.label} | `{where}` | {ckpt} |")
+    first = trained[-1]
+    where = first.train_dir / first.export["dir"] if first.export else first.train_dir
+    md += [
+        "",
+        'Use one: `ftcot ask DIR "QUESTION"` (prints the rationale and the parsed answer), `ftcot serve DIR`, '
+        f'`ftcot export-hf DIR OUT`; e.g. `ftcot ask {where} "..."`. DIR may also be the train dir '
+        "(`--step best|last|N` picks the checkpoint).",
+        "",
+    ]
+    return md
+
+
+def stage_times_section(run_dirs: list[Path]) -> list[str]:
+    """Wall time of each finished stage (stages.json) of each run, in the order the stages finished."""
+    md = []
+    for r in run_dirs:
+        path = r / "stages.json"
+        if not path.is_file():
+            continue
+        try:
+            stages = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        done = sorted(
+            ((sid, st) for sid, st in stages.items() if isinstance(st, dict) and st.get("finished")),
+            key=lambda x: x[1]["finished"],
+        )
+        if not done:
+            continue
+        total = sum(float(st.get("seconds") or 0) for _, st in done)
+        md += [f"## Wall time per stage: `{r}`", "", "| stage | seconds | finished (UTC) |", "|---|---|---|"]
+        md += [f"| {sid} | {float(st.get('seconds') or 0):.0f} | {st['finished']} |" for sid, st in done]
+        md += [f"| total | {total:.0f} | |", ""]
+    return md
+
+
 def write_report(run_dirs, out_dir, *, paper: bool = True, plots: bool = True) -> Report:
-    run_dirs = [Path(r) for r in run_dirs]
+    run_dirs = [as_path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("no run directories given")
     cells = [c for r in run_dirs for c in read_run(r)]
@@ -333,7 +393,7 @@ def write_report(run_dirs, out_dir, *, paper: bool = True, plots: bool = True) -
             f"no evaluation results in {', '.join(map(str, run_dirs))} (eval/<task>/*.json); "
             "has `ftcot run` finished a stage yet?"
         )
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_tables(cells, paper=paper)
     written = make_plots(cells, out_dir / "plots") if plots else []
@@ -344,6 +404,8 @@ def write_report(run_dirs, out_dir, *, paper: bool = True, plots: bool = True) -
             "text-davinci-002); `-` = not run in the paper.",
             "",
         ]
+    md += students_section(cells)
+    md += stage_times_section(run_dirs)
     for p in written:
         md += [f"![{p.stem}]({p.relative_to(out_dir)})", ""]
     path = write_text_atomic(out_dir / "report.md", "\n".join(md))

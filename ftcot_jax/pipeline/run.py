@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import struct
 import sys
 import time
@@ -25,21 +24,27 @@ from pathlib import Path
 from ftcot_jax import models
 from ftcot_jax.config import RunConfig, TrainConfig, save_config
 from ftcot_jax.evaluation import generate_and_score
-from ftcot_jax.files import write_json_atomic
+from ftcot_jax.files import open_append, write_json_atomic, write_text_atomic
 from ftcot_jax.models.api import count_params
+from ftcot_jax.paths import as_path, check_reachable, replace_dir, rmtree
 from ftcot_jax.pipeline.curate import METHOD_LABELS, Method, curate_cot, methods_of, vanilla
 from ftcot_jax.pipeline.plan import cache_root, teach_items
 from ftcot_jax.pipeline.report import write_report
 from ftcot_jax.pipeline.stages import StageState, config_hash, section_dict, teacher_hash, train_hash
 from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
+from ftcot_jax.teacher import reference
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.compat import TeacherMismatch, import_file, task_file
 from ftcot_jax.teacher.run import make_backend, run_teach
 from ftcot_jax.train.loop import train
 from ftcot_jax.train.student import build_student
+from ftcot_jax.trained import FORMAT_FILE, export_student
+from ftcot_jax.trained import load_student as load_trained
 
 # ----------------------------------------------------------------------------- teach and curate
+
+PROGRAM_VERSION_FILE = "program_version"  # in the reference program's cache dir: the version that wrote it
 
 
 def _teacher_backend(cfg: RunConfig):
@@ -76,6 +81,10 @@ def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
             "asked only for the teacher's own test accuracy"
         )
     backend = _teacher_backend(cfg)
+    if t.model == reference.MODEL:
+        _drop_older_program_answers(
+            TeacherCache(cache_root(cfg), task=task, teacher_model=backend.model, temperature=temperature).path
+        )
     with TeacherCache(cache_root(cfg), task=task, teacher_model=backend.model, temperature=temperature) as cache:
         rep = run_teach(
             backend, cache, items, samples=samples, temperature=temperature, concurrency=t.concurrency, progress=False
@@ -87,6 +96,17 @@ def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
                 f"{'; '.join(rep.errors[:2])}); rerun to retry them"
             )
         return cache.path
+
+
+def _drop_older_program_answers(cache_dir) -> None:
+    """The reference program's cache keeps only its current version's answers: a cache another version wrote
+    (its `program_version` file differs or is missing) is deleted first; the program rewrites it in seconds."""
+    marker = cache_dir / PROGRAM_VERSION_FILE
+    if marker.exists() and marker.read_text().strip() == str(reference.VERSION):
+        return
+    if cache_dir.exists():
+        rmtree(cache_dir)
+    write_text_atomic(marker, f"{reference.VERSION}\n")
 
 
 def _import_teacher(cfg: RunConfig, task: str, temperature: float, log) -> Path:
@@ -135,7 +155,7 @@ def needs_conversion(cfg: RunConfig) -> bool:
 
 
 def student_path(cfg: RunConfig) -> str:
-    return str(Path(cfg.run_dir) / "student") if needs_conversion(cfg) else cfg.student.model
+    return str(as_path(cfg.run_dir) / "student") if needs_conversion(cfg) else cfg.student.model
 
 
 def prepare_student(cfg: RunConfig, out: Path, log) -> Path:
@@ -143,11 +163,9 @@ def prepare_student(cfg: RunConfig, out: Path, log) -> Path:
     model, tok = models.load(cfg.student.model)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        rmtree(tmp)
     models.save_hf(model, tok, tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    replace_dir(tmp, out)
     log(f"  student {cfg.student.model} -> {out} (HF format, {time.time() - t0:.0f}s)")
     return out / "config.json"
 
@@ -156,13 +174,14 @@ def train_config(cfg: RunConfig, task: str, method: Method, samples_path: Path) 
     """The trainer's config of one (task, method): the train section plus what the pipeline fills in."""
     return dataclasses.replace(
         cfg.train,
-        run_dir=str(Path(cfg.run_dir) / "train" / task / method.key),
+        run_dir=str(as_path(cfg.run_dir) / "train" / task / method.key),
         student=dataclasses.replace(cfg.student, model=student_path(cfg)),
         eval=cfg.eval,
         task=task,
         method=method.train_method,
         samples=(str(samples_path),),
         split_name=cfg.split_name,
+        export=False,  # the pipeline's own export stage (`export_trained`) does it, once training has finished
     )
 
 
@@ -214,6 +233,21 @@ def zero_shot(cfg: RunConfig, task: str, student, out: Path, log) -> Path:
     return out
 
 
+def export_trained(train_dir: Path, log) -> Path:
+    """The best epoch's student as an HF directory in train_dir/export (with its training format)."""
+    t0 = time.time()
+    out = train_dir / "export"
+    student = load_trained(train_dir, step="best")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        rmtree(tmp)
+    export_student(student, tmp)
+    replace_dir(tmp, out)
+    fmt = student.trained
+    log(f"  exported step {fmt.step} ({fmt.selection}) -> {out} ({time.time() - t0:.0f}s)")
+    return out / FORMAT_FILE
+
+
 def collect(cfg: RunConfig, task: str, method: Method, train_dir: Path, out: Path) -> Path:
     """eval/<task>/<key>.json from the trainer's results.json (per-epoch test accuracy)."""
     res = json.loads((train_dir / "results.json").read_text())
@@ -233,9 +267,16 @@ def collect(cfg: RunConfig, task: str, method: Method, train_dir: Path, out: Pat
         "truncated_labels": res.get("truncated_labels"),
         "train_dir": str(train_dir.relative_to(cfg.run_dir)),
         "params": _export_params(train_dir / "export"),
+        "export": _export_card(train_dir / "export"),
     }
     write_json_atomic(out, result)
     return out
+
+
+def _export_card(export_dir: Path) -> dict | None:
+    """The exported student's directory (relative to the train dir) and training format, if it was exported."""
+    card = export_dir / FORMAT_FILE
+    return {"dir": export_dir.name, **json.loads(card.read_text())} if card.is_file() else None
 
 
 def _export_params(export_dir: Path) -> int | None:
@@ -243,7 +284,7 @@ def _export_params(export_dir: Path) -> int | None:
     total = 0
     files = sorted(export_dir.glob("*.safetensors")) if export_dir.is_dir() else []
     for f in files:
-        with open(f, "rb") as fh:
+        with f.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
@@ -266,9 +307,11 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
     """Run every stage that is not current. `train_hook(step, metrics)` is passed to the trainer's
     on_step (tests use it to interrupt training)."""
     t_start = time.time()
-    run_dir = Path(cfg.run_dir)
+    run_dir = as_path(cfg.run_dir)
+    for url in (run_dir, cache_root(cfg)):  # a bucket that cannot be reached: one line before any work
+        check_reachable(url)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logfile = open(run_dir / "pipeline.log", "a", buffering=1)
+    logfile = open_append(run_dir / "pipeline.log")
 
     def _log(msg: str):
         line = f"{time.strftime('%H:%M:%S')} {msg}"
@@ -343,7 +386,7 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
             # --- train (resumable) + collect its per-epoch evaluation
             for m in methods:
                 tcfg = train_config(cfg, task, m, run_dir / "samples" / f"{task}__{m.key}.tfrecord")
-                train_dir = Path(tcfg.run_dir)
+                train_dir = as_path(tcfg.run_dir)
                 h = train_hash(cfg, tcfg, curate_h[m.key])
                 sid = f"train/{task}/{m.key}"
 
@@ -354,10 +397,17 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
                     return [train_dir / "results.json"]
 
                 state.run(sid, h, do_train, clean=[train_dir])
+                if cfg.train.export:
+                    state.run(
+                        f"export/{task}/{m.key}",
+                        config_hash("export", h),
+                        lambda train_dir=train_dir: [export_trained(train_dir, _log)],
+                        clean=[train_dir / "export"],
+                    )
                 out = run_dir / "eval" / task / f"{m.key}.json"
                 state.run(
                     f"evaluate/{task}/{m.key}",
-                    config_hash("collect", h),
+                    config_hash("collect", h, cfg.train.export),
                     lambda task=task, m=m, train_dir=train_dir, out=out: [collect(cfg, task, m, train_dir, out)],
                     clean=[out],
                 )

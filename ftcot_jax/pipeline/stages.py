@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ftcot_jax.config import RunConfig, TrainConfig, to_dict
 from ftcot_jax.files import write_json_atomic
+from ftcot_jax.paths import is_remote, rmtree
+from ftcot_jax.teacher import reference
 from ftcot_jax.teacher.compat import task_file
 
 # Train fields that change how a run is carried out, not what it computes (left out of the train hash).
@@ -50,6 +51,8 @@ def teacher_hash(cfg: RunConfig, task: str, kind: str) -> str:
     if cfg.teacher.import_from:  # a released teacher: what is taught is the file's content, wherever it lies
         path = task_file(t.pop("import_from"), task)
         t["imported"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if cfg.teacher.model == reference.MODEL:  # a program: what it writes is its version
+        t["program_version"] = reference.VERSION
     d = max(cfg.curate.diverse_samples) if kind == "diverse" else 1
     return config_hash("teach", task, cfg.split_name, kind, d, t)
 
@@ -65,6 +68,9 @@ def train_hash(cfg: RunConfig, train_cfg: TrainConfig, curate_h: str) -> str:
 
 def _rel(path, root: Path) -> str:
     """Outputs under the run dir are stored relative (the run dir can be moved), others absolute."""
+    if is_remote(root) or is_remote(path):  # URLs: no symlinks to resolve
+        prefix = str(root).rstrip("/") + "/"
+        return str(path)[len(prefix) :] if str(path).startswith(prefix) else str(path)
     try:
         return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
@@ -101,7 +107,7 @@ class StageState:
             for p in clean:
                 if p.exists():
                     self.log(f"[{sid}] removing {p} (made by another configuration)")
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    rmtree(p) if p.is_dir() else p.unlink()
         resumed = old is not None and old.get("hash") == h
         self.data[sid] = {"hash": h, "outputs": [UNFINISHED], "started": time.time()}
         self._write()

@@ -1,12 +1,14 @@
-"""`ftcot serve`: an OpenAI-compatible HTTP server for a student checkpoint (docs/serve.md).
+"""`ftcot serve`: an OpenAI-compatible HTTP server for a student (docs/serve.md).
 
-Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions, plus
-GET /health and GET /stats (batching counters). Standard library only.
+Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
+token streaming), plus GET /health and GET /stats (batching counters). FastAPI on uvicorn.
 
-- `serve.schema`: request validation (OpenAI bodies -> `Request`) and `APIError`.
+- `serve.schema`: request validation (pydantic models of OpenAI bodies -> `Request`) and `APIError`.
+- `serve.responses`: the response, stream-chunk, model-card and error bodies (pydantic).
 - `serve.chat`: the chat template.
-- `serve.engine`: the batching worker over `decode.generate`.
-- `serve.openai`: the OpenAI `App` (auth, model cards, responses, stream events).
-- `serve.http`: the request handler, `make_server`/`shutdown_server` and `serve` (load a checkpoint, run).
+- `serve.engine`: the batching worker over `decode.generate`, streaming each row's text as it is decoded.
+- `serve.openai`: the OpenAI `App` (auth, model cards, responses, stream chunks, a trained student's format).
+- `serve.routes`: the FastAPI routes and the ASGI guard (errors in OpenAI's shape).
+- `serve.server`: uvicorn and its socket (`make_server`, `Server.start`/`stop`) and `serve` (load a student, run).
 The configuration is `ftcot_jax.config.ServeConfig`.
 """

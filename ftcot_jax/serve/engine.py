@@ -4,6 +4,10 @@ decodes each batch with one `decode.generate` call.
 Requests that arrive within `batch_window_s` of each other (up to `max_batch` rows) and share their sampling
 setup are decoded together, always padded to `max_batch` rows so the jitted shapes do not depend on how many
 requests happened to arrive.
+
+Streaming: a job submitted with `on_delta` gets each row's text as it is decoded, every `stream_every` steps
+(`decode.generate`'s `on_chunk`, `decode.stream_text`): `Delta`s whose texts add up to the row's final text,
+the last one carrying its `RowResult`. A batch without streaming rows decodes without returning to the host.
 """
 
 from __future__ import annotations
@@ -43,12 +47,23 @@ class RowResult:
     finish_reason: str
 
 
+@dataclass(frozen=True)
+class Delta:
+    """Streamed text of one row of a job: `text` follows the row's earlier deltas; `result` is set on its last."""
+
+    row: int
+    text: str
+    result: RowResult | None = None
+
+
 @dataclass
 class _Job:
     prompts: list[str]  # one entry per row (a prompt repeated n times for n samples)
     params: Params
     future: Future
+    on_delta: Callable[[Delta], None] | None = None  # streaming: called from the worker thread
     results: list[RowResult | None] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)  # streamed text per row
     remaining: int = 0
 
 
@@ -59,8 +74,6 @@ class Stats:
     batches: int = 0  # decode.generate calls
     max_batch_rows: int = 0  # largest number of real rows in one call
     decode_seconds: float = 0.0
-    http_4xx: int = 0
-    http_5xx: int = 0
 
 
 class Engine:
@@ -74,13 +87,14 @@ class Engine:
         max_batch: int = 8,
         batch_window_s: float = 0.01,
         max_queue: int = 1024,
+        stream_every: int = decode.CHECK_EVERY,
         generate_fn: Callable | None = None,
     ):
         generate_fn = generate_fn or decode.generate
         self._bucket, self._min_new_bucket = decode.bucket, decode.MIN_NEW_BUCKET
         self.model, self.tokenizer = model, tokenizer
         self._http_tokenizer, self._tok_lock = copy.deepcopy(tokenizer), threading.Lock()
-        self.max_batch, self.batch_window_s = max_batch, batch_window_s
+        self.max_batch, self.batch_window_s, self.stream_every = max_batch, batch_window_s, stream_every
         self._generate = generate_fn
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
@@ -103,9 +117,12 @@ class Engine:
 
     # -- batching --
 
-    def submit(self, prompts: list[str], params: Params) -> Future:
-        job = _Job(prompts=list(prompts), params=params, future=Future())
-        job.results = [None] * len(prompts)
+    def submit(self, prompts: list[str], params: Params, on_delta: Callable[[Delta], None] | None = None) -> Future:
+        """Queue one request's rows; the future resolves to their `RowResult`s. Cancelling it drops the request:
+        it is skipped if not yet decoding, and in a streaming batch its rows end at the next chunk.
+        `on_delta`: stream the rows' text (see `Delta`)."""
+        job = _Job(prompts=list(prompts), params=params, future=Future(), on_delta=on_delta)
+        job.results, job.sent = [None] * len(prompts), [""] * len(prompts)
         job.remaining = len(prompts)
         try:
             self._queue.put_nowait(job)
@@ -167,6 +184,9 @@ class Engine:
             return
         params = live[0][0].params
         t0 = time.perf_counter()
+        streaming = {}
+        if any(j.on_delta is not None for j, _ in live):
+            streaming = dict(on_chunk=lambda partials: self._stream(live, partials), check_every=self.stream_every)
         try:
             prompts = [j.prompts[i] for j, i in live]
             # fill_batch: every call has max_batch rows (filler rows are never decoded past the first step),
@@ -183,12 +203,11 @@ class Engine:
                 top_p=params.top_p,
                 rng=self._rng(params),
                 fill_batch=True,
+                **streaming,
             )
             if len(gens) != len(prompts):
                 raise RuntimeError(f"decode.generate returned {len(gens)} generations for {len(prompts)} prompts")
-            results = [
-                RowResult(text=g.text, completion_tokens=len(g.token_ids), finish_reason=g.finish_reason) for g in gens
-            ]
+            results = [_result(g) for g in gens]
         except Exception as e:  # noqa: BLE001 -- the worker must survive anything a batch throws
             for j, _ in live:
                 if not j.future.done():
@@ -201,12 +220,37 @@ class Engine:
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(live))
             self.stats.decode_seconds += dt
         for (job, i), r in zip(live, results, strict=True):
+            if job.on_delta is not None and job.results[i] is None:
+                self._send(job, i, r.text, r)
             job.results[i] = r
             job.remaining -= 1
             if job.remaining == 0 and job.future.set_running_or_notify_cancel():
                 with self._lock:
                     self.stats.requests += 1
                 job.future.set_result(list(job.results))
+
+    def _stream(self, live: list[tuple[_Job, int]], partials: list[decode.Partial]) -> list[int]:
+        """`decode.generate`'s on_chunk: the streaming rows' new text out; rows of dropped requests end."""
+        dropped = []
+        for p in partials:
+            job, i = live[p.index]
+            if job.future.cancelled():
+                dropped.append(p.index)
+            elif job.on_delta is None:
+                continue
+            elif p.final is not None:
+                job.results[i] = _result(p.final)
+                self._send(job, i, p.final.text, job.results[i])
+            else:
+                self._send(job, i, decode.stream_text(self.tokenizer, p.token_ids, list(job.params.stop)))
+        return dropped
+
+    def _send(self, job: _Job, i: int, text: str, result: RowResult | None = None) -> None:
+        """Stream row i's text up to `text` (which extends what was sent); `result` ends the row."""
+        new = text[len(job.sent[i]) :] if text.startswith(job.sent[i]) else ""
+        if new or result is not None:
+            job.sent[i] += new
+            job.on_delta(Delta(row=i, text=new, result=result))
 
     def _rng(self, params: Params):
         if params.temperature == 0.0:
@@ -217,3 +261,7 @@ class Engine:
             self._sample_counter += 1
             seed = int.from_bytes(os.urandom(4), "little") ^ self._sample_counter
         return jax.random.key(seed)
+
+
+def _result(g: decode.Generation) -> RowResult:
+    return RowResult(text=g.text, completion_tokens=len(g.token_ids), finish_reason=g.finish_reason)

@@ -1,24 +1,55 @@
 """The OpenAI API on top of the engine: authentication, model cards, request -> decoding parameters, and the
-response and stream-event bodies. Transport-free: serve/http.py calls it from its request handler.
+response and stream-chunk bodies (`serve.responses`). Transport-free: serve/routes.py calls it.
+
+A trained student (`trained`, a `ftcot_jax.trained.TrainedFormat`) answers chat requests the way it was
+trained: the prompt is `trained.prompt(last user message)`, not a chat template, and every choice carries
+`ftcot` (`trained.parse` of the reply: rationale and answer, and the prompt); its model card carries
+`trained.card()`.
 """
 
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 import uuid
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from ftcot_jax.config.serve import ServeConfig
-from ftcot_jax.serve.engine import Engine, Params, RowResult
+from ftcot_jax.serve.engine import Delta, Engine, Params, RowResult
+from ftcot_jax.serve.responses import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatMessage,
+    Completion,
+    CompletionChoice,
+    FtcotAnswer,
+    ModelCard,
+    ModelList,
+    Usage,
+)
 from ftcot_jax.serve.schema import APIError, Limits, Request, parse_chat, parse_completion
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One streamed response: the id and creation time its chunks share."""
+
+    req: Request
+    id: str
+    created: int
 
 
 class App:
     """One served model's API; `context_len` is the model's position limit (None: no limit, e.g. T5)."""
 
-    def __init__(self, engine: Engine, config: ServeConfig, context_len: int | None):
-        self.engine, self.config = engine, config
+    def __init__(self, engine: Engine, config: ServeConfig, context_len: int | None, trained=None):
+        self.engine, self.config, self.trained = engine, config, trained
         self.context_len = context_len
         max_prompt_tokens = config.max_prompt_tokens
         if max_prompt_tokens is None:
@@ -38,6 +69,8 @@ class App:
             context_length=context_len or (max_prompt_tokens + config.max_new_tokens_limit),
         )
         self.created = int(time.time())
+        self._http_lock = threading.Lock()
+        self.http_4xx = self.http_5xx = 0
 
     # -- auth --
 
@@ -57,16 +90,26 @@ class App:
 
     # -- GET --
 
-    def model_card(self) -> dict:
-        return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "ftcot-jax"}
+    def model_card(self) -> ModelCard:
+        card = None if self.trained is None else self.trained.card()
+        return ModelCard(id=self.config.model_id, created=self.created, ftcot=card)
 
     def models(self) -> dict:
-        return {"object": "list", "data": [self.model_card()]}
+        return ModelList(data=[self.model_card()]).model_dump()
 
     def model(self, model_id: str) -> dict:
         if model_id != self.config.model_id:
-            raise self._model_not_found(model_id)
-        return self.model_card()
+            raise APIError(
+                404, f"The model `{model_id}` does not exist or you do not have access to it.", code="model_not_found"
+            )
+        return self.model_card().model_dump()
+
+    def record_status(self, status: int) -> None:
+        with self._http_lock:
+            if status >= 500:
+                self.http_5xx += 1
+            elif status >= 400:
+                self.http_4xx += 1
 
     def stats(self) -> dict:
         s = self.engine.stats
@@ -76,8 +119,8 @@ class App:
             "batches": s.batches,
             "max_batch_rows": s.max_batch_rows,
             "decode_seconds": round(s.decode_seconds, 4),
-            "http_4xx": s.http_4xx,
-            "http_5xx": s.http_5xx,
+            "http_4xx": self.http_4xx,
+            "http_5xx": self.http_5xx,
             "queued": self.engine._queue.qsize(),
             "max_batch": self.engine.max_batch,
             "limits": self.limits.__dict__,
@@ -85,30 +128,22 @@ class App:
 
     # -- POST --
 
-    def _model_not_found(self, model_id: str) -> APIError:
-        return APIError(
-            404, f"The model `{model_id}` does not exist or you do not have access to it.", code="model_not_found"
-        )
+    def parse(self, kind: str, body: dict) -> Request:
+        """kind "completion" | "chat": the body -> a `Request` (400/404 APIError when it is not valid)."""
+        if kind == "completion":
+            return parse_completion(body, self.limits, self.config.model_id)
+        render = self.engine.render_chat if self.trained is None else self._student_prompt
+        return parse_chat(body, self.limits, self.config.model_id, render)
 
-    def _check_model(self, body: dict) -> None:
-        if "model" not in body or body["model"] is None:
-            raise APIError(400, "you must provide a model parameter", param="model")
-        if not isinstance(body["model"], str):
+    def _student_prompt(self, messages: list[dict]) -> str:
+        questions = [m["content"] for m in messages if m["role"] == "user"]
+        if not questions:
             raise APIError(
                 400,
-                f"Invalid type for 'model': expected a string, but got {type(body['model']).__name__}.",
-                param="model",
+                "Invalid 'messages': a trained student answers the last user message, and there is none.",
+                param="messages",
             )
-        if body["model"] != self.config.model_id:
-            raise self._model_not_found(body["model"])
-
-    def parse(self, path: str, body: dict) -> Request:
-        self._check_model(body)
-        if path == "/v1/completions":
-            req = parse_completion(body, self.limits)
-        else:
-            req = parse_chat(body, self.limits, self.engine.render_chat)
-        return req
+        return self.trained.prompt(questions[-1])
 
     def prepare(self, req: Request) -> tuple[list[int], int]:
         """Token counts per prompt and the resolved max_tokens; refuses what does not fit the context."""
@@ -130,6 +165,8 @@ class App:
         max_tokens = req.max_tokens
         if max_tokens is None:  # chat without max_tokens: as much as the limit and the context allow
             max_tokens = max(1, min(self.limits.max_new_tokens, room))
+            if self.trained is not None:  # a trained student: its training evaluation's budget
+                max_tokens = min(max_tokens, self.trained.max_new_tokens)
         if longest + max_tokens > self.limits.context_length:
             raise APIError(
                 400,
@@ -142,7 +179,9 @@ class App:
             )
         return counts, max_tokens
 
-    def run(self, req: Request) -> tuple[list[RowResult], list[int]]:
+    def submit(self, req: Request, on_delta: Callable[[Delta], None] | None = None) -> tuple[Future, list[int]]:
+        """Queue the request's rows (n per prompt, prompt-major: row k is choice k). Returns the engine's
+        future and the prompts' token counts. 503 when the queue is full."""
         counts, max_tokens = self.prepare(req)
         params = Params(
             max_new_tokens=max_tokens,
@@ -152,128 +191,90 @@ class App:
             seed=req.seed if req.temperature > 0 else None,
         )
         rows = [p for p in req.prompts for _ in range(req.n)]
-        future = self.engine.submit(rows, params)
-        try:
-            results = future.result(timeout=self.config.request_timeout_s)
-        except FutureTimeout:
-            future.cancel()
-            raise APIError(
-                504, "Decoding did not finish within the server's request timeout.", type="server_error", code="timeout"
-            ) from None
-        return results, counts
+        return self.engine.submit(rows, params, on_delta), counts
+
+    def timeout_error(self) -> APIError:
+        return APIError(
+            504, "Decoding did not finish within the server's request timeout.", type="server_error", code="timeout"
+        )
+
+    # -- responses --
+
+    def _usage(self, results: list[RowResult], counts: list[int]) -> Usage:
+        completion = sum(r.completion_tokens for r in results)
+        return Usage(prompt_tokens=sum(counts), completion_tokens=completion, total_tokens=sum(counts) + completion)
+
+    def _ftcot(self, req: Request, text: str) -> FtcotAnswer | None:
+        if self.trained is None or req.kind != "chat":
+            return None
+        parsed = self.trained.parse(text)
+        return FtcotAnswer(rationale=parsed.rationale, answer=parsed.answer, prompt=req.prompts[0])
 
     def respond(self, req: Request, results: list[RowResult], counts: list[int]) -> dict:
-        created = int(time.time())
-        usage = {
-            "prompt_tokens": sum(counts),
-            "completion_tokens": sum(r.completion_tokens for r in results),
-            "total_tokens": sum(counts) + sum(r.completion_tokens for r in results),
-        }
+        created, usage, model = int(time.time()), self._usage(results, counts), self.config.model_id
         if req.kind == "completion":
             choices = [
-                {"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
-                for i, r in enumerate(results)
+                CompletionChoice(text=r.text, index=i, finish_reason=r.finish_reason) for i, r in enumerate(results)
             ]
-            return {
-                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-                "object": "text_completion",
-                "created": created,
-                "model": self.config.model_id,
-                "system_fingerprint": None,
-                "choices": choices,
-                "usage": usage,
-            }
+            return Completion(
+                id=f"cmpl-{uuid.uuid4().hex[:24]}", created=created, model=model, choices=choices, usage=usage
+            ).model_dump()
         choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": r.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": r.finish_reason,
-            }
+            ChatChoice(
+                index=i,
+                message=ChatMessage(content=r.text),
+                finish_reason=r.finish_reason,
+                ftcot=self._ftcot(req, r.text),
+            )
             for i, r in enumerate(results)
         ]
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": created,
-            "model": self.config.model_id,
-            "system_fingerprint": None,
-            "choices": choices,
-            "usage": usage,
-        }
+        return ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=created, model=model, choices=choices, usage=usage
+        ).model_dump()
 
-    def stream_events(self, req: Request, response: dict) -> list[dict]:
-        """SSE chunks for a finished response: each choice's text arrives as one chunk (decoding is batched,
-        not incremental), then its finish_reason, then usage when stream_options.include_usage is set."""
-        base = {
-            "id": response["id"],
-            "created": response["created"],
-            "model": response["model"],
-            "system_fingerprint": None,
-        }
-        events = []
-        for ch in response["choices"]:
-            if req.kind == "completion":
-                events.append(
-                    {
-                        **base,
-                        "object": "text_completion",
-                        "choices": [
-                            {"text": ch["text"], "index": ch["index"], "logprobs": None, "finish_reason": None}
-                        ],
-                    }
+    # -- stream chunks (server-sent events, in OpenAI's chunk format) --
+
+    def open_stream(self, req: Request) -> Stream:
+        prefix = "cmpl" if req.kind == "completion" else "chatcmpl"
+        return Stream(req=req, id=f"{prefix}-{uuid.uuid4().hex[:24]}", created=int(time.time()))
+
+    def _chunk(self, s: Stream, choices: list, usage: Usage | None = None) -> dict:
+        cls = Completion if s.req.kind == "completion" else ChatCompletionChunk
+        chunk = cls(id=s.id, created=s.created, model=self.config.model_id, choices=choices, usage=usage)
+        # usage: null on every chunk, and the totals on a last one without choices, when the client asked
+        return chunk.model_dump(exclude=None if s.req.include_usage else {"usage"})
+
+    def first_chunks(self, s: Stream) -> list[dict]:
+        """Chat: each choice's assistant role, before any text (as OpenAI starts a stream)."""
+        if s.req.kind == "completion":
+            return []
+        n = len(s.req.prompts) * s.req.n
+        return [
+            self._chunk(s, [ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))]) for i in range(n)
+        ]
+
+    def delta_chunks(self, s: Stream, d: Delta) -> list[dict]:
+        """A row's new text, and its finish_reason (and a trained student's `ftcot`) once it is done."""
+        chunks = []
+        if s.req.kind == "completion":
+            if d.text:
+                chunks.append(self._chunk(s, [CompletionChoice(text=d.text, index=d.row, finish_reason=None)]))
+            if d.result is not None:
+                chunks.append(
+                    self._chunk(s, [CompletionChoice(text="", index=d.row, finish_reason=d.result.finish_reason)])
                 )
-                events.append(
-                    {
-                        **base,
-                        "object": "text_completion",
-                        "choices": [
-                            {"text": "", "index": ch["index"], "logprobs": None, "finish_reason": ch["finish_reason"]}
-                        ],
-                    }
-                )
-            else:
-                obj = "chat.completion.chunk"
-                events.append(
-                    {
-                        **base,
-                        "object": obj,
-                        "choices": [
-                            {
-                                "index": ch["index"],
-                                "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
-                    }
-                )
-                events.append(
-                    {
-                        **base,
-                        "object": obj,
-                        "choices": [
-                            {
-                                "index": ch["index"],
-                                "delta": {"content": ch["message"]["content"]},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
-                    }
-                )
-                events.append(
-                    {
-                        **base,
-                        "object": obj,
-                        "choices": [
-                            {"index": ch["index"], "delta": {}, "logprobs": None, "finish_reason": ch["finish_reason"]}
-                        ],
-                    }
-                )
-        if req.include_usage:
-            for e in events:
-                e["usage"] = None
-            obj = "text_completion" if req.kind == "completion" else "chat.completion.chunk"
-            events.append({**base, "object": obj, "choices": [], "usage": response["usage"]})
-        return events
+            return chunks
+        if d.text:
+            chunks.append(self._chunk(s, [ChatChunkChoice(index=d.row, delta=ChatDelta(content=d.text))]))
+        if d.result is not None:
+            last = ChatChunkChoice(
+                index=d.row,
+                delta=ChatDelta(),
+                finish_reason=d.result.finish_reason,
+                ftcot=self._ftcot(s.req, d.result.text),
+            )
+            chunks.append(self._chunk(s, [last]))
+        return chunks
+
+    def usage_chunks(self, s: Stream, results: list[RowResult], counts: list[int]) -> list[dict]:
+        return [self._chunk(s, [], self._usage(results, counts))] if s.req.include_usage else []

@@ -17,18 +17,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import secrets
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 from tqdm import tqdm
 
 from ftcot_jax import prompts
-from ftcot_jax.files import write_json_atomic
+from ftcot_jax.files import write_bytes_atomic, write_json_atomic
+from ftcot_jax.paths import as_path
 from ftcot_jax.teacher.backend import TeacherError, TeachItem, TeachReport
 from ftcot_jax.teacher.cache import TeacherRecord
 from ftcot_jax.teacher.openai_backend import (
@@ -58,7 +57,7 @@ class BatchPending(TeacherError):
 class BatchRun:
     def __init__(self, backend: OpenAIBackend, cache, state_dir, options: BatchOptions = BatchOptions()):
         self.b, self.cache, self.opt = backend, cache, options
-        self.dir = Path(state_dir)
+        self.dir = as_path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "state.json"
         self.url = "/v1/completions" if backend.protocol == "completions" else "/v1/chat/completions"
@@ -166,9 +165,7 @@ class BatchRun:
             local = self.dir / f"{self.run_id}-{slot['batch_id']}.{key.split('_')[0]}.jsonl"
             if not local.exists():  # downloaded once; a crash after this re-reads the local copy
                 content = await self._call("download", lambda fid=fid: self.b.client.files.content(fid))
-                tmp = local.with_suffix(".tmp")
-                tmp.write_bytes(content.content)
-                os.replace(tmp, local)
+                write_bytes_atomic(local, content.content)
             for n, line in enumerate(local.read_text().splitlines()):
                 if not line.strip():
                     continue
@@ -243,7 +240,7 @@ class BatchRun:
             state.get("prompt_tokens", 0),
             state.get("completion_tokens", 0),
         )
-        os.replace(self.path, self.dir / f"{state['run']}-state.done.json")  # finished: the next run starts anew
+        self.path.replace(self.dir / f"{state['run']}-state.done.json")  # finished: the next run starts anew
         report.seconds = time.perf_counter() - t0
         return report
 

@@ -7,6 +7,13 @@ Layout (documented for users in docs/cache_format.md):
         records-<UTC time>-<pid>-<rand>.tfrecord   one file per writing process, appended + flushed per record
         failed.jsonl                       one line per failed attempt (still failed = no record for the key)
 
+On an object store (`gs://...`, paths.py) objects cannot be appended to, so each answer is written as its own
+immutable segment object `records-<UTC time>-<writer>-s<seq>.tfrecord` before append() returns (a kill
+loses nothing that was answered; an object write is whole or absent, so no record is ever torn). A writer
+that closes cleanly merges its own segments into one `records-<UTC time>-<writer>.tfrecord` and deletes
+them; readers read every object, so a writer killed during that merge leaves only duplicate copies of the
+same records (the first wins). Failed attempts go to `failed-<writer>.jsonl`, one object per writer.
+
 A writing process never appends to another process's file (it holds an flock on its own), so the
 truncated tail a crash may leave is always the end of a file that nobody writes again: readers warn and
 drop it, every record before it stays readable, and the next writer cuts the torn tail off (so the cache
@@ -28,6 +35,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ftcot_jax import tfrecord
+from ftcot_jax.files import write_bytes_atomic, write_json_atomic
+from ftcot_jax.paths import as_path, is_remote, writer_id
 
 SCHEMA_VERSION = 1
 PROTOCOLS = ("completions", "chat", "batch", "reference")
@@ -194,19 +203,24 @@ class TeacherCache:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", task or ""):
             raise ValueError(f"task name {task!r} cannot name a cache directory; expected a task key like 'gsm8k'")
         self.task, self.teacher_model, self.temperature = task, teacher_model, round(float(temperature), 6)
-        self.path = Path(root) / slug(teacher_model) / temperature_dir(self.temperature) / task
+        self.path = as_path(root) / slug(teacher_model) / temperature_dir(self.temperature) / task
+        self.remote = is_remote(self.path)
         self._writer: tfrecord.RecordWriter | None = None
+        self._segments: _Segments | None = None  # the writer on an object store
+        self._failed_lines: list[str] = []  # this writer's failed-attempt lines (object store)
+        self._failed_name = f"failed-{writer_id()}.jsonl"
         self._secrets = _secret_values()  # read once: the environment of a run does not change
         self._check_identity()
 
     @classmethod
     def from_dir(cls, path) -> TeacherCache:
         """Opens an existing cache directory (the one holding cache.json)."""
-        path = Path(path)
+        path = as_path(path)
         meta = _read_meta(path / "cache.json")
         root = path.parent.parent.parent
         cache = cls(root, task=meta["task"], teacher_model=meta["teacher_model"], temperature=meta["temperature"])
-        if cache.path.resolve() != path.resolve():
+        same = str(cache.path) == str(path) if cache.remote else cache.path.resolve() == path.resolve()
+        if not same:
             raise ValueError(f"{path}/cache.json names a cache that belongs at {cache.path}; was the directory moved?")
         return cache
 
@@ -227,6 +241,10 @@ class TeacherCache:
 
     def _ensure_dir(self) -> None:
         meta_path = self.path / "cache.json"
+        if self.remote:  # an object write is atomic; concurrent writers write the same identity
+            if not meta_path.exists():
+                write_json_atomic(meta_path, self._identity(), indent=1)
+            return
         if not meta_path.exists():
             self.path.mkdir(parents=True, exist_ok=True)
             tmp = meta_path.with_name(f"cache.json.{os.getpid()}.tmp")
@@ -235,7 +253,7 @@ class TeacherCache:
 
     # -- files
 
-    def record_files(self) -> list[Path]:
+    def record_files(self) -> list:
         return sorted(self.path.glob("records-*.tfrecord")) if self.path.is_dir() else []
 
     def _new_record_file(self) -> Path:
@@ -248,13 +266,41 @@ class TeacherCache:
         """Writes one record and flushes it to the OS before returning."""
         self._validate(rec)
         rec = _scrubbed(rec, self._secrets)
+        if self.remote:
+            if self._segments is None:
+                self._ensure_dir()
+                self._segments = _Segments(self.path)
+            self._segments.write([record_to_example(rec)])
+            return
         if self._writer is None:
             self._open_writer()
         self._writer.write(record_to_example(rec))
 
+    def append_all(self, recs) -> int:
+        """append() for many records; on an object store they go out as one segment object (an import of a
+        released file is one upload, not one per answer). Returns the number written."""
+        recs = list(recs)
+        if not self.remote:
+            for r in recs:
+                self.append(r)
+            return len(recs)
+        for r in recs:
+            self._validate(r)
+        if recs:
+            if self._segments is None:
+                self._ensure_dir()
+                self._segments = _Segments(self.path)
+            self._segments.write([record_to_example(_scrubbed(r, self._secrets)) for r in recs])
+        return len(recs)
+
     def repair(self) -> list[tuple[Path, int]]:
         """Cuts torn last records (left by a killed writer) off files no live process writes; returns
-        (file, bytes removed) per repaired file. Other corruption is left alone and raises."""
+        (file, bytes removed) per repaired file. Other corruption is left alone and raises. On an object store
+        nothing is ever torn; instead the segments of writers that did not close (killed) are merged into one
+        object (run it while no writer is active)."""
+        if self.remote:
+            compact_segments(self.path)
+            return []
         return [(p, cut) for p in self.record_files() if (cut := tfrecord.repair_tail(p))]
 
     def _open_writer(self) -> None:
@@ -293,6 +339,9 @@ class TeacherCache:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._segments is not None:
+            self._segments.close()
+            self._segments = None
 
     def __enter__(self) -> TeacherCache:
         return self
@@ -310,6 +359,10 @@ class TeacherCache:
                 "timestamp": time.time(),
             }
         )
+        if self.remote:  # no append on a store: this writer's own object, rewritten whole
+            self._failed_lines.append(line + "\n")
+            write_bytes_atomic(self.path / self._failed_name, "".join(self._failed_lines).encode("utf-8"))
+            return
         with open(self.path / "failed.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")  # one write of a whole line: a crash can only cut the last line
 
@@ -340,10 +393,20 @@ class TeacherCache:
     def failed(self) -> list[dict]:
         """Items whose last attempt failed and that have no record yet: dicts with sample_index,
         completion_index, error (the latest), attempts and timestamp, in key order."""
-        path = self.path / "failed.jsonl"
-        if not path.exists():
-            return []
         latest: dict[tuple[int, int], dict] = {}
+        for path in self._failed_files():
+            self._read_failed(path, latest)
+        done = self.done_keys() if latest else set()
+        return [latest[k] for k in sorted(latest) if k not in done]
+
+    def _failed_files(self) -> list:
+        local = self.path / "failed.jsonl"
+        files = [local] if local.exists() else []
+        if self.remote and self.path.is_dir():
+            files += sorted(self.path.glob("failed-*.jsonl"))
+        return files
+
+    def _read_failed(self, path, latest: dict) -> None:
         lines = path.read_text(encoding="utf-8").splitlines()
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
@@ -353,7 +416,7 @@ class TeacherCache:
                 key = (int(row["sample_index"]), int(row["completion_index"]))
             except (ValueError, KeyError, TypeError):
                 if lineno == len(lines):  # a crash mid-write can only cut the last line
-                    warnings.warn(f"{path}: ignoring a cut-off last line {lineno}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(f"{path}: ignoring a cut-off last line {lineno}", RuntimeWarning, stacklevel=3)
                     continue
                 raise ValueError(f"{path}: line {lineno} is not a failed-item entry") from None
             attempts = latest.get(key, {}).get("attempts", 0) + 1
@@ -364,8 +427,6 @@ class TeacherCache:
                 "attempts": attempts,
                 "timestamp": row.get("timestamp", 0.0),
             }
-        done = self.done_keys() if latest else set()
-        return [latest[k] for k in sorted(latest) if k not in done]
 
     def verify(self) -> dict:
         """CRC-checks and decodes every record; raises RecordCorruptError (file + offset) or ValueError.
@@ -398,6 +459,49 @@ def _scrubbed(rec: TeacherRecord, secret_values: list[str]) -> TeacherRecord:
     return TeacherRecord(**d)
 
 
+class _Segments:
+    """The writer of one process on an object store: every write() is a new immutable segment object;
+    close() merges this writer's segments into one object and deletes them."""
+
+    def __init__(self, cache_dir):
+        self.dir = cache_dir
+        self.name = f"records-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{writer_id()}"
+        self.segments: list = []
+        self.frames: list[bytes] = []
+
+    def write(self, examples: list[bytes]) -> None:
+        data = b"".join(tfrecord.frame(e) for e in examples)
+        path = self.dir / f"{self.name}-s{len(self.segments):06d}.tfrecord"
+        write_bytes_atomic(path, data)  # durable when this returns
+        self.segments.append(path)
+        self.frames.append(data)
+
+    def close(self) -> None:
+        if len(self.segments) > 1:
+            write_bytes_atomic(self.dir / f"{self.name}.tfrecord", b"".join(self.frames))
+            for p in self.segments:
+                p.unlink(missing_ok=True)
+        self.segments, self.frames = [], []
+
+
+_SEGMENT = re.compile(r"^records-.*-s\d{6}\.tfrecord$")
+
+
+def compact_segments(cache_dir) -> int:
+    """Merges the segment objects in `cache_dir` (left by writers that were killed) into one object, then
+    deletes them; returns how many were merged. Only for object stores, and while no writer is active."""
+    cache_dir = as_path(cache_dir)
+    segs = sorted(p for p in cache_dir.glob("records-*.tfrecord") if _SEGMENT.match(p.name))
+    if len(segs) < 2:
+        return 0
+    data = b"".join(p.read_bytes() for p in segs)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    write_bytes_atomic(cache_dir / f"records-{stamp}-{writer_id()}-compacted.tfrecord", data)
+    for p in segs:
+        p.unlink(missing_ok=True)
+    return len(segs)
+
+
 def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -415,7 +519,7 @@ def _read_meta(path: Path) -> dict:
 
 def find_caches(root) -> list[TeacherCache]:
     """Every cache directory under `root` (found by its cache.json), sorted by path."""
-    root = Path(root)
+    root = as_path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"cache root {root} does not exist")
     return [TeacherCache.from_dir(p.parent) for p in sorted(root.glob("*/*/*/cache.json"))]

@@ -271,12 +271,11 @@ def import_file(
         raise ValueError(f"{path} holds no completions")
     cache = TeacherCache(cache_root, task=task, teacher_model=teacher_model, temperature=temperature)
     done = cache.done_keys()
-    added = 0
-    with cache:
-        for r in recs:
-            if r.key in done:
-                continue
-            cache.append(r)
+    new = []
+    for r in recs:
+        if r.key not in done:
+            new.append(r)
             done.add(r.key)
-            added += 1
+    with cache:
+        added = cache.append_all(new)
     return cache, added, len(recs) - added

@@ -4,6 +4,8 @@ Saves are asynchronous (training continues while the arrays are written) and ato
 step into a temporary directory and renames it only once everything is on disk, so a crash mid-save
 leaves no half-written step, and the temporary leftovers are deleted when the manager is reopened.
 Retention: the last `keep_last` steps plus the `keep_best` steps with the highest eval accuracy.
+On `gs://` (paths.as_path) orbax marks a finished step with a `commit_success.txt` object instead of a
+rename, and tensorstore writes the arrays to the bucket directly.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from ftcot_jax.paths import AnyPath, as_path, is_remote
+
 BEST_METRIC = "accuracy"
 
 
@@ -22,8 +26,8 @@ class NoCheckpointError(FileNotFoundError):
 
 
 class Checkpoints:
-    def __init__(self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str | AnyPath, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True):
+        self.directory = _absolute(directory)
         _remove_unfinished_saves(self.directory)
         policies = [cm.LatestN(n=keep_last)]
         if keep_best:
@@ -70,7 +74,13 @@ class Checkpoints:
         self.manager.close()
 
 
-def _remove_unfinished_saves(directory: Path) -> None:
+def _absolute(path) -> AnyPath:
+    """as_path, made absolute when local (orbax refuses relative paths)."""
+    p = as_path(path)
+    return p if is_remote(p) else p.absolute()
+
+
+def _remove_unfinished_saves(directory: AnyPath) -> None:
     """Delete the temporary step directories of saves killed half-way, before the manager opens the directory,
     so that a reopened run never shows a half-written step. Process 0 deletes (orbax's primary host)."""
     if jax.process_index() == 0:
@@ -83,7 +93,36 @@ def abstract_like(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def tmp_dirs(directory: str | Path) -> list[Path]:
-    """Temporary (uncommitted) step directories orbax left behind, e.g. after a crash mid-save."""
-    d = Path(directory)
+def tmp_dirs(directory: str | AnyPath) -> list[AnyPath]:
+    """Temporary (uncommitted) step directories orbax left behind, e.g. after a crash mid-save (on a bucket:
+    step directories without their commit_success.txt)."""
+    d = as_path(directory)
+    if is_remote(d):
+        return sorted(t.get() for t in ocp.path.step.all_temporary_paths(d))
     return sorted(p for p in d.glob("*") if ".orbax-checkpoint-tmp" in p.name) if d.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- reading one saved step
+
+
+def saved_steps(directory: str | Path) -> list[int]:
+    """The finished (committed) steps in a checkpoint directory, ascending; [] when there is none."""
+    d = _absolute(directory)
+    return sorted(ocp.utils.checkpoint_steps(d)) if d.is_dir() else []
+
+
+def restore_params(step_dir: str | Path, abstract_params):
+    """Only the parameters of one saved step (no optimizer state is read): `abstract_params` is the params
+    pytree of ShapeDtypeStructs with the dtype and sharding to restore to."""
+    item = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+    )
+    with ocp.PyTreeCheckpointer() as ckptr:
+        return ckptr.restore(_absolute(step_dir) / "state", args=args)["params"]
+
+
+def read_position(step_dir: str | Path) -> dict:
+    """The data position and evaluation history saved with one step (the `data` item)."""
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+        return ckptr.restore(_absolute(step_dir) / "data", args=ocp.args.JsonRestore())

@@ -25,20 +25,21 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ftcot_jax import models
 from ftcot_jax import samples as sample_files
 from ftcot_jax.config import TrainConfig, save_config, to_dict
 from ftcot_jax.evaluation import generate_and_score
 from ftcot_jax.files import write_json_atomic, write_jsonl_atomic
 from ftcot_jax.models.api import tokenizer_pad_id
+from ftcot_jax.paths import as_path, check_reachable
 from ftcot_jax.prompts import METHOD_TEMPLATE
 from ftcot_jax.tasks import load_task
 from ftcot_jax.train.batches import Batcher, encode_samples
-from ftcot_jax.train.checkpoint import Checkpoints, NoCheckpointError
+from ftcot_jax.train.checkpoint import Checkpoints, NoCheckpointError, abstract_like, restore_params, saved_steps
 from ftcot_jax.train.mesh import make_mesh, maybe_initialize_distributed
 from ftcot_jax.train.metrics import MetricsLogger, mfu, peak_flops_per_device
 from ftcot_jax.train.step import setup
 from ftcot_jax.train.student import build_student
+from ftcot_jax.trained import LoadedStudent, export_student, training_format
 
 
 @dataclasses.dataclass
@@ -88,6 +89,31 @@ def _predictions_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "predictions" / f"epoch_{epoch:03d}.jsonl"
 
 
+def _export(cfg: TrainConfig, run_dir: Path, student, st, state, step: int, best, last, task: str) -> None:
+    """The best epoch's student (the report's headline; the last step when nothing was evaluated or the best
+    step was not kept) as an HF directory in run_dir/export, with its training format (trained.export_student).
+    Every process takes part: the parameters are restored with the training shardings and gathered."""
+    export, params = last or {"step": step}, state["params"]
+    if best is not None and best["step"] != step:
+        if best["step"] in saved_steps(run_dir / "checkpoints"):
+            abstract = abstract_like(student.abstract_params, st.state_shardings["params"])
+            export, params = best, restore_params(run_dir / "checkpoints" / str(best["step"]), abstract)
+        elif jax.process_index() == 0:
+            print(f"warning: the best epoch (step {best['step']}) was not kept; exporting step {step}", flush=True)
+    host_params = _gather_params(params)
+    if jax.process_index() == 0:
+        model = nnx.merge(student.graphdef, host_params)
+        fmt = training_format(
+            cfg,
+            task=task,
+            model_kind=student.model_type,
+            step=export["step"],
+            evaluation=export if "accuracy" in export else None,
+            selection="best" if export is best else "last",
+        )
+        export_student(LoadedStudent(model, student.tokenizer, str(run_dir), fmt), run_dir / "export")
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -108,7 +134,8 @@ def train(
     maybe_initialize_distributed(cfg)
     if not cfg.run_dir:
         raise ValueError("run_dir is not set")
-    run_dir = Path(cfg.run_dir)
+    run_dir = as_path(cfg.run_dir)
+    check_reachable(run_dir)  # a bucket that cannot be reached: one line now, not after the first epoch
     is_main = jax.process_index() == 0
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +263,7 @@ def train(
 
     def save(metrics=None):
         nonlocal last_saved
+        logger.flush()  # every step logged before this checkpoint is durable (run dirs on object stores)
         ckpt.save(step, state, position(epoch, index), metrics=metrics)
         last_saved = step
 
@@ -295,9 +323,7 @@ def train(
     )
     done = step >= total_steps or epoch >= cfg.epochs
     if done and cfg.export:
-        host_params = _gather_params(state["params"])
-        if is_main:
-            models.save_hf(nnx.merge(student.graphdef, host_params), student.tokenizer, run_dir / "export")
+        _export(cfg, run_dir, student, st, state, step, best, last, task)
     if is_main:
         write_json_atomic(
             run_dir / "results.json",

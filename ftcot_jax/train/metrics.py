@@ -3,7 +3,10 @@
 The event files are written here directly (TFRecord framing from tfrecord.py + three hand-encoded
 protobuf messages), because tensorboardX imports torch at start-up (seconds) and TensorFlow is huge.
 
-Only process 0 writes; the other hosts get a logger whose methods do nothing.
+Only process 0 writes; the other hosts get a logger whose methods do nothing. In a run directory on an
+object store (gs://, paths.py), where objects cannot be appended to, metrics.jsonl and the event file are
+kept in memory and rewritten whole at most every REMOTE_FLUSH_S seconds and on flush() (the trainer flushes
+before each checkpoint, so no logged step older than the newest checkpoint is lost to a kill).
 MFU = 6 * N_params * tokens/s / (peak FLOP/s per device * devices): the usual dense-transformer model
 FLOPs (forward + backward, attention FLOPs left out), over the device's peak from a table, or for
 CPUs a matmul measured once.
@@ -23,7 +26,11 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
+from ftcot_jax.files import open_append
+from ftcot_jax.paths import AnyPath, as_path
 from ftcot_jax.tfrecord import RecordWriter
+
+REMOTE_FLUSH_S = 10.0  # on an object store: the longest time between rewrites of metrics.jsonl and events
 
 # Dense bf16 peak FLOP/s per device (one chip, or one GPU), from the vendors' spec sheets.
 PEAK_FLOPS = {
@@ -112,15 +119,19 @@ def encode_event(
 class EventWriter:
     """Scalars into `<logdir>/events.out.tfevents.<time>.<host>`, readable by TensorBoard."""
 
-    def __init__(self, logdir: str | Path):
-        Path(logdir).mkdir(parents=True, exist_ok=True)
+    def __init__(self, logdir: str | AnyPath):
+        logdir = as_path(logdir)
+        logdir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = Path(logdir) / name
-        self._w = RecordWriter(self.path, append=False)
+        self.path = logdir / name
+        self._w = RecordWriter(self.path, append=False, remote_flush_s=REMOTE_FLUSH_S)
         self._w.write(encode_event(time.time(), 0, file_version="brain.Event:2"))
 
     def scalars(self, step: int, values: dict[str, float]):
         self._w.write(encode_event(time.time(), int(step), scalars=values))
+
+    def flush(self):
+        self._w.flush()
 
     def close(self):
         self._w.close()
@@ -143,9 +154,9 @@ class MetricsLogger:
         self.jsonl = self.tb = self.bar = None
         if not self.enabled:
             return
-        run_dir = Path(run_dir)
+        run_dir = as_path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable while running
+        self.jsonl = open_append(run_dir / "metrics.jsonl", remote_flush_s=REMOTE_FLUSH_S)
         if tensorboard:
             self.tb = EventWriter(run_dir / "tensorboard")
         if progress:
@@ -176,6 +187,13 @@ class MetricsLogger:
             self.bar.write(message)
         else:
             print(message, flush=True)
+
+    def flush(self):
+        """Makes everything logged so far durable (a no-op for local files, which are line-buffered)."""
+        if self.jsonl is not None:
+            self.jsonl.flush()
+        if self.tb is not None:
+            self.tb.flush()
 
     def close(self):
         if self.bar is not None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
+from ftcot_jax.paths import as_path
 from tests.helpers.train_subprocess import env, free_port, losses, make_inputs, run, train_cmd, write_config
 
 # 16 steps, then greedy evaluation of 4 test questions with the parameters sharded over both processes
@@ -16,14 +19,24 @@ COMMON = dict(
 )
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One process with 8 devices, on the padded batches (the two processes use the padding-free layout)."""
+    root = tmp_path_factory.mktemp("single")
+    tok, samples = make_inputs(root)
+    run(train_cmd(write_config(root / "single.yaml", root / "run", tok, samples, pack_multiple=0, **COMMON)), env(8))
+    return root / "run"
+
+
+@pytest.mark.parametrize("run_dir_on", ["local", "gcs"])
+def test_two_processes_match_one(tmp_path, single, run_dir_on, request):
+    """`gcs`: the two processes share a gs:// run directory (docs/multihost.md), on the emulator of conftest."""
     tok, samples = make_inputs(tmp_path)
-    single = tmp_path / "single"  # on the padded batches; the two processes on the padding-free layout
-    run(train_cmd(write_config(tmp_path / "single.yaml", single, tok, samples, pack_multiple=0, **COMMON)), env(8))
     ref = losses(single)
     assert sorted(ref) == list(range(1, 17))
 
-    multi = tmp_path / "multi"
+    multi = tmp_path / "multi" if run_dir_on == "local" else as_path(request.getfixturevalue("gcs_dir"))
+    gcs_env = request.getfixturevalue("gcs").env if run_dir_on == "gcs" else {}
     port = free_port()
     cfg = write_config(tmp_path / "multi.yaml", multi, tok, samples, export=True, pack_multiple=8, **COMMON)
     procs = []
@@ -39,7 +52,9 @@ def test_two_processes_match_one(tmp_path):
             "--set",
             f"distributed.process_id={pid}",
         )
-        procs.append(subprocess.Popen(cmd, env=env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, env={**env(4), **gcs_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (o, e) in zip(procs, outs, strict=True):
         assert p.returncode == 0, f"stdout:\n{o[-2000:]}\nstderr:\n{e[-3000:]}"

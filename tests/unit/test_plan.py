@@ -72,3 +72,15 @@ def test_cli_plan_prints_the_table_and_says_when_test_questions_are_asked(config
     out = capsys.readouterr().out
     assert "cost unknown" in out and "test questions" not in out
     assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_a_program_or_an_imported_teacher_makes_no_requests(config, capsys, tmp_path):
+    program = plan(config())[0]
+    assert (program.source, program.requests, program.prompt_tokens, program.cost) == ("program", 0, 0, 0.0)
+    released = tmp_path / "released"
+    imported = plan(config("teacher.model=text-davinci-002", f"teacher.import_from={released}"))[0]
+    assert (imported.source, imported.requests, imported.cost) == ("import", 0, 0.0)
+    assert imported.questions == 8  # the questions it will use are still counted
+    path = tiny_run_config(tmp_path, tmp_path / "run", tmp_path)
+    assert main(["run", path, "teacher.model=text-davinci-002", f"teacher.import_from={released}", "--plan"]) == 0
+    assert f"no requests: the rationales are imported from {released}" in capsys.readouterr().out

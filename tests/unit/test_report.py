@@ -169,3 +169,24 @@ def test_loss_curve_reads_resumed_and_cut_logs(tmp_path):
     run = make_run(tmp_path, "r", student="gpt2", tasks=["svamp"], methods=["ft"], results={("svamp", "ft"): [0.1]})
     steps, losses = report._loss_curve(run / "train" / "svamp" / "ft")
     assert steps == list(range(1, 21)) and losses[1] == pytest.approx(1.5)
+
+
+def test_stage_times_list_finished_stages_in_order_with_the_total(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stages = {
+        "train/multiarith/ft": {"hash": "a", "seconds": 600.4, "finished": "2026-12-04T10:10:00Z", "outputs": []},
+        "teach/multiarith/greedy": {"hash": "b", "seconds": 1.2, "finished": "2026-12-04T10:00:00Z", "outputs": []},
+        "train/multiarith/ft_cot": {"hash": "c", "outputs": ["<unfinished>"]},  # running: not listed
+    }
+    (run / "stages.json").write_text(json.dumps(stages))
+    md = report.stage_times_section([run, tmp_path / "no_stages"])
+    rows = [line for line in md if line.startswith("| ") and not line.startswith("| stage")]
+    assert rows == [
+        "| teach/multiarith/greedy | 1 | 2026-12-04T10:00:00Z |",
+        "| train/multiarith/ft | 600 | 2026-12-04T10:10:00Z |",
+        "| total | 602 | |",
+    ]
+    (run / "stages.json").write_text("{broken")
+    with pytest.raises(ValueError, match="stages.json is not valid JSON"):
+        report.stage_times_section([run])

@@ -73,3 +73,11 @@ def test_quickstart_and_paper_configs_load():
     assert "gpt2/gsm8k/ft_cot_t70_8aug" not in dict(cells)  # no diverse data for GSM8K in the paper
     with pytest.raises(ValueError, match="unknown paper grid cell"):
         paper.paper_cell("gpt2/multiarith/zs")
+
+
+def test_diverse_config_loads():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    cfg = load_run_config(root / "diverse_smollm2.yaml")
+    assert cfg.teacher.model == "reference" and cfg.teacher.diverse_temperature == 0.7
+    assert [(m.kind, m.samples) for m in methods_of(cfg)] == [("diverse", 1), ("diverse", 2), ("diverse", 4)]
+    assert [m.key for m in methods_of(cfg)] == ["ft_cot_t70_1aug", "ft_cot_t70_2aug", "ft_cot_t70_4aug"]

@@ -66,24 +66,21 @@ def student():
     return SimpleNamespace(model=models.from_config(cfg, seed=0), tokenizer=tok)
 
 
-def start(student, generate_fn=None, **config):
+def start(student, generate_fn=None, trained=None, **config):
     from ftcot_jax.config.serve import ServeConfig
-    from ftcot_jax.serve.http import make_server
+    from ftcot_jax.serve.server import make_server
 
     kw = dict(model_id=MODEL_ID, port=0, max_batch=MAX_BATCH, max_new_tokens_limit=128, max_n=4, batch_window_s=0.02)
     kw.update(config)
-    server, app = make_server(student.model, student.tokenizer, ServeConfig(**kw), generate_fn=generate_fn, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    port = server.server_address[1]
-    return SimpleNamespace(server=server, app=app, thread=thread, port=port, url=f"http://127.0.0.1:{port}/v1")
+    server = make_server(
+        student.model, student.tokenizer, ServeConfig(**kw), trained=trained, generate_fn=generate_fn, quiet=True
+    )
+    server.start()
+    return SimpleNamespace(server=server, app=server.app, port=server.port, url=f"http://127.0.0.1:{server.port}/v1")
 
 
 def stop(srv):
-    from ftcot_jax.serve.http import shutdown_server
-
-    shutdown_server(srv.server)
-    srv.thread.join(5)
+    srv.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +257,137 @@ def test_sampling_runs_and_seed_reproduces(client):
     a = client.completions.create(**kw).choices[0].text
     b = client.completions.create(**kw).choices[0].text
     assert a == b
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token streaming: text leaves while the decoder still runs, and adds up to the non-streamed answer.
+
+LONG = 64  # tokens: the tiny model never ends these prompts early, so a stream has several chunks
+
+
+def test_stream_sends_text_while_decoding(student):
+    """The decoder waits, after its first chunk, until the client holds the first streamed text: so that text
+    arrived before decoding ended (the answer needs 4 chunks of 16 steps)."""
+    from ftcot_jax.decode import generate
+
+    got_first, waited = threading.Event(), []
+
+    def gated(model, tok, prompts, **kw):
+        inner = kw.get("on_chunk")
+        if inner is not None:  # only streaming batches get a hook
+
+            def on_chunk(partials):
+                out = inner(partials)
+                if not waited:
+                    waited.append(got_first.wait(20))
+                return out
+
+            kw["on_chunk"] = on_chunk
+        return generate(model, tok, prompts, **kw)
+
+    s = start(student, generate_fn=gated)
+    try:
+        client = openai.OpenAI(base_url=s.url, api_key="unused", max_retries=0, timeout=120)
+        kw = dict(model=MODEL_ID, prompt="Question 3: apples", max_tokens=LONG, temperature=0)
+        texts = []
+        for c in client.completions.create(**kw, stream=True):
+            if c.choices and c.choices[0].text:
+                texts.append(c.choices[0].text)
+                got_first.set()
+        full = client.completions.create(**kw)
+        assert waited == [True]
+        assert full.usage.completion_tokens == LONG and len(texts) > 1, texts
+        assert "".join(texts) == full.choices[0].text
+    finally:
+        stop(s)
+
+
+def test_streamed_stop_strings_and_choices(student, client):
+    """Several prompts and samples stream interleaved, each choice's chunks add up to its non-streamed text,
+    and text that may begin a stop string is held back: never streamed when the stop string follows."""
+    prompts = ["Q: Take the last letters of each word", "Question 1: apples"]
+    stop_s = "You" * 7
+    first16 = reference(student, prompts[:1], max_new_tokens=16)[0].text
+    free = reference(student, prompts[:1], max_new_tokens=LONG)[0].text
+    assert "You" in first16 and stop_s not in first16 and stop_s in free, free  # a stop's start in chunk 1
+    kw = dict(model=MODEL_ID, prompt=prompts, n=2, max_tokens=LONG, temperature=0, stop=[stop_s])
+    full = client.completions.create(**kw)
+    texts, chunks, finish = ["", "", "", ""], [[], [], [], []], [None] * 4
+    for c in client.completions.create(**kw, stream=True):
+        ch = c.choices[0]
+        texts[ch.index] += ch.text
+        chunks[ch.index] += [ch.text] if ch.text else []
+        finish[ch.index] = ch.finish_reason or finish[ch.index]
+    assert texts == [ch.text for ch in full.choices]
+    assert finish == [ch.finish_reason for ch in full.choices] == ["stop", "stop", "length", "length"]
+    assert texts[0] == free[: free.find(stop_s)] and not any("You" in t for t in chunks[0] + chunks[1])
+    assert len(chunks[2]) > 1 and len(chunks[3]) > 1, chunks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A trained student: its own prompt, its answer parsed, its card.
+
+QUESTION = 'Take the last letters of each word in "Elon Musk" and concatenate them.'
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from ftcot_jax.prompts import METHOD_TEMPLATE
+    from ftcot_jax.trained import TrainedFormat
+
+    return TrainedFormat(
+        task="last_letter_concatenation",
+        method="ft_cot",
+        template=METHOD_TEMPLATE["ft_cot"],
+        model_kind="decoder",
+        step=24,
+        epoch=3,
+        accuracy=0.5,
+        selection="best",
+        max_new_tokens=LONG,
+    )
+
+
+@pytest.fixture(scope="module")
+def student_srv(student, trained):
+    s = start(student, trained=trained)
+    yield s
+    stop(s)
+
+
+def test_trained_student_chat(student, trained, student_srv):
+    client = openai.OpenAI(base_url=student_srv.url, api_key="unused", max_retries=0, timeout=120)
+    card = client.models.retrieve(MODEL_ID).to_dict()
+    assert card["ftcot"] == trained.card() == client.models.list().data[0].to_dict()["ftcot"]
+    prompt = trained.prompt(QUESTION)
+    want = reference(student, [prompt], max_new_tokens=MAX_TOKENS)[0].text
+    parsed = trained.parse(want)
+    ftcot = {"rationale": parsed.rationale, "answer": parsed.answer, "prompt": prompt}
+    messages = [
+        {"role": "system", "content": "ignored: a trained student knows its format"},
+        {"role": "user", "content": "an earlier question"},
+        {"role": "assistant", "content": "an earlier answer"},
+        {"role": "user", "content": QUESTION},
+    ]
+    kw = dict(model=MODEL_ID, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    r = client.chat.completions.create(**kw)
+    assert r.choices[0].message.content == want
+    assert r.choices[0].to_dict()["ftcot"] == ftcot
+    assert r.usage.prompt_tokens == len(student.tokenizer(prompt)["input_ids"])
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+    last = chunks[-1].choices[0]
+    assert last.finish_reason == r.choices[0].finish_reason and last.to_dict()["ftcot"] == ftcot
+    assert all("ftcot" not in c.choices[0].to_dict() for c in chunks[:-1])
+    # without max_tokens: the training evaluation's budget (LONG), not the server's limit (128)
+    default = client.chat.completions.create(model=MODEL_ID, messages=messages, temperature=0)
+    assert default.usage.completion_tokens == LONG and default.choices[0].finish_reason == "length"
+    # /v1/completions stays raw text
+    comp = raw(student_srv.port, "POST", C, _c(prompt=prompt, max_tokens=MAX_TOKENS))[1]
+    assert comp["choices"][0]["text"] == want and "ftcot" not in comp["choices"][0]
+    status, parsed_err, data = raw(student_srv.port, "POST", CH, _ch(messages=[{"role": "system", "content": "x"}]))
+    assert_openai_error(status, parsed_err, data, 400, "messages")
+    assert "user message" in parsed_err["error"]["message"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -685,5 +813,10 @@ def test_config_and_cli_errors(student, capsys):
     assert (args.command, args.checkpoint, args.host, args.port, args.max_batch) == ("serve", "ckpt", "127.0.0.1", 0, 4)
     assert cli.main(["serve", "ckpt", "--max-n", "0"]) == 2
     assert cli.main(["serve", "ckpt", "--batch-window-ms", "-1"]) == 2
+    assert cli.main(["serve", "ckpt", "--step", "first"]) == 2
+    assert cli.main(["serve", "ckpt", "--stream-every", "0"]) == 2
     err = capsys.readouterr().err
     assert "max_n must be >= 1" in err and "--batch-window-ms" in err
+    assert "--step 'first': expected best, last or a step number" in err and "stream_every must be >= 1" in err
+    with pytest.raises(ValueError, match="step must be best, last or a step number"):
+        ServeConfig(model_id=MODEL_ID, step="12")
