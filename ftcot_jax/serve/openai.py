@@ -183,12 +183,15 @@ class App:
         """Queue the request's rows (n per prompt, prompt-major: row k is choice k). Returns the engine's
         future and the prompts' token counts. 503 when the queue is full."""
         counts, max_tokens = self.prepare(req)
+        temperature = req.temperature
+        if temperature is None:  # OpenAI's default samples (1.0); a trained student answers as it was evaluated
+            temperature = 0.0 if self.trained is not None else 1.0
         params = Params(
             max_new_tokens=max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p if req.temperature > 0 else 1.0,
+            temperature=temperature,
+            top_p=req.top_p if temperature > 0 else 1.0,
             stop=req.stop,
-            seed=req.seed if req.temperature > 0 else None,
+            seed=req.seed if temperature > 0 else None,
         )
         rows = [p for p in req.prompts for _ in range(req.n)]
         return self.engine.submit(rows, params, on_delta), counts

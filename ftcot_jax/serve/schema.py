@@ -61,7 +61,7 @@ class Request:
     prompts: tuple[str, ...]  # rendered text fed to the decoder (chat: after the template)
     max_tokens: int | None  # None: chat default, resolved against the context by the server
     n: int
-    temperature: float
+    temperature: float | None  # None: not given; the server chooses (App.submit: 1.0, or 0 for a trained student)
     top_p: float
     stop: tuple[str, ...]
     seed: int | None
@@ -322,7 +322,7 @@ class _Sampling(_Body):
     def common(self) -> dict:
         return dict(
             n=self.n or 1,
-            temperature=1.0 if self.temperature is None else self.temperature,
+            temperature=self.temperature,  # None: the server's default (App.submit)
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.seed,
             stop=tuple(dict.fromkeys(self.stop or ())),

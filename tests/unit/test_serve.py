@@ -379,9 +379,17 @@ def test_trained_student_chat(student, trained, student_srv):
     last = chunks[-1].choices[0]
     assert last.finish_reason == r.choices[0].finish_reason and last.to_dict()["ftcot"] == ftcot
     assert all("ftcot" not in c.choices[0].to_dict() for c in chunks[:-1])
-    # without max_tokens: the training evaluation's budget (LONG), not the server's limit (128)
-    default = client.chat.completions.create(model=MODEL_ID, messages=messages, temperature=0)
+    # without max_tokens: the training evaluation's budget (LONG), not the server's limit (128); without
+    # temperature: greedy, as the student was evaluated (OpenAI's default would sample at 1.0)
+    default = client.chat.completions.create(model=MODEL_ID, messages=messages)
     assert default.usage.completion_tokens == LONG and default.choices[0].finish_reason == "length"
+    greedy = reference(student, [prompt], max_new_tokens=LONG)[0].text
+    assert default.choices[0].message.content == greedy
+    again = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model=MODEL_ID, messages=messages, stream=True)
+    )
+    assert again == greedy
     # /v1/completions stays raw text
     comp = raw(student_srv.port, "POST", C, _c(prompt=prompt, max_tokens=MAX_TOKENS))[1]
     assert comp["choices"][0]["text"] == want and "ftcot" not in comp["choices"][0]
