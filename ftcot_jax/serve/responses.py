@@ -52,6 +52,16 @@ class FtcotAnswer(BaseModel):
     prompt: str
 
 
+class _Reply(BaseModel):
+    """The envelope every completion, chat completion and stream chunk shares."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: None = None
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
@@ -59,14 +69,10 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None
 
 
-class Completion(BaseModel):
+class Completion(_Reply):
     """A text completion, and (object "text_completion" too) each of its stream chunks."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: None = None
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -85,12 +91,8 @@ class ChatChoice(BaseModel):
     ftcot: FtcotAnswer | None = Field(None, exclude_if=_unset)
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(_Reply):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: None = None
     choices: list[ChatChoice]
     usage: Usage
 
@@ -108,11 +110,7 @@ class ChatChunkChoice(BaseModel):
     ftcot: FtcotAnswer | None = Field(None, exclude_if=_unset)  # on a trained student's last chunk
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Reply):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None

@@ -7,9 +7,11 @@ teacher) produces `TeacherRecord`s through this interface so that
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ftcot_jax import prompts
 from ftcot_jax.teacher.cache import TeacherRecord
 from ftcot_jax.teacher.pricing import format_cost
 
@@ -21,6 +23,48 @@ class TeachItem:
     sample_index: int
     question: str
     gold_answer: str
+
+
+def zs_cot_record(
+    item: TeachItem,
+    completion_index: int,
+    *,
+    teacher: Backend,
+    rationale: str,
+    answer_text: str,
+    temperature: float,
+    protocol: str | None = None,
+    reasoning_finish_reason: str = "stop",
+    finish_reason: str = "stop",
+    seed: int = -1,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+) -> TeacherRecord:
+    """The cache record of one two-step Zero-shot-CoT answer: the step-1 prompt, the rationale, the step-2
+    prompt built from them and the answer text, stamped with the teacher's identity and the time."""
+    step1 = prompts.zs_cot_step1_prompt(item.question)
+    return TeacherRecord(
+        task=item.task,
+        split=item.split,
+        sample_index=item.sample_index,
+        completion_index=completion_index,
+        teacher_model=teacher.model,
+        endpoint=teacher.endpoint,
+        protocol=protocol or teacher.protocol,
+        question=item.question,
+        gold_answer=item.gold_answer,
+        reasoning_prompt=step1,
+        rationale=rationale,
+        reasoning_finish_reason=reasoning_finish_reason,
+        answer_prompt=prompts.zs_cot_step2_prompt(step1, rationale),
+        answer_text=answer_text,
+        finish_reason=finish_reason,
+        temperature=float(temperature),
+        seed=seed,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        timestamp=time.time(),
+    )
 
 
 class TeacherError(Exception):

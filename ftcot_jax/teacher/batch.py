@@ -25,11 +25,9 @@ from dataclasses import dataclass
 import openai
 from tqdm import tqdm
 
-from ftcot_jax import prompts
 from ftcot_jax.files import write_bytes_atomic, write_json_atomic
 from ftcot_jax.paths import as_path
-from ftcot_jax.teacher.backend import TeacherError, TeachItem, TeachReport
-from ftcot_jax.teacher.cache import TeacherRecord
+from ftcot_jax.teacher.backend import TeacherError, TeachItem, TeachReport, zs_cot_record
 from ftcot_jax.teacher.openai_backend import (
     OpenAIBackend,
     parse_response,
@@ -378,30 +376,20 @@ class BatchRun:
             state["errors"].pop(key, None)
             if (i, c) in done:
                 continue
-            it = by_index[i]
-            step1 = prompts.zs_cot_step1_prompt(it.question)
             self.cache.append(
-                TeacherRecord(
-                    task=it.task,
-                    split=it.split,
-                    sample_index=i,
-                    completion_index=c,
-                    teacher_model=b.model,
-                    endpoint=b.endpoint,
+                zs_cot_record(
+                    by_index[i],
+                    c,
+                    teacher=b,
                     protocol="batch",
-                    question=it.question,
-                    gold_answer=it.gold_answer,
-                    reasoning_prompt=step1,
                     rationale=r["text"],
                     reasoning_finish_reason=r["finish_reason"],
-                    answer_prompt=prompts.zs_cot_step2_prompt(step1, r["text"]),
                     answer_text=ch.text,
                     finish_reason=ch.finish_reason,
-                    temperature=float(temperature),
+                    temperature=temperature,
                     seed=int(r["seed"]),
                     prompt_tokens=r["prompt_tokens"] + pt,
                     completion_tokens=r["completion_tokens"] + ct,
-                    timestamp=time.time(),
                 )
             )
             answered += 1

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 from ftcot_jax.files import write_json_atomic
+from ftcot_jax.paths import AnyPath, as_path
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, slug
 
@@ -43,8 +43,8 @@ def temperature_from_key(key: str) -> float | None:
     return int(m.group(1)) / 100 if m else None
 
 
-def export_path(out_dir, task: str, teacher_model: str, temperature: float) -> Path:
-    return Path(out_dir) / f"B_{slug(teacher_model)}__C_{completion_key(temperature)}" / f"D_{task}.json"
+def export_path(out_dir, task: str, teacher_model: str, temperature: float) -> AnyPath:
+    return as_path(out_dir) / f"B_{slug(teacher_model)}__C_{completion_key(temperature)}" / f"D_{task}.json"
 
 
 def to_completion_dataset(cache: TeacherCache) -> dict:
@@ -81,7 +81,7 @@ def to_completion_dataset(cache: TeacherCache) -> dict:
     }
 
 
-def export_cache(cache: TeacherCache, out_dir) -> tuple[Path, int]:
+def export_cache(cache: TeacherCache, out_dir) -> tuple[AnyPath, int]:
     """Writes the cache as a CompletionDataset file; returns (path, number of completions)."""
     doc = to_completion_dataset(cache)
     n = sum(len(v) for v in doc["data"].values())
@@ -93,7 +93,7 @@ def export_cache(cache: TeacherCache, out_dir) -> tuple[Path, int]:
 
 
 def read_completion_dataset(path) -> dict:
-    path = Path(path)
+    path = as_path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -194,7 +194,7 @@ def records_from_completion_dataset(
                     sample_index=idx,
                     completion_index=int(c["completion_index"]),
                     teacher_model=teacher_model,
-                    endpoint=extra.get("endpoint", f"import:{Path(source).name}"),
+                    endpoint=extra.get("endpoint", f"import:{as_path(source).name}"),
                     protocol=extra.get("protocol", "completions"),
                     question=c["question"],
                     gold_answer=c["answer"],
@@ -219,11 +219,11 @@ class TeacherMismatch(ValueError):
     """A completion file holds another task, teacher or temperature than the one expected."""
 
 
-def completion_files(paths) -> list[Path]:
+def completion_files(paths) -> list[AnyPath]:
     """The CompletionDataset files named by `paths`: files as given, and for a folder (the reference's
     `B_<teacher>__C_<key>/` layout) every `D_<task>.json` inside it, sorted."""
-    out: list[Path] = []
-    for p in map(Path, paths):
+    out: list[AnyPath] = []
+    for p in map(as_path, paths):
         if p.is_dir():
             found = sorted(p.glob("D_*.json"))
             if not found:
@@ -236,9 +236,9 @@ def completion_files(paths) -> list[Path]:
     return out
 
 
-def task_file(source, task: str) -> Path:
+def task_file(source, task: str) -> AnyPath:
     """The file of `task` in `source`: a folder's D_<task>.json, or `source` itself when it is a file."""
-    source = Path(source)
+    source = as_path(source)
     path = source / f"D_{task}.json" if source.is_dir() else source
     if not path.is_file():
         raise FileNotFoundError(f"teacher file {path} does not exist (expected the reference's D_<task>.json)")

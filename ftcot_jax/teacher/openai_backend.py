@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import openai
 
 from ftcot_jax import prompts
-from ftcot_jax.teacher.backend import TeacherError, TeachItem
-from ftcot_jax.teacher.cache import TeacherRecord
+from ftcot_jax.teacher.backend import TeacherError, TeachItem, zs_cot_record
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_STOP = ("END",)  # the reference passes stop="END" on every teacher call (src/oai/inference.py)
@@ -385,28 +384,18 @@ class OpenAIBackend:
             seed=None,
         )
         (ch2, *_), pt2, ct2 = await self._post(f"{item.task}#{item.sample_index}/{c} answer", body)
-        step1 = prompts.zs_cot_step1_prompt(item.question)
-        return TeacherRecord(
-            task=item.task,
-            split=item.split,
-            sample_index=item.sample_index,
-            completion_index=c,
-            teacher_model=self.model,
-            endpoint=self.endpoint,
-            protocol=self.protocol,
-            question=item.question,
-            gold_answer=item.gold_answer,
-            reasoning_prompt=step1,
+        return zs_cot_record(
+            item,
+            c,
+            teacher=self,
             rationale=ch1.text,
             reasoning_finish_reason=ch1.finish_reason,
-            answer_prompt=prompts.zs_cot_step2_prompt(step1, ch1.text),
             answer_text=ch2.text,
             finish_reason=ch2.finish_reason,
-            temperature=float(temperature),
+            temperature=temperature,
             seed=seed,
             prompt_tokens=pt1 + pt2,
             completion_tokens=ct1 + ct2,
-            timestamp=time.time(),
         )
 
     async def teach(self, item: TeachItem, completion_indices: list[int], temperature: float) -> list:

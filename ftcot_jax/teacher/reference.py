@@ -37,12 +37,10 @@ import itertools
 import json
 import random
 import re
-import time
 from pathlib import Path
 
-from ftcot_jax import prompts
 from ftcot_jax.tasks import TASK_NAMES, load_task
-from ftcot_jax.teacher.backend import TeacherError, TeachItem
+from ftcot_jax.teacher.backend import TeacherError, TeachItem, zs_cot_record
 from ftcot_jax.teacher.cache import TeacherRecord
 
 MODEL = "reference"
@@ -672,28 +670,13 @@ class ReferenceBackend:
     def record(
         self, item: TeachItem, completion_index: int, temperature: float, rationale: str, answer: str
     ) -> TeacherRecord:
-        step1 = prompts.zs_cot_step1_prompt(item.question)
-        return TeacherRecord(
-            task=item.task,
-            split=item.split,
-            sample_index=item.sample_index,
-            completion_index=completion_index,
-            teacher_model=self.model,
-            endpoint=self.endpoint,
-            protocol=self.protocol,
-            question=item.question,
-            gold_answer=item.gold_answer,
-            reasoning_prompt=step1,
+        return zs_cot_record(
+            item,
+            completion_index,
+            teacher=self,
             rationale=rationale,
-            reasoning_finish_reason="stop",
-            answer_prompt=prompts.zs_cot_step2_prompt(step1, rationale),
             answer_text=_answer_text(item.task, answer),
-            finish_reason="stop",
-            temperature=float(temperature),
-            seed=-1,
-            prompt_tokens=0,
-            completion_tokens=0,
-            timestamp=time.time(),
+            temperature=temperature,
         )
 
     async def teach(self, item: TeachItem, completion_indices: list[int], temperature: float) -> list[TeacherRecord]:

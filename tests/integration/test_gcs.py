@@ -292,3 +292,27 @@ def test_cache_on_gcs_one_segment_per_answer_merged_on_close(gcs_dir):
     with reader:
         reader.append(teacher_record(9))
     assert open_cache().failed() == []  # answered later: no longer failed
+
+
+def test_cache_exports_to_a_bucket_and_imports_back_from_it(tmp_path, gcs_dir, capsys):
+    """`ftcot cache export --out gs://...` writes the reference's layout in the bucket; `ftcot cache import` and
+    a run's `teacher.import_from` read it from there; the round trip is exact."""
+    from ftcot_jax.cli import main
+    from ftcot_jax.teacher.compat import task_file
+    from tests.helpers.data import teacher_record
+
+    def cache(root):
+        return TeacherCache(root, task="coin_flip", teacher_model="org/Model-1", temperature=0.7)
+
+    with cache(tmp_path / "src") as src:
+        src.append_all([teacher_record(s, c) for s in range(3) for c in range(2)])
+    assert main(["cache", "export", "--cache-dir", str(tmp_path / "src"), "--out", gcs_dir]) == 0
+    exported = capsys.readouterr().out.strip().rsplit(" -> ", 1)[1]
+    assert exported.startswith(gcs_dir + "/B_") and exported.endswith("/D_coin_flip.json")
+    folder = exported.rsplit("/", 1)[0]
+    assert task_file(folder, "coin_flip").read_bytes() == as_path(exported).read_bytes()
+
+    assert main(["cache", "import", "--cache-dir", str(tmp_path / "dst"), folder]) == 0
+    assert cache(tmp_path / "dst").records() == cache(tmp_path / "src").records()
+    assert main(["cache", "import", "--cache-dir", str(tmp_path / "dst"), folder + "-missing"]) == 2
+    assert "does not exist" in capsys.readouterr().err
