@@ -29,32 +29,17 @@ from pathlib import Path
 import openai
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/helpers/toy_tokenizers.py builds the tokenizer
 MODEL_ID = "tiny"
 PROMPTS = [f"Question {i}: how many apples are left?" for i in range(64)]
 
 
 def tiny_model_dir(out: Path, width: int, layers: int) -> Path:
     """A random GPT-2 (`layers` x `width`) with a small byte-level BPE tokenizer, saved as an HF directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from ftcot_jax import models as ft_models
+    from tests.helpers.toy_tokenizers import bpe_tokenizer  # the tokenizer of the server's tests
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        'Q: Take the last letters of each word in "Elon Musk" and concatenate them.',
-        "A: Let's think step by step. The last letter of Elon is n. Therefore, the answer is nk.",
-        "Question 7: How many apples are left if you eat three of the twelve apples? END",
-    ] * 10
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
+    hf_tok = bpe_tokenizer()
     eos = hf_tok.eos_token_id
     cfg = dict(
         model_type="gpt2", vocab_size=len(hf_tok), n_positions=512, n_embd=width, n_layer=layers, n_head=4,

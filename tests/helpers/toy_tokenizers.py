@@ -1,7 +1,8 @@
 """Tokenizers for tests, built in code (no hub access).
 
-`char_tokenizer()` is THE test tokenizer: an HF fast tokenizer with one token per character. Two minimal
-non-HF variants remain for decode tests whose assertions were pinned on their exact id schemes.
+`char_tokenizer()` is THE test tokenizer: an HF fast tokenizer with one token per character. `bpe_tokenizer()`
+is a small GPT-2-style byte-level BPE for the server's tests and benchmark. Two minimal non-HF variants remain
+for decode tests whose assertions were pinned on their exact id schemes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,29 @@ def char_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def bpe_tokenizer():
+    """A small byte-level BPE tokenizer trained here (GPT-2 style, EOS <|endoftext|>, no chat template)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        'Q: Take the last letters of each word in "Elon Musk" and concatenate them.',
+        "A: Let's think step by step. The last letter of Elon is n. Therefore, the answer is nk.",
+        "System: You are helpful. User: What is 2 + 3? Assistant: 2 plus 3 is 5.",
+        "Question 7: How many apples are left if you eat three of the twelve apples? END",
+    ] * 10
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
 
 
 class LetterTokenizer:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -83,6 +85,34 @@ def losses(run_dir: Path) -> dict[int, float]:
         if m["kind"] == "train":
             out[m["step"]] = m["loss"]
     return out
+
+
+# A short pause per step keeps a run going long enough for a (possibly starved) poller to kill it mid-run.
+SLOW_STEPS = (
+    "import time\nfrom ftcot_jax.train.step import TrainSetup\n_run = TrainSetup.run_step\n"
+    "TrainSetup.run_step = lambda self, s, b: (time.sleep(0.1), _run(self, s, b))[1]\n"
+)
+
+
+def kill_after_step(config: Path, run_dir, env_, step: int, *, prelude: str = "", timeout: float = 600) -> int:
+    """Starts `ftcot train` on `config` (its steps slowed by SLOW_STEPS), kills it with SIGKILL once its
+    metrics.jsonl (local or on a store) shows a train step >= `step`, and returns the last step logged."""
+    cmd = train_cmd(config, prelude=prelude + SLOW_STEPS)
+    proc = subprocess.Popen(cmd, env=env_, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline, killed_at = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
+            if steps and steps[-1] >= step:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = steps[-1]
+                break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed_at is not None, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    return killed_at
 
 
 def free_port() -> int:

@@ -19,7 +19,17 @@ from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.train.checkpoint import tmp_dirs
 from tests.helpers.gcs import create_bucket
 from tests.helpers.pipeline import tiny_run_config
-from tests.helpers.train_subprocess import REPO, env, free_port, losses, make_inputs, run, train_cmd, write_config
+from tests.helpers.train_subprocess import (
+    REPO,
+    env,
+    free_port,
+    kill_after_step,
+    losses,
+    make_inputs,
+    run,
+    train_cmd,
+    write_config,
+)
 
 EPOCHS = 4  # 64 samples / batch 8 = 8 steps per epoch -> 32 steps; saves every 10 steps and at epoch ends
 TOTAL = EPOCHS * 8
@@ -44,24 +54,8 @@ def test_train_killed_on_gcs_resumes_from_the_bucket(setup, gcs_dir):
     root, tok, samples, e, ref = setup
     run_dir = as_path(gcs_dir)
     cfg = write_config(root / "killed.yaml", gcs_dir, tok, samples, **COMMON)
-    slow = (
-        EAGER_METRICS + "import time\nfrom ftcot_jax.train.step import TrainSetup\n_run = TrainSetup.run_step\n"
-        "TrainSetup.run_step = lambda self, s, b: (time.sleep(0.1), _run(self, s, b))[1]"
-    )
-    proc = subprocess.Popen(train_cmd(cfg, prelude=slow), env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / "metrics.jsonl"
-    deadline, killed_at = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
-            if steps and steps[-1] >= 12:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = steps[-1]
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert killed_at is not None and killed_at < TOTAL, "the run ended before it could be killed"
-    assert proc.returncode == -signal.SIGKILL
+    killed_at = kill_after_step(cfg, run_dir, e, 12, prelude=EAGER_METRICS, timeout=300)
+    assert killed_at < TOTAL, "the run ended before it could be killed"
 
     out = run(train_cmd(cfg, "--resume"), e)
     resumed_from = int((out.stdout + out.stderr).split("resuming from step ")[1].split()[0])

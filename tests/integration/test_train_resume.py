@@ -3,15 +3,13 @@ of an uninterrupted run bit for bit, and no half-written checkpoint survives."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import time
 
 import pytest
 
 from ftcot_jax.train.checkpoint import tmp_dirs
-from tests.helpers.train_subprocess import env, losses, make_inputs, run, train_cmd, write_config
+from tests.helpers.train_subprocess import env, kill_after_step, losses, make_inputs, run, train_cmd, write_config
 
 EPOCHS = 10  # 64 samples / batch 8 = 8 steps per epoch -> 80 steps; saves every 10 steps and at epoch ends
 TOTAL = EPOCHS * 8
@@ -34,26 +32,8 @@ def test_kill_during_training_then_resume(setup):
     root, tok, samples, e, ref = setup
     run_dir = root / "killed"
     cfg = write_config(root / "killed.yaml", run_dir, tok, samples, **COMMON)
-    # A short pause per step keeps the run going long enough for this (possibly starved) poller.
-    slow = (
-        "import time\nfrom ftcot_jax.train.step import TrainSetup\n_run = TrainSetup.run_step\n"
-        "TrainSetup.run_step = lambda self, s, b: (time.sleep(0.1), _run(self, s, b))[1]"
-    )
-    proc = subprocess.Popen(train_cmd(cfg, prelude=slow), env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 600
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
-            if steps and steps[-1] >= 25:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = steps[-1]
-                break
-        time.sleep(0.01)
-    proc.wait()
-    assert killed_at is not None and killed_at < TOTAL, "the run ended before it could be killed"
-    assert proc.returncode == -signal.SIGKILL
+    killed_at = kill_after_step(cfg, run_dir, e, 25)
+    assert killed_at < TOTAL, "the run ended before it could be killed"
     before = losses(run_dir)
 
     out = run(train_cmd(cfg, "--resume"), e)

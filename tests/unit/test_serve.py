@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers.toy_tokenizers import bpe_tokenizer
+
 openai = pytest.importorskip("openai")
 
 MODEL_ID = "tiny-gpt2"
@@ -22,34 +24,11 @@ MAX_TOKENS = 12  # one max_tokens for most requests: one decoder compilation per
 MAX_BATCH = 8
 
 
-def build_tokenizer():
-    """A small byte-level BPE tokenizer built offline (GPT-2 style, EOS <|endoftext|>, no chat template)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        'Q: Take the last letters of each word in "Elon Musk" and concatenate them.',
-        "A: Let's think step by step. The last letter of Elon is n. Therefore, the answer is nk.",
-        "System: You are helpful. User: What is 2 + 3? Assistant: 2 plus 3 is 5.",
-        "Question 7: How many apples are left if you eat three of the twelve apples? END",
-    ] * 10
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-
-
 @pytest.fixture(scope="module")
 def student():
     from ftcot_jax import models
 
-    tok = build_tokenizer()
+    tok = bpe_tokenizer()
     eos = tok.eos_token_id
     cfg = dict(
         model_type="gpt2",
@@ -215,7 +194,7 @@ def test_chat_equals_generate_with_plain_template(student, client):
 def test_chat_template_from_tokenizer():
     from ftcot_jax.serve.chat import render_chat
 
-    tok = build_tokenizer()
+    tok = bpe_tokenizer()
     tok.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
