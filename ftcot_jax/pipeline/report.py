@@ -342,7 +342,9 @@ def students_section(cells: list[Cell]) -> list[str]:
         if c.export:
             where = c.train_dir / c.export["dir"]
             acc = "" if c.export.get("accuracy") is None else f", test accuracy {100 * c.export['accuracy']:.2f}"
-            ckpt = f"step {c.export['step']} ({c.export['selection']}, epoch {c.export.get('epoch')}{acc}), HF format"
+            e = c.export.get("epoch")  # 0-based, as in predictions/epoch_NNN.jsonl; written here as people count
+            when = "" if e is None else f", after epoch {e + 1}"
+            ckpt = f"step {c.export['step']} ({c.export['selection']}{when}{acc}), HF format"
         else:
             where = c.train_dir
             ckpt = "orbax checkpoints (best epoch by default; `ftcot export-hf DIR OUT` writes an HF dir)"

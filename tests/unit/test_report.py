@@ -3,6 +3,7 @@ end-to-end check of real runs is in tests/integration/test_pipeline.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -190,3 +191,25 @@ def test_stage_times_list_finished_stages_in_order_with_the_total(tmp_path):
     (run / "stages.json").write_text("{broken")
     with pytest.raises(ValueError, match="stages.json is not valid JSON"):
         report.stage_times_section([run])
+
+
+def test_students_section_names_each_student_with_its_checkpoint(tmp_path):
+    def cell(method, label, export):
+        return report.Cell(
+            run_dir=tmp_path, student="s", task="multiarith", method=method, kind=method, d=None, label=label,
+            best=None, last=None, history=[], train_dir=tmp_path / "train" / "multiarith" / method, samples=8,
+            params=None, export=export,
+        )  # fmt: skip
+
+    exported = {"dir": "export", "step": 82, "epoch": 1, "selection": "best", "accuracy": 0.0944}
+    md = report.students_section([cell("ft_cot", "Fine-tune-CoT", exported), cell("ft", "Fine-tune", None)])
+    table = [line for line in md if line.startswith("| multiarith")]
+    assert table == [
+        f"| multiarith | Fine-tune | `{tmp_path}/train/multiarith/ft` | orbax checkpoints (best epoch by default; "
+        "`ftcot export-hf DIR OUT` writes an HF dir) |",
+        f"| multiarith | Fine-tune-CoT | `{tmp_path}/train/multiarith/ft_cot/export` | step 82 (best, after epoch 2, "
+        "test accuracy 9.44), HF format |",
+    ]
+    assert f"ftcot ask {tmp_path}/train/multiarith/ft_cot/export" in "\n".join(md)
+    untrained = dataclasses.replace(cell("zero_shot", "Zero-shot", None), train_dir=None)
+    assert report.students_section([untrained]) == []  # a run without training has no students

@@ -79,5 +79,5 @@ def test_diverse_config_loads():
     root = Path(__file__).resolve().parents[2] / "configs"
     cfg = load_run_config(root / "diverse_smollm2.yaml")
     assert cfg.teacher.model == "reference" and cfg.teacher.diverse_temperature == 0.7
-    assert [(m.kind, m.samples) for m in methods_of(cfg)] == [("diverse", 1), ("diverse", 2), ("diverse", 4)]
-    assert [m.key for m in methods_of(cfg)] == ["ft_cot_t70_1aug", "ft_cot_t70_2aug", "ft_cot_t70_4aug"]
+    assert [(m.kind, m.samples) for m in methods_of(cfg)] == [("diverse", d) for d in (1, 2, 4, 8)]
+    assert [m.key for m in methods_of(cfg)] == [f"ft_cot_t70_{d}aug" for d in (1, 2, 4, 8)]
