@@ -94,9 +94,12 @@ SLOW_STEPS = (
 )
 
 
-def kill_after_step(config: Path, run_dir, env_, step: int, *, prelude: str = "", timeout: float = 600) -> int:
+def kill_after_step(
+    config: Path, run_dir, env_, step: int, *, prelude: str = "", timeout: float = 600, poll_s: float = 0.01
+) -> int:
     """Starts `ftcot train` on `config` (its steps slowed by SLOW_STEPS), kills it with SIGKILL once its
-    metrics.jsonl (local or on a store) shows a train step >= `step`, and returns the last step logged."""
+    metrics.jsonl (local or on a store, read every `poll_s`) shows a train step >= `step`, and returns the
+    last step logged."""
     cmd = train_cmd(config, prelude=prelude + SLOW_STEPS)
     proc = subprocess.Popen(cmd, env=env_, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run_dir / "metrics.jsonl"
@@ -108,7 +111,7 @@ def kill_after_step(config: Path, run_dir, env_, step: int, *, prelude: str = ""
                 proc.send_signal(signal.SIGKILL)
                 killed_at = steps[-1]
                 break
-        time.sleep(0.01)
+        time.sleep(poll_s)
     proc.wait()
     assert killed_at is not None, "the run ended before it could be killed"
     assert proc.returncode == -signal.SIGKILL

@@ -54,7 +54,7 @@ def test_train_killed_on_gcs_resumes_from_the_bucket(setup, gcs_dir):
     root, tok, samples, e, ref = setup
     run_dir = as_path(gcs_dir)
     cfg = write_config(root / "killed.yaml", gcs_dir, tok, samples, **COMMON)
-    killed_at = kill_after_step(cfg, run_dir, e, 12, prelude=EAGER_METRICS, timeout=300)
+    killed_at = kill_after_step(cfg, run_dir, e, 12, prelude=EAGER_METRICS, timeout=300, poll_s=0.05)
     assert killed_at < TOTAL, "the run ended before it could be killed"
 
     out = run(train_cmd(cfg, "--resume"), e)
