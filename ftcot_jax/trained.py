@@ -17,7 +17,8 @@ What can be loaded (`locate`):
 
 Only the parameters of the chosen step are read (`train.checkpoint.restore_params`), not the optimizer state.
 `export_student` writes the chosen step as an HF directory (transformers loads it in PyTorch) plus
-`ftcot_student.json`.
+`ftcot_student.json`; `train_and_export` trains (train.loop.train) and exports the best epoch into
+run_dir/export when the config's `export` is on.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from ftcot_jax import models, prompts, scoring
 from ftcot_jax.config import TrainConfig, load_config
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.models.api import model_kind
 from ftcot_jax.paths import as_path, download_tree, is_remote
-from ftcot_jax.train.checkpoint import read_position, restore_params, saved_steps
+from ftcot_jax.train.checkpoint import abstract_like, read_position, restore_params, saved_steps
+from ftcot_jax.train.loop import Trainer, TrainResult, train
 from ftcot_jax.train.student import build_student
 
 FORMAT_FILE = "ftcot_student.json"  # beside an exported student's config.json
@@ -296,3 +299,45 @@ def export_student(student: LoadedStudent, out_dir) -> Path:
     if student.trained is not None:
         write_json_atomic(out / FORMAT_FILE, student.trained.card())
     return out
+
+
+# ----------------------------------------------------------------------------- training, then the export
+
+
+def _gather_params(params):
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
+
+
+def export_trained(trainer: Trainer, result: TrainResult) -> None:
+    """The best epoch's student (the report's headline; the last step when nothing was evaluated or the best
+    step was not kept) as an HF directory in run_dir/export, with its training format. Every process takes
+    part: the parameters are restored with the training shardings and gathered; process 0 writes."""
+    best, last, step, run_dir = result.best, result.last, trainer.step, trainer.run_dir
+    chosen, params = last or {"step": step}, trainer.state.params
+    if best is not None and best["step"] != step:
+        if best["step"] in saved_steps(run_dir / "checkpoints"):
+            abstract = abstract_like(trainer.student.abstract_params, trainer.setup.state_shardings.params)
+            chosen, params = best, restore_params(run_dir / "checkpoints" / str(best["step"]), abstract)
+        elif jax.process_index() == 0:
+            print(f"warning: the best epoch (step {best['step']}) was not kept; exporting step {step}", flush=True)
+    host_params = _gather_params(params)
+    if jax.process_index() == 0:
+        student = trainer.student
+        fmt = training_format(
+            trainer.cfg,
+            task=trainer.task,
+            model_kind=student.model_type,
+            step=chosen["step"],
+            evaluation=chosen if "accuracy" in chosen else None,
+            selection="best" if chosen is best else "last",
+        )
+        model = nnx.merge(student.graphdef, host_params)
+        export_student(LoadedStudent(model, student.tokenizer, str(run_dir), fmt), run_dir / "export")
+
+
+def train_and_export(cfg: TrainConfig, **kwargs) -> TrainResult:
+    """`train.loop.train(cfg, **kwargs)`, then, when `cfg.export` is on and every step ran, the best epoch
+    as an HF directory in run_dir/export (`export_trained`)."""
+    return train(cfg, on_finished=export_trained if cfg.export else None, **kwargs)

@@ -42,7 +42,7 @@ def _run_train(args):
 
     from ftcot_jax.config import TrainConfig, load_config
     from ftcot_jax.train.checkpoint import NoCheckpointError
-    from ftcot_jax.train.loop import train
+    from ftcot_jax.trained import train_and_export
 
     flags = {
         "run_dir": args.run_dir,
@@ -57,7 +57,7 @@ def _run_train(args):
         print_config(cfg)
         return 0
     try:
-        result = train(cfg, require_checkpoint=args.resume)
+        result = train_and_export(cfg, require_checkpoint=args.resume)
     except NoCheckpointError as e:
         raise CLIError(f"--resume: {e}") from e
     summary = {

@@ -102,7 +102,7 @@ def run(job: dict) -> dict:
     res["matmul_flops"] = flops
     items = json.loads((out_dir / "eval.json").read_text())
     if items and job.get("eval", True):
-        student = nnx.merge(st.student.graphdef, jax.device_get(state["params"]))
+        student = nnx.merge(st.student.graphdef, jax.device_get(state.params))
         try:
             res["eval"] = evaluate(student, tok, items, job)
         except Exception as e:  # a failed evaluation must not hide the training numbers

@@ -171,7 +171,7 @@ class TrainConfig:
     keep_best: int = 1  # best by eval accuracy, kept in addition to the last `keep_last`
     async_checkpointing: bool = True
     log_every_steps: int = 10
-    export: bool = True  # the best epoch as an HF dir in run_dir/export at the end (trained.export_student)
+    export: bool = True  # the best epoch as an HF dir in run_dir/export at the end (trained.train_and_export)
 
     def __post_init__(self):
         _check_choice("method", self.method, ("ft", "ft_cot"))

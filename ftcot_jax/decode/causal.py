@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftcot_jax.decode.sampling import Sampling, emit, host_driver, loop_until
+from ftcot_jax.decode.sampling import DecodeState, Sampling, emit, host_driver, loop_until
 from ftcot_jax.models import api, cpu_xla
 
 MIN_PROMPT_BUCKET = 16
@@ -82,14 +82,14 @@ def _prefill(graphdef, state, ids_BxP, mask_BxP, done_B, s: Sampling, *, new_buc
     x_BxPxD, cache = model.features(
         ids_BxP, attention_mask_BxL=kv_mask_BxS, cache=model.init_cache(B, P + new_bucket), cache_index=0
     )
-    loop = {
-        "step": jnp.int32(0),
-        "last_B": jnp.full((B,), s.pad_id, jnp.int32),
-        "cache": cache,
-        "kv_mask_BxS": kv_mask_BxS,
-        "tokens_BxN": jnp.full((B, new_bucket), s.pad_id, jnp.int32),
-        "done_B": done_B,
-    }
+    loop = DecodeState(
+        step=jnp.int32(0),
+        last_B=jnp.full((B,), s.pad_id, jnp.int32),
+        cache=cache,
+        tokens_BxN=jnp.full((B, new_bucket), s.pad_id, jnp.int32),
+        done_B=done_B,
+        kv_mask_BxS=kv_mask_BxS,
+    )
     return emit(loop, _last_logits(model, x_BxPxD), s, greedy=greedy)
 
 
@@ -97,16 +97,14 @@ def _continue(graphdef, state, loop, until, s: Sampling, *, greedy: bool, chunk:
     """Decode until step `until` or until every row is done (`chunk` None), or `chunk` steps masked past
     `until` (`sampling.loop_until`); the loop state is donated (the cache is updated in place)."""
     model = compute_model(graphdef, state)
-    B, N = loop["tokens_BxN"].shape
-    P = loop["kv_mask_BxS"].shape[1] - N
+    B, N = loop.tokens_BxN.shape
+    P = loop.kv_mask_BxS.shape[1] - N
 
-    def body(c):
-        slot = P + c["step"] - 1  # where the previous token goes
-        kv_mask_BxS = jax.lax.dynamic_update_slice(
-            c["kv_mask_BxS"], jnp.ones((B, 1), c["kv_mask_BxS"].dtype), (0, slot)
-        )
+    def body(c: DecodeState) -> DecodeState:
+        slot = P + c.step - 1  # where the previous token goes
+        kv_mask_BxS = jax.lax.dynamic_update_slice(c.kv_mask_BxS, jnp.ones((B, 1), c.kv_mask_BxS.dtype), (0, slot))
         x_Bx1xD, cache = model.features(
-            c["last_B"][:, None], attention_mask_BxL=kv_mask_BxS, cache=c["cache"], cache_index=slot
+            c.last_B[:, None], attention_mask_BxL=kv_mask_BxS, cache=c.cache, cache_index=slot
         )
         return emit(c, _last_logits(model, x_Bx1xD), s, greedy=greedy, cache=cache, kv_mask_BxS=kv_mask_BxS)
 

@@ -6,9 +6,7 @@ Random numbers: token t of a batch (t = 0 is the first new token) is drawn with 
 for decoder-only and encoder-decoder models alike, so a key gives the same tokens however the loop is
 chunked (stop-string checks return to the host between chunks).
 
-The loop state is a dict, donated between calls: `step` (index of the next new token), `last_B` (the token
-fed to the next step), `cache`, `tokens_BxN` (N = the generation bucket; padding after each row's end),
-`done_B`, and whatever a model kind adds (the causal loop's `kv_mask_BxS`).
+The loop state is a `DecodeState` (a typed pytree), donated between calls.
 
 The shape of the device loop depends on the platform (`models.cpu_xla.decode_chunk`). On CPU one call is a
 `lax.while_loop` to the requested step that exits as soon as every row is done. Elsewhere a while loop whose trip
@@ -19,11 +17,12 @@ nothing (masked), finished rows write padding, and `host_driver` checks between 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.experimental import multihost_utils
 
 from ftcot_jax.models.api import MAX_EOS
@@ -39,6 +38,19 @@ class Sampling(NamedTuple):
     top_p: jax.Array  # float32 in (0, 1]
     eos_E: jax.Array  # int32 [MAX_EOS]: the EOS ids, padded with -1
     pad_id: jax.Array  # int32: what rows emit once they are done
+
+
+@struct.dataclass
+class DecodeState:
+    """The state of a decode loop between steps (and between chunked calls, donated): N is the generation
+    bucket, S the causal loop's cache slots (prompt bucket + N)."""
+
+    step: jax.Array  # int32: index of the next new token
+    last_B: jax.Array  # int32: the token fed to the next step
+    cache: Any  # the model's KV cache (its `init_cache`)
+    tokens_BxN: jax.Array  # int32: the new tokens so far; padding after each row's end
+    done_B: jax.Array  # bool: the row emitted an EOS id (or is batch filler)
+    kv_mask_BxS: jax.Array | None = None  # int32, causal loop only: 1 where a real token sits in the cache
 
 
 def make_sampling(rng, temperature: float, top_k: int, top_p: float, eos: list[int], pad: int) -> Sampling:
@@ -73,35 +85,35 @@ def next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
     return jax.random.categorical(rng, filter_logits(logits_BxV, temperature, top_k, top_p)).astype(jnp.int32)
 
 
-def emit(loop: dict, logits_BxV, s: Sampling, *, greedy: bool, **updates) -> dict:
-    """The loop state after picking token `loop["step"]` of every row from `logits_BxV`: rows already done
-    emit padding (as HF generate does), a row that emits an EOS id is done. `updates`: the entries the
+def emit(loop: DecodeState, logits_BxV, s: Sampling, *, greedy: bool, **updates) -> DecodeState:
+    """The loop state after picking token `loop.step` of every row from `logits_BxV`: rows already done
+    emit padding (as HF generate does), a row that emits an EOS id is done. `updates`: the fields the
     model step changed (cache, kv_mask_BxS)."""
-    step = loop["step"]
+    step = loop.step
     tok_B = next_token(logits_BxV, jax.random.fold_in(s.rng, step), s.temperature, s.top_k, s.top_p, greedy=greedy)
-    tok_B = jnp.where(loop["done_B"], s.pad_id, tok_B)
-    return {
-        **loop,
+    tok_B = jnp.where(loop.done_B, s.pad_id, tok_B)
+    return loop.replace(
         **updates,
-        "step": step + 1,
-        "last_B": tok_B,
-        "tokens_BxN": jax.lax.dynamic_update_slice(loop["tokens_BxN"], tok_B[:, None], (0, step)),
-        "done_B": loop["done_B"] | jnp.isin(tok_B, s.eos_E),
-    }
+        step=step + 1,
+        last_B=tok_B,
+        tokens_BxN=jax.lax.dynamic_update_slice(loop.tokens_BxN, tok_B[:, None], (0, step)),
+        done_B=loop.done_B | jnp.isin(tok_B, s.eos_E),
+    )
 
 
-def loop_until(loop: dict, until, body, *, chunk: int | None = None) -> dict:
+def loop_until(loop: DecodeState, until, body, *, chunk: int | None = None) -> DecodeState:
     """`body` (loop state -> loop state) towards step `until` (at most N). `chunk` None: a while loop that runs
     until that step or until every row is done. `chunk` k: exactly k iterations (a fixed-trip loop), the ones
     at or past step `until` masked: they keep every entry but the cache, whose one write (the fed token's
     keys/values at its slot) is the one the next real step makes again, so tokens are the same either way."""
-    until = jnp.minimum(until, loop["tokens_BxN"].shape[1])
+    until = jnp.minimum(until, loop.tokens_BxN.shape[1])
     if chunk is None:
-        return jax.lax.while_loop(lambda c: (c["step"] < until) & ~jnp.all(c["done_B"]), body, loop)
+        return jax.lax.while_loop(lambda c: (c.step < until) & ~jnp.all(c.done_B), body, loop)
 
     def masked(_, c):
-        new, live = body(c), c["step"] < until
-        return {k: v if k == "cache" else jnp.where(live, v, c[k]) for k, v in new.items()}
+        new, live = body(c), c.step < until
+        kept = jax.tree.map(lambda v, old: jnp.where(live, v, old), new.replace(cache=None), c.replace(cache=None))
+        return kept.replace(cache=new.cache)
 
     return jax.lax.fori_loop(0, chunk, masked, loop)
 
@@ -127,7 +139,7 @@ def host_driver(call, step: int, chunk: int | None):
         while at < until:
             loop = call(loop, until)
             at = min(at + chunk, until)
-            if at < until and gather_across_hosts(loop["done_B"]).all():
+            if at < until and gather_across_hosts(loop.done_B).all():
                 break
         return loop
 

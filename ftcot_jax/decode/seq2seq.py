@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ftcot_jax.decode.causal import MIN_NEW_BUCKET, bucket, compute_model
-from ftcot_jax.decode.sampling import Sampling, emit, host_driver, loop_until
+from ftcot_jax.decode.sampling import DecodeState, Sampling, emit, host_driver, loop_until
 from ftcot_jax.models import cpu_xla
 
 
@@ -30,13 +30,13 @@ def _start(graphdef, state, input_ids_BxL, mask_BxL, done_B, pad_id, start_id, *
     model = compute_model(graphdef, state)
     B = input_ids_BxL.shape[0]
     cross_kv = model.cross_kv(model.encode(input_ids_BxL, mask_BxL))
-    loop = {
-        "step": jnp.int32(0),
-        "last_B": jnp.full((B,), start_id, jnp.int32),
-        "cache": model.init_cache(B, new_bucket),
-        "tokens_BxN": jnp.full((B, new_bucket), pad_id, jnp.int32),
-        "done_B": done_B,
-    }
+    loop = DecodeState(
+        step=jnp.int32(0),
+        last_B=jnp.full((B,), start_id, jnp.int32),
+        cache=model.init_cache(B, new_bucket),
+        tokens_BxN=jnp.full((B, new_bucket), pad_id, jnp.int32),
+        done_B=done_B,
+    )
     return loop, cross_kv
 
 
@@ -47,8 +47,8 @@ def _continue(graphdef, state, loop, cross_kv, mask_BxL, until, s: Sampling, *, 
     model, greedy-vs-sampling and the chunk are static. The loop state is donated."""
     model = compute_model(graphdef, state)
 
-    def body(c):
-        logits_Bx1xV, cache = model.decode_step(c["last_B"][:, None], c["step"], c["cache"], cross_kv, mask_BxL)
+    def body(c: DecodeState) -> DecodeState:
+        logits_Bx1xV, cache = model.decode_step(c.last_B[:, None], c.step, c.cache, cross_kv, mask_BxL)
         return emit(c, logits_Bx1xV[:, 0], s, greedy=greedy, cache=cache)
 
     return loop_until(loop, until, body, chunk=chunk)

@@ -131,10 +131,10 @@ def generate_ids(
         loop = advance(loop, until)
         if until >= max_new_tokens:
             break
-        done = gather_across_hosts(loop["done_B"])
+        done = gather_across_hosts(loop.done_B)
         if done.all():
             break
-        tokens = gather_across_hosts(loop["tokens_BxN"])[:, :until]
+        tokens = gather_across_hosts(loop.tokens_BxN)[:, :until]
         flags = np.zeros_like(done) if stop_check is None else np.asarray(stop_check(tokens), bool) & ~done
         if on_chunk is not None:
             ended = on_chunk(tokens, done | flags)
@@ -142,9 +142,9 @@ def generate_ids(
                 flags |= np.asarray(ended, bool) & ~done
         if flags.any():
             stopped |= flags
-            loop = {**loop, "done_B": loop["done_B"] | jnp.asarray(flags)}
+            loop = loop.replace(done_B=loop.done_B | jnp.asarray(flags))
         until = min(until + check_every, max_new_tokens)
-    return gather_across_hosts(loop["tokens_BxN"])[:, :max_new_tokens], gather_across_hosts(loop["done_B"]) & ~stopped
+    return gather_across_hosts(loop.tokens_BxN)[:, :max_new_tokens], gather_across_hosts(loop.done_B) & ~stopped
 
 
 # ---------------------------------------------------------------------------------------------- text level

@@ -1,14 +1,15 @@
-"""The training run: `train(cfg)` fine-tunes a student and resumes from the newest checkpoint of its run dir.
+"""The training run: a `Trainer` fine-tunes a student and resumes from the newest checkpoint of its run dir.
 
     from ftcot_jax.config import load_config
     from ftcot_jax.train.loop import train
     result = train(load_config("run.yaml", ["optim.lr=1e-4"]))
 
-Flow: distributed start-up and mesh -> student -> samples tokenised once and batched per host
-(train.batches) -> `TrainSetup` (train.step) -> restore or init the state -> steps, whose metrics are
-fetched one step late so the host never waits on the device -> at each epoch end, greedy evaluation on the
-test split (evaluation.generate_and_score) and a checkpoint (async, atomic, exact resume) -> HF export and
-`results.json`.
+`train(cfg)` = `Trainer.create(cfg)` (distributed start-up and mesh -> student -> samples tokenised once and
+batched per host (train.batches) -> `TrainSetup` (train.step)), then `restore_or_init` (the newest checkpoint,
+or a fresh `TrainState`), then `fit`: steps whose metrics are fetched one step late (so the host never waits on
+the device), and at each epoch end `evaluate` (greedy, on the test split: evaluation.generate_and_score) and
+`save` (async, atomic, exact resume); finally `results.json`. Exporting the best epoch is the caller's
+(`on_finished`; `trained.train_and_export` does it when `cfg.export` is on).
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from ftcot_jax.models.api import tokenizer_pad_id
 from ftcot_jax.paths import as_path, check_reachable
 from ftcot_jax.prompts import METHOD_TEMPLATE
 from ftcot_jax.tasks import load_task
-from ftcot_jax.train.batches import Batcher, encode_samples
-from ftcot_jax.train.checkpoint import Checkpoints, NoCheckpointError, abstract_like, restore_params, saved_steps
+from ftcot_jax.train.batches import Batcher, Encoded, encode_samples
+from ftcot_jax.train.checkpoint import Checkpoints, NoCheckpointError
 from ftcot_jax.train.mesh import make_mesh, maybe_initialize_distributed
 from ftcot_jax.train.metrics import MetricsLogger, mfu, peak_flops_per_device
-from ftcot_jax.train.step import setup
+from ftcot_jax.train.state import TrainState
+from ftcot_jax.train.step import TrainSetup, setup
 from ftcot_jax.train.student import build_student
-from ftcot_jax.trained import LoadedStudent, export_student, training_format
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class TrainResult:
     truncated_prompts: int
     truncated_labels: int
     resumed_from: int | None
+    finished: bool = True  # every configured step ran (False: stopped early, e.g. a killed run's caller)
 
 
 def _resolve_samples(cfg: TrainConfig, run_dir: Path):
@@ -79,39 +81,301 @@ def _eval_examples(cfg: TrainConfig, task: str):
     return examples[: cfg.eval.limit] if cfg.eval.limit else examples
 
 
-def _gather_params(params):
-    if jax.process_count() > 1:
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)
+def _encode(cfg: TrainConfig, samples, tokenizer, model_type, is_main: bool) -> Encoded:
+    """Samples -> token ids, printing (on the main process) what the encoder warned about (truncation)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoded = encode_samples(samples, tokenizer, model_type=model_type, max_length=cfg.max_length)
+    for w in caught:
+        if is_main:
+            print(f"warning: {w.message}", flush=True)
+    return encoded
 
 
-def _predictions_path(run_dir: Path, epoch: int) -> Path:
+def predictions_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "predictions" / f"epoch_{epoch:03d}.jsonl"
 
 
-def _export(cfg: TrainConfig, run_dir: Path, student, st, state, step: int, best, last, task: str) -> None:
-    """The best epoch's student (the report's headline; the last step when nothing was evaluated or the best
-    step was not kept) as an HF directory in run_dir/export, with its training format (trained.export_student).
-    Every process takes part: the parameters are restored with the training shardings and gathered."""
-    export, params = last or {"step": step}, state["params"]
-    if best is not None and best["step"] != step:
-        if best["step"] in saved_steps(run_dir / "checkpoints"):
-            abstract = abstract_like(student.abstract_params, st.state_shardings["params"])
-            export, params = best, restore_params(run_dir / "checkpoints" / str(best["step"]), abstract)
-        elif jax.process_index() == 0:
-            print(f"warning: the best epoch (step {best['step']}) was not kept; exporting step {step}", flush=True)
-    host_params = _gather_params(params)
-    if jax.process_index() == 0:
-        model = nnx.merge(student.graphdef, host_params)
-        fmt = training_format(
-            cfg,
-            task=task,
-            model_kind=student.model_type,
-            step=export["step"],
-            evaluation=export if "accuracy" in export else None,
-            selection="best" if export is best else "last",
+class _LateMetrics:
+    """A step's metrics fetched after the next step is dispatched (the host never waits on the device); turns
+    them into floats, step time, tokens/s and MFU, and hands them to the logger and `on_step`."""
+
+    def __init__(self, logger: MetricsLogger, n_params: int, peak_total: float, log_every: int, total_steps: int):
+        self.logger, self.n_params, self.peak_total = logger, n_params, peak_total
+        self.log_every, self.total_steps = log_every, total_steps
+        self.pending = None  # (step, metrics on device, tokens)
+        self.t_last: float | None = None
+        self.losses: dict[int, float] = {}
+        self.on_step: Callable | None = None
+
+    def push(self, step: int, metrics, n_tokens: int) -> None:
+        self.flush()
+        self.pending = (step, metrics, n_tokens)
+
+    def restart_clock(self) -> None:
+        """The next step's time includes something that is not training (evaluation): no throughput for it."""
+        self.t_last = None
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        s, m, ntok = self.pending
+        self.pending = None
+        m = jax.device_get(m)  # waits for step s only; step s+1 is already queued
+        now = time.perf_counter()
+        self.losses[s] = float(m["loss"])
+        if not math.isfinite(self.losses[s]):
+            raise FloatingPointError(f"loss is {self.losses[s]} at step {s}")
+        out = {k: float(v) for k, v in m.items()}
+        if self.t_last is not None:  # the first step includes compilation: no throughput for it
+            dt = now - self.t_last
+            out.update(step_time=dt, tokens_per_s=ntok / dt, mfu=mfu(self.n_params, ntok / dt, self.peak_total))
+        self.t_last = now
+        if s % self.log_every == 0 or s == self.total_steps:
+            self.logger.log(s, out)
+        self.logger.progress(s, loss=out["loss"], **({"tok/s": out["tokens_per_s"]} if "tokens_per_s" in out else {}))
+        if self.on_step is not None:
+            self.on_step(s, out)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """One training run of one student (`Trainer.create`): its data, step, checkpoints and logs, and where
+    it is (`state`, `epoch`, `index` = the next batch of the epoch, `history` of evaluations)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    setup: TrainSetup
+    batcher: Batcher
+    encoded: Encoded
+    task: str
+    evals: list | None
+    ckpt: Checkpoints
+    logger: MetricsLogger
+    metrics: _LateMetrics
+    total_steps: int
+    state: TrainState | None = None
+    step: int = 0
+    epoch: int = 0
+    index: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    resumed_from: int | None = None
+    last_saved: int | None = None
+
+    @property
+    def student(self):
+        return self.setup.student
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batcher.steps_per_epoch
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps or self.epoch >= self.cfg.epochs
+
+    # ------------------------------------------------------------------------- building
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, *, model=None, tokenizer=None, samples=None, eval_examples=None) -> Trainer:
+        """Checks that need no data first (mesh vs devices, the student), then the data, the step and the logs."""
+        maybe_initialize_distributed(cfg)
+        if not cfg.run_dir:
+            raise ValueError("run_dir is not set")
+        run_dir = as_path(cfg.run_dir)
+        check_reachable(run_dir)  # a bucket that cannot be reached: one line now, not after the first epoch
+        is_main = jax.process_index() == 0
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        mesh = make_mesh(cfg)
+        student = build_student(cfg, model=model, tokenizer=tokenizer)
+        samples = samples if samples is not None else _resolve_samples(cfg, run_dir)
+        if not samples:
+            raise ValueError("no fine-tune samples to train on")
+        encoded = _encode(cfg, samples, student.tokenizer, student.model_type, is_main)
+        pad_id = tokenizer_pad_id(student.tokenizer)
+        start_id = getattr(student.config, "decoder_start_token_id", None)
+        batcher = Batcher(
+            encoded,
+            cfg.batch_size,
+            cfg.grad_accum,
+            cfg.seed,
+            cfg.bucket,
+            pad_id,
+            pad_id if start_id is None else start_id,
+            jax.process_index(),
+            jax.process_count(),
         )
-        export_student(LoadedStudent(model, student.tokenizer, str(run_dir), fmt), run_dir / "export")
+        total_steps = cfg.epochs * batcher.steps_per_epoch
+        if cfg.max_steps:
+            total_steps = min(total_steps, cfg.max_steps)
+        st = setup(cfg, student=student, total_steps=total_steps, mesh=mesh)
+        task = samples[0].task
+        evals = eval_examples
+        if cfg.eval.every_epochs and evals is None:
+            evals = _eval_examples(cfg, task)
+        ckpt = Checkpoints(
+            run_dir / "checkpoints",
+            keep_last=cfg.keep_last,
+            keep_best=cfg.keep_best,
+            async_save=cfg.async_checkpointing,
+        )
+        peak, peak_src = peak_flops_per_device(dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32)
+        logger = MetricsLogger(run_dir, total_steps=total_steps, initial_step=ckpt.latest_step() or 0)
+        logger.write(
+            f"student {student.family.name} ({student.n_params / 1e6:.1f}M params), "
+            f"{len(encoded)} samples, {batcher.steps_per_epoch} steps/epoch, {total_steps} steps, mesh "
+            f"{dict(st.mesh.shape)}, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_src})"
+        )
+        if encoded.truncated_prompts or encoded.truncated_labels:
+            counts = {"truncated_prompts": encoded.truncated_prompts, "truncated_labels": encoded.truncated_labels}
+            logger.log(ckpt.latest_step() or 0, {**counts, "samples": len(encoded)}, kind="data")
+        late = _LateMetrics(logger, student.n_params, peak * st.mesh.size, cfg.log_every_steps, total_steps)
+        return cls(cfg, run_dir, st, batcher, encoded, task, evals, ckpt, logger, late, total_steps)
+
+    # ------------------------------------------------------------------------- the run's parts
+
+    def restore_or_init(self, *, require_checkpoint: bool = False) -> None:
+        """The newest checkpoint's state and data position, or a fresh state (`require_checkpoint`: an error)."""
+        latest = self.ckpt.latest_step()
+        if latest is not None:
+            tree, pos = self.ckpt.restore(latest, self.setup.abstract_state().to_tree())
+            if pos.get("steps_per_epoch") not in (None, self.steps_per_epoch):
+                raise ValueError(
+                    f"checkpoint in {self.run_dir} was made with {pos['steps_per_epoch']} batches per epoch, "
+                    f"this config gives {self.steps_per_epoch}: resume needs the same data and batch size"
+                )
+            self.state = TrainState.from_tree(tree)
+            self.epoch, self.index, self.history = pos["epoch"], pos["batch"], pos.get("history", [])
+            if self.is_main:
+                print(
+                    f"resuming from step {latest} (epoch {self.epoch}, batch {self.index}) in {self.run_dir}",
+                    flush=True,
+                )
+        else:
+            if require_checkpoint:
+                raise NoCheckpointError(f"no checkpoint in {self.run_dir / 'checkpoints'} to resume from")
+            self.state = self.setup.init_state()
+        self.resumed_from = self.last_saved = latest
+        self.step = int(jax.device_get(self.state.step))
+        if self.is_main:
+            save_config(self.cfg, self.run_dir / "config.json")
+
+    def train_step(self) -> None:
+        """One step on the next batch; its metrics are fetched after the next step is dispatched."""
+        local = self.batcher.batch(self.epoch, self.index)
+        n_tokens = self.batcher.n_tokens(self.epoch, self.index)
+        self.state, m = self.setup.run_step(self.state, local)
+        self.step += 1
+        self.index += 1
+        self.metrics.push(self.step, m, n_tokens)
+
+    def evaluate(self, epoch: int) -> dict:
+        """Greedy decoding of the evaluation questions with the current params; the summary joins `history`,
+        the per-question records go to predictions/epoch_NNN.jsonl."""
+        summary, records = generate_and_score(
+            nnx.merge(self.student.graphdef, self.state.params),
+            self.student.tokenizer,
+            self.evals,
+            task=self.task,
+            template=METHOD_TEMPLATE[self.cfg.method],
+            batch_size=self.cfg.eval.batch_size,
+            max_new_tokens=self.cfg.eval.max_new_tokens,
+            mesh=self.setup.mesh,
+        )
+        summary = {"epoch": epoch, "step": self.step, **summary}
+        self.history.append(summary)
+        if self.is_main:
+            write_jsonl_atomic(predictions_path(self.run_dir, epoch), records)
+        self.logger.log(self.step, {k: v for k, v in summary.items() if k not in ("epoch", "step")}, kind="eval")
+        self.logger.write(f"epoch {epoch}: accuracy {summary['accuracy']:.4f} (n={summary['n']})")
+        self.metrics.restart_clock()  # evaluation time is not training throughput
+        return summary
+
+    def save(self, metrics: dict | None = None) -> None:
+        """An async checkpoint of the state and the data position (where the next step starts)."""
+        self.logger.flush()  # every step logged before this checkpoint is durable (run dirs on object stores)
+        position = {
+            "epoch": self.epoch,
+            "batch": self.index,
+            "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "history": self.history,
+        }
+        self.ckpt.save(self.step, self.state.to_tree(), position, metrics=metrics)
+        self.last_saved = self.step
+
+    def end_epoch(self) -> None:
+        """The epoch's last metrics, its evaluation when one is due, and its checkpoint."""
+        self.metrics.flush()
+        done, self.epoch, self.index = self.epoch, self.epoch + 1, 0
+        every = self.cfg.eval.every_epochs
+        metrics = None
+        if every and (done + 1) % every == 0 and self.evals:
+            metrics = {"accuracy": float(self.evaluate(done)["accuracy"])}
+        self.save(metrics)
+
+    # ------------------------------------------------------------------------- the loop
+
+    def fit(self, on_step: Callable | None = None) -> TrainResult:
+        """Steps until the configured epochs (or max_steps) are done; `on_step(step, metrics)` after each
+        step's metrics are fetched."""
+        self.metrics.on_step = on_step
+        every = self.cfg.checkpoint_every_steps
+        try:
+            while not self.finished:
+                self.train_step()
+                if self.index == self.steps_per_epoch:
+                    self.end_epoch()
+                elif every and self.step % every == 0:
+                    self.save()
+            self.metrics.flush()
+            if self.last_saved != self.step:  # stopped by max_steps between saves
+                self.save()
+            self.ckpt.wait()
+        finally:
+            self.logger.close()
+            self.ckpt.close()
+        return self.result()
+
+    def result(self) -> TrainResult:
+        best = max(self.history, key=lambda h: h["accuracy"]) if self.history else None
+        last = self.history[-1] if self.history else None
+        e = self.encoded
+        return TrainResult(
+            self.run_dir,
+            self.step,
+            self.metrics.losses,
+            self.history,
+            best,
+            last,
+            e.truncated_prompts,
+            e.truncated_labels,
+            self.resumed_from,
+            self.finished,
+        )
+
+    def write_results(self, result: TrainResult) -> None:
+        if self.is_main:
+            write_json_atomic(
+                self.run_dir / "results.json",
+                {
+                    "task": self.task,
+                    "method": self.cfg.method,
+                    "steps": result.steps,
+                    "best_over_epochs": result.best,
+                    "last_epoch": result.last,
+                    "history": result.history,
+                    "truncated_prompts": result.truncated_prompts,
+                    "truncated_labels": result.truncated_labels,
+                    "samples": len(self.encoded),
+                    "config": to_dict(self.cfg),
+                },
+            )
 
 
 def train(
@@ -123,221 +387,20 @@ def train(
     eval_examples=None,
     require_checkpoint: bool = False,
     on_step: Callable | None = None,
+    on_finished: Callable[[Trainer, TrainResult], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a student; resumes automatically from the newest checkpoint in `cfg.run_dir`.
 
     Python-API extras: `model`/`tokenizer` objects instead of `cfg.student.model`, `samples` (FinetuneSample
     list) instead of files, `eval_examples` (objects with sample_index/question/answer) instead of the
     task's test split. `require_checkpoint` makes a missing checkpoint an error (NoCheckpointError).
-    `on_step(step, metrics)` is called after each step's metrics are fetched.
+    `on_step(step, metrics)` is called after each step's metrics are fetched; `on_finished(trainer, result)`
+    on every process once every step has run, before results.json is written (the export's place).
     """
-    maybe_initialize_distributed(cfg)
-    if not cfg.run_dir:
-        raise ValueError("run_dir is not set")
-    run_dir = as_path(cfg.run_dir)
-    check_reachable(run_dir)  # a bucket that cannot be reached: one line now, not after the first epoch
-    is_main = jax.process_index() == 0
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    # --- checks that need no data first: mesh vs devices, then the student
-    mesh = make_mesh(cfg)
-    student = build_student(cfg, model=model, tokenizer=tokenizer)
-
-    # --- data
-    samples = samples if samples is not None else _resolve_samples(cfg, run_dir)
-    if not samples:
-        raise ValueError("no fine-tune samples to train on")
-    task = samples[0].task
-    template = METHOD_TEMPLATE[samples[0].method]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        encoded = encode_samples(samples, student.tokenizer, model_type=student.model_type, max_length=cfg.max_length)
-    for w in caught:
-        if is_main:
-            print(f"warning: {w.message}", flush=True)
-    pad_id = tokenizer_pad_id(student.tokenizer)
-    start_id = getattr(student.config, "decoder_start_token_id", None)
-    batcher = Batcher(
-        encoded,
-        cfg.batch_size,
-        cfg.grad_accum,
-        cfg.seed,
-        cfg.bucket,
-        pad_id,
-        pad_id if start_id is None else start_id,
-        jax.process_index(),
-        jax.process_count(),
-    )
-    steps_per_epoch = batcher.steps_per_epoch
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-
-    # --- mesh, state, step
-    st = setup(cfg, student=student, total_steps=total_steps, mesh=mesh)
-    dp = st.mesh.shape["data"] * st.mesh.shape["fsdp"]
-    if batcher.micro % dp:
-        raise ValueError(
-            f"micro-batch of {batcher.micro} rows (batch_size {cfg.batch_size} / grad_accum "
-            f"{cfg.grad_accum}) is not divisible by the data-parallel mesh size {dp} "
-            f"(data={st.mesh.shape['data']} x fsdp={st.mesh.shape['fsdp']})"
-        )
-    ckpt = Checkpoints(
-        run_dir / "checkpoints", keep_last=cfg.keep_last, keep_best=cfg.keep_best, async_save=cfg.async_checkpointing
-    )
-    latest = ckpt.latest_step()
-    history: list[dict] = []
-    if latest is not None:
-        state, pos = ckpt.restore(latest, st.abstract_state())
-        epoch, index, history = pos["epoch"], pos["batch"], pos.get("history", [])
-        if pos.get("steps_per_epoch") not in (None, steps_per_epoch):
-            raise ValueError(
-                f"checkpoint in {run_dir} was made with {pos['steps_per_epoch']} batches per epoch, "
-                f"this config gives {steps_per_epoch}: resume needs the same data and batch size"
-            )
-        if is_main:
-            print(f"resuming from step {latest} (epoch {epoch}, batch {index}) in {run_dir}", flush=True)
-    else:
-        if require_checkpoint:
-            raise NoCheckpointError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from")
-        state = st.init_state()
-        epoch, index = 0, 0
-    step = int(jax.device_get(state["step"]))
-    if is_main:
-        save_config(cfg, run_dir / "config.json")
-
-    evals = eval_examples
-    if cfg.eval.every_epochs and evals is None:
-        evals = _eval_examples(cfg, task)
-
-    peak, peak_src = peak_flops_per_device(dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32)
-    peak_total = peak * st.mesh.size
-    logger = MetricsLogger(run_dir, total_steps=total_steps, initial_step=step)
-    logger.write(
-        f"student {student.family.name} ({student.n_params / 1e6:.1f}M params), "
-        f"{len(encoded)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, mesh "
-        f"{dict(st.mesh.shape)}, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_src})"
-    )
-    if encoded.truncated_prompts or encoded.truncated_labels:
-        logger.log(
-            step,
-            {
-                "truncated_prompts": encoded.truncated_prompts,
-                "truncated_labels": encoded.truncated_labels,
-                "samples": len(encoded),
-            },
-            kind="data",
-        )
-
-    losses: dict[int, float] = {}
-    pending = None  # (step, metrics on device, tokens) of the last step: fetched after the next dispatch
-    t_last = None
-
-    def flush(p):
-        nonlocal t_last
-        s, m, ntok = p
-        m = jax.device_get(m)  # waits for step s only; step s+1 is already queued
-        now = time.perf_counter()
-        losses[s] = float(m["loss"])
-        if not math.isfinite(losses[s]):
-            raise FloatingPointError(f"loss is {losses[s]} at step {s}")
-        out = {k: float(v) for k, v in m.items()}
-        if t_last is not None:  # the first step includes compilation: no throughput for it
-            dt = now - t_last
-            out["step_time"] = dt
-            out["tokens_per_s"] = ntok / dt
-            out["mfu"] = mfu(student.n_params, ntok / dt, peak_total)
-        t_last = now
-        if s % cfg.log_every_steps == 0 or s == total_steps:
-            logger.log(s, out)
-        logger.progress(s, loss=out["loss"], **({"tok/s": out["tokens_per_s"]} if "tokens_per_s" in out else {}))
-        if on_step is not None:
-            on_step(s, out)
-
-    def position(e, i):
-        return {"epoch": e, "batch": i, "step": step, "steps_per_epoch": steps_per_epoch, "history": history}
-
-    resumed_from = latest
-    last_saved = latest
-
-    def save(metrics=None):
-        nonlocal last_saved
-        logger.flush()  # every step logged before this checkpoint is durable (run dirs on object stores)
-        ckpt.save(step, state, position(epoch, index), metrics=metrics)
-        last_saved = step
-
-    try:
-        while step < total_steps and epoch < cfg.epochs:
-            local = batcher.batch(epoch, index)
-            ntok = batcher.n_tokens(epoch, index)
-            state, m = st.run_step(state, local)
-            step += 1
-            index += 1
-            if pending is not None:
-                flush(pending)
-            pending = (step, m, ntok)
-            epoch_end = index == steps_per_epoch
-            if epoch_end:
-                flush(pending)
-                pending = None
-                e_done = epoch
-                epoch, index = epoch + 1, 0
-                metrics = None
-                if cfg.eval.every_epochs and (e_done + 1) % cfg.eval.every_epochs == 0 and evals:
-                    summary, records = generate_and_score(
-                        nnx.merge(student.graphdef, state["params"]),
-                        student.tokenizer,
-                        evals,
-                        task=task,
-                        template=template,
-                        batch_size=cfg.eval.batch_size,
-                        max_new_tokens=cfg.eval.max_new_tokens,
-                        mesh=st.mesh,
-                    )
-                    summary = {"epoch": e_done, "step": step, **summary}
-                    history.append(summary)
-                    metrics = {"accuracy": float(summary["accuracy"])}
-                    if is_main:
-                        write_jsonl_atomic(_predictions_path(run_dir, e_done), records)
-                    logger.log(step, {k: v for k, v in summary.items() if k not in ("epoch", "step")}, kind="eval")
-                    logger.write(f"epoch {e_done}: accuracy {summary['accuracy']:.4f} (n={summary['n']})")
-                    t_last = None  # evaluation time is not training throughput
-                save(metrics)
-            elif cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                save()
-        if pending is not None:
-            flush(pending)
-            pending = None
-        if last_saved != step:  # stopped by max_steps between saves
-            save()
-        ckpt.wait()
-    finally:
-        logger.close()
-        ckpt.close()
-
-    best = max(history, key=lambda h: h["accuracy"]) if history else None
-    last = history[-1] if history else None
-    result = TrainResult(
-        run_dir, step, losses, history, best, last, encoded.truncated_prompts, encoded.truncated_labels, resumed_from
-    )
-    done = step >= total_steps or epoch >= cfg.epochs
-    if done and cfg.export:
-        _export(cfg, run_dir, student, st, state, step, best, last, task)
-    if is_main:
-        write_json_atomic(
-            run_dir / "results.json",
-            {
-                "task": task,
-                "method": cfg.method,
-                "steps": step,
-                "best_over_epochs": best,
-                "last_epoch": last,
-                "history": history,
-                "truncated_prompts": encoded.truncated_prompts,
-                "truncated_labels": encoded.truncated_labels,
-                "samples": len(encoded),
-                "config": to_dict(cfg),
-            },
-        )
+    trainer = Trainer.create(cfg, model=model, tokenizer=tokenizer, samples=samples, eval_examples=eval_examples)
+    trainer.restore_or_init(require_checkpoint=require_checkpoint)
+    result = trainer.fit(on_step)
+    if result.finished and on_finished is not None:
+        on_finished(trainer, result)
+    trainer.write_results(result)
     return result

@@ -1,10 +1,10 @@
 """One training step: AdamW with its schedule, the loss, and the jitted, sharded, donated step function.
 
-`setup` builds a `TrainSetup`: the optimizer, the state shardings (optimizer moments sharded like their
-params), and `train_step` = jax.jit(in/out shardings, donated state) with gradient accumulation inside
-(lax.scan, normalised once by the total count of label tokens). The model is used functionally: params are a
-plain dict of arrays and `nnx.merge(graphdef, params)` runs inside the traced functions (no nnx.jit in the
-hot loop).
+`setup` builds a `TrainSetup`: the optimizer, the `TrainState` shardings (optimizer moments sharded like
+their params), and `train_step` = jax.jit(in/out shardings, donated state) with gradient accumulation inside
+(lax.scan, normalised once by the total count of label tokens). The loss is the one of the student's kind
+(train/loss.py). The model is used functionally: params are a plain dict of arrays and
+`nnx.merge(graphdef, params)` runs inside the traced functions (no nnx.jit in the hot loop).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ftcot_jax.config import TrainConfig
-from ftcot_jax.models.layers import Packing
-from ftcot_jax.train import batches, head_loss
+from ftcot_jax.train import batches
 from ftcot_jax.train.checkpoint import abstract_like
+from ftcot_jax.train.loss import loss_for
 from ftcot_jax.train.mesh import batch_sharding, data_shards, make_mesh
+from ftcot_jax.train.state import TrainState, abstract_rng, abstract_step
 from ftcot_jax.train.student import Student, build_student, make_param_init, param_shardings
 
 # ----------------------------------------------------------------------------- optimizer
@@ -67,13 +68,7 @@ def opt_state_shardings(tx, abstract_params: dict, p_shardings: dict, mesh):
     )
 
 
-# ----------------------------------------------------------------------------- loss and step
-
-
-def _current_data_shards() -> int:
-    """Data-parallel shards of the mesh being traced under (1 outside a mesh)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return 1 if mesh.empty else data_shards(mesh)
+# ----------------------------------------------------------------------------- the step
 
 
 def uses_label_head(student: Student, head_chunk: int) -> bool:
@@ -84,70 +79,24 @@ def uses_label_head(student: Student, head_chunk: int) -> bool:
 
 def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
     """loss_fn(params, micro_batch, rng) -> (sum of token cross-entropies over label tokens, number of label
-    tokens), both fp32. With `use_dropout` the model's own dropout runs, keyed by `rng`."""
+    tokens), both fp32: the loss of the student's kind (train/loss.py) on `nnx.merge(graphdef, params)`.
+    With `use_dropout` the model's own dropout runs, keyed by `rng`."""
     graphdef = student.graphdef
-    decoder = student.model_type == "decoder"
-    label_head = uses_label_head(student, head_chunk)
+    loss = loss_for(student.abstract_model, head_chunk)
 
     def loss_fn(params, mb, rng):
-        model = nnx.merge(graphdef, params)
-        extra = {"dropout_rng": rng} if use_dropout else {}
-        if label_head:  # the head only where the loss is (head_loss.py); same value as the full logits
-            if "pack_index" in mb:  # padding dropped: hidden states of the needed tokens only, [G, N, D]
-                packing = Packing(mb["pack_index"], mb["unpack_index"], *mb["input_ids"].shape)
-                x_GxNxD, _ = model.features(
-                    mb["input_ids"],
-                    attention_mask_BxL=mb["attention_mask"],
-                    positions_BxL=mb["positions"],
-                    packing=packing,
-                    **extra,
-                )
-                return head_loss.label_cross_entropy(
-                    x_GxNxD,
-                    model.head_VxD(),
-                    packing.pack(mb["targets"]),
-                    packing.pack(mb["loss_mask"]),
-                    groups=packing.G,
-                    chunk=head_chunk,
-                )
-            x_BxLxD, _ = model.features(
-                mb["input_ids"], attention_mask_BxL=mb["attention_mask"], positions_BxL=mb["positions"], **extra
-            )
-            return head_loss.label_cross_entropy(
-                x_BxLxD,
-                model.head_VxD(),
-                mb["targets"],
-                mb["loss_mask"],
-                groups=_current_data_shards(),
-                chunk=head_chunk,
-            )
-        if decoder:
-            logits_BxLxV = model(
-                mb["input_ids"], attention_mask_BxL=mb["attention_mask"], positions_BxL=mb["positions"], **extra
-            )
-        else:
-            logits_BxLxV = model(
-                mb["input_ids"],
-                attention_mask_BxL=mb["attention_mask"],
-                decoder_input_ids_BxT=mb["decoder_input_ids"],
-                decoder_attention_mask_BxT=mb["decoder_attention_mask"],
-                **extra,
-            )
-        nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), mb["targets"])
-        w_BxL = mb["loss_mask"]
-        return jnp.sum(nll_BxL * w_BxL), jnp.sum(w_BxL)
+        return loss(nnx.merge(graphdef, params), mb, rng if use_dropout else None)
 
     return loss_fn
 
 
 def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shardings=None, head_chunk: int = 0):
-    """step(state, batch) -> (state, metrics). batch arrays are (accum, micro, length)."""
-    loss_fn = make_loss_fn(student, use_dropout, head_chunk)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    """step(state, batch) -> (state, metrics) on a `TrainState`. batch arrays are (accum, micro, length)."""
+    grad_fn = jax.value_and_grad(make_loss_fn(student, use_dropout, head_chunk), has_aux=True)
 
-    def step(state, batch):
-        params = state["params"]
-        base = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        params = state.params
+        base = jax.random.fold_in(state.key, state.step)
 
         def micro(carry, xs):
             g_acc, loss_acc, n_acc = carry
@@ -169,9 +118,8 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
         # One normalisation by the label tokens of the whole batch (not a mean of micro-batch means).
         denom = jnp.maximum(n_tok, 1.0)
         grads = jax.tree.map(lambda g: g / denom, g_sum)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        new_state = dict(params=new_params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new_state = state.replace(params=optax.apply_updates(params, updates), opt_state=opt_state, step=state.step + 1)
         # positions the step computed on: all of them (encoder + decoder for T5), or the packed tokens
         computed = (
             batch["pack_index"].size
@@ -181,7 +129,7 @@ def make_train_step(student: Student, tx, schedule, *, use_dropout: bool, p_shar
         metrics = dict(
             loss=loss_sum / denom,
             grad_norm=optax.tree.norm(grads),
-            lr=schedule(state["step"]),
+            lr=schedule(state.step),
             label_tokens=n_tok,
             computed_tokens=jnp.float32(computed),
         )
@@ -203,30 +151,32 @@ class TrainSetup:
     student: Student
     tx: Any
     schedule: Any
-    state_shardings: dict
+    state_shardings: TrainState  # a NamedSharding per leaf
     batch_sharding: NamedSharding
     step_fn: Callable  # jitted (state, batch) -> (state, metrics), state donated
     init_params: Callable[[], dict]  # the params placed with state_shardings["params"] (student.make_param_init)
     pack_multiple: int = 0  # > 0: put_batch adds the padding-free layout's indices (layers.Packing)
 
-    def init_state(self) -> dict:
+    def init_state(self) -> TrainState:
+        """A fresh state: the student's weights (or a random init), zero moments, step 0, the seed's key."""
         with jax.set_mesh(self.mesh):
             params = self.init_params()
-            opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
-        rep = self.state_shardings["step"]
-        return dict(
+            opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+        rep = self.state_shardings.step
+        return TrainState(
             params=params,
             opt_state=opt_state,
             step=jax.device_put(jnp.int32(0), rep),
             rng=jax.device_put(jax.random.key_data(jax.random.key(self.cfg.seed)), rep),
         )
 
-    def abstract_state(self) -> dict:
-        abstract = dict(
+    def abstract_state(self) -> TrainState:
+        """The state as ShapeDtypeStructs carrying their shardings (restore, ahead-of-time lowering)."""
+        abstract = TrainState(
             params=self.student.abstract_params,
             opt_state=jax.eval_shape(self.tx.init, self.student.abstract_params),
-            step=jax.ShapeDtypeStruct((), jnp.int32),
-            rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+            step=abstract_step(),
+            rng=abstract_rng(),
         )
         return abstract_like(abstract, self.state_shardings)
 
@@ -280,12 +230,19 @@ def setup(
 ) -> TrainSetup:
     """The `TrainSetup` of `cfg` (its student built from `cfg`, or from `model`/`tokenizer`, unless given)."""
     mesh = mesh if mesh is not None else make_mesh(cfg)
+    dp = data_shards(mesh)
+    if (cfg.batch_size // cfg.grad_accum) % dp:
+        raise ValueError(
+            f"micro-batch of {cfg.batch_size // cfg.grad_accum} rows (batch_size {cfg.batch_size} / grad_accum "
+            f"{cfg.grad_accum}) is not divisible by the data-parallel mesh size {dp} "
+            f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+        )
     student = student or build_student(cfg, model=model, tokenizer=tokenizer)
     schedule = lr_schedule(cfg, total_steps)
     tx = make_optimizer(cfg, schedule)
     p_sh = param_shardings(student, mesh)
     rep = NamedSharding(mesh, P())
-    state_sh = dict(
+    state_sh = TrainState(
         params=p_sh, opt_state=opt_state_shardings(tx, student.abstract_params, p_sh, mesh), step=rep, rng=rep
     )
     b_sh = batch_sharding(mesh)

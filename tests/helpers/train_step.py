@@ -33,7 +33,7 @@ def run_step(cfg: TrainConfig, tok, encoded, accum: int = 1):
 def _run_uncached(cfg, tok, encoded, accum):
     st = setup(cfg, tokenizer=tok)
     state = st.init_state()
-    params0 = jax.device_get(state["params"])
+    params0 = jax.device_get(state.params)
     b = batches.Batcher(encoded, 8, accum, seed=0, bucket=16, pad_id=0)
     state, m = st.run_step(state, b.batch(0, 0))
-    return params0, jax.device_get(state["params"]), jax.device_get(m), st
+    return params0, jax.device_get(state.params), jax.device_get(m), st

@@ -7,7 +7,7 @@ import json
 
 from ftcot_jax.config import TrainConfig, from_dict
 from ftcot_jax.tasks import Example
-from ftcot_jax.train.loop import train
+from ftcot_jax.trained import train_and_export as train
 from tests.helpers.data import last_letter_samples
 from tests.helpers.models import CHAR_GPT2
 

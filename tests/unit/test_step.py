@@ -55,7 +55,7 @@ def test_gpt2_dropout_trains_on_the_fast_path_and_changes_the_step(tok, encoded)
     b = batches.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     assert float(m_on["computed_tokens"]) < b["input_ids"].size  # the packed layout
     mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
-    params = st.init_state()["params"]
+    params = st.init_state().params
     loss_fn = jax.jit(make_loss_fn(st.student, use_dropout=True, head_chunk=16))
     a, a2, c = (float(loss_fn(params, mb, jax.random.key(k))[0]) for k in (1, 1, 2))
     assert a == a2 and a != c  # the key decides the masks
@@ -66,9 +66,9 @@ def test_gpt2_dropout_trains_on_the_fast_path_and_changes_the_step(tok, encoded)
 def test_params_and_optimizer_are_sharded_by_the_rules(tok):
     st = setup(step_config((2, 2, 2)), tokenizer=tok)
     state = st.init_state()
-    wte = state["params"]["wte"]  # ("vocab", "embed") -> ("tensor", "fsdp")
+    wte = state.params["wte"]  # ("vocab", "embed") -> ("tensor", "fsdp")
     assert wte.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-    mu = [x for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "shape", None) == wte.shape]
+    mu = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "shape", None) == wte.shape]
     assert mu and all(x.sharding.spec == wte.sharding.spec for x in mu)
     assert len(wte.addressable_shards) == 8 and wte.addressable_shards[0].data.shape == (wte.shape[0] // 2, 16)
 
@@ -87,7 +87,7 @@ def test_grad_accumulation_equals_one_big_batch(tok, encoded):
     b = batches.Batcher(encoded, 8, 4, seed=0, bucket=16, pad_id=0).batch(0, 0)
     st = run_step(cfg1, tok, encoded)[3]
     loss_fn = make_loss_fn(st.student, use_dropout=False)
-    params = st.init_state()["params"]
+    params = st.init_state().params
     per_micro = [loss_fn(params, {k: v[i] for k, v in b.items()}, None) for i in range(4)]
     mean_of_means = np.mean([float(s / n) for s, n in per_micro])
     assert abs(mean_of_means - float(sum(s for s, _ in per_micro) / sum(n for _, n in per_micro))) > 1e-3
@@ -98,7 +98,7 @@ def test_loss_counts_exactly_the_label_tokens(tok, encoded):
     """The trainer's loss equals a hand-computed CE over the label+EOS positions, and changing the
     logits of prompt/padding positions does not change it."""
     st = run_step(step_config((1, 1, 1)), tok, encoded)[3]
-    params = st.init_state()["params"]
+    params = st.init_state().params
     b = batches.Batcher(encoded, 8, 1, seed=0, bucket=16, pad_id=0).batch(0, 0)
     mb = {k: jnp.asarray(v[0]) for k, v in b.items()}
     loss_sum, n = make_loss_fn(st.student, use_dropout=False)(params, mb, None)
@@ -135,7 +135,7 @@ def test_encoder_decoder_step_and_loss(tok):
         st = setup(_t5_cfg(mesh, dropout=False), tokenizer=tok)
         state = st.init_state()
         if mesh == (1, 1, 1):  # the loss is the CE of the target tokens (label + EOS), nothing else
-            params = state["params"]
+            params = state.params
             mb = {k: jnp.asarray(v[0]) for k, v in batch.items()}
             loss_sum, n = make_loss_fn(st.student, use_dropout=False)(params, mb, None)
             from flax import nnx
@@ -152,12 +152,12 @@ def test_encoder_decoder_step_and_loss(tok):
             assert int(n) == sum(len(enc.target[i]) for i in rows)
             np.testing.assert_allclose(float(loss_sum), want, rtol=1e-5)
         state, m = st.run_step(state, batch)
-        results[mesh] = (float(m["loss"]), jax.device_get(state["params"]))
+        results[mesh] = (float(m["loss"]), jax.device_get(state.params))
     assert abs(results[(1, 1, 1)][0] - results[(2, 2, 2)][0]) <= 1e-5
     assert max_tree_diff(results[(1, 1, 1)][1], results[(2, 2, 2)][1]) <= 1e-5
     # dropout (the reference trains in train mode) reaches the T5 module: a key changes the loss
     mb = {k: jnp.asarray(v[0]) for k, v in batch.items()}
-    params = st.init_state()["params"]
+    params = st.init_state().params
     plain = make_loss_fn(st.student, use_dropout=False)(params, mb, None)[0]
     dropped = make_loss_fn(st.student, use_dropout=True)(params, mb, jax.random.key(1))[0]
     assert abs(float(dropped) - float(plain)) > 1e-4
