@@ -1,6 +1,7 @@
 """Teacher side: Zero-shot-CoT rationales from a teacher into the teacher cache.
 
-backend.py (the Backend Protocol, TeachItem, TeachReport) · run.py (select questions, make_backend, teach)
+backend.py (the Backend Protocol, TeachItem, TeachReport) · run.py (select questions, make_backend, teach) · stage.py
+(the one entry of a run's teach stage)
 openai_backend.py (any OpenAI-compatible server) · batch.py (the OpenAI Batch API) · pricing.py (cost estimate)
 reference.py (the offline program teacher, no LLM) with its rationale writers: equations.py (the equation solver)
 · equation_files.py (the raw equation files) · simulators.py (coin flip, last letter, tracking) · variants.py
