@@ -1,7 +1,7 @@
 """Atomic file writes: the one place that writes JSON, JSONL and text so a reader never sees half a file.
 
-Each writer puts the content in a temporary file beside the target (fsynced), then renames it over the
-target; a crash leaves the old file or the new one, never a torn one. On an object store (`gs://`, see
+Each writer puts the content in a temporary file of its own process beside the target (fsynced), then renames
+it over the target; a crash leaves the old file or the new one, never a torn one. On an object store (`gs://`, see
 paths.py) there is no rename, and none is needed: an object write is atomic, the whole object or nothing.
 """
 
@@ -22,7 +22,7 @@ def write_bytes_atomic(path: str | AnyPath, data: bytes) -> AnyPath:
         path.write_bytes(bytes(data))
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers of one file never collide
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ftcot_jax.files import write_bytes_atomic
-from ftcot_jax.paths import as_path, is_remote
+from ftcot_jax.paths import as_path
 from ftcot_jax.prompts import METHOD_TEMPLATE
 from ftcot_jax.tasks import load_task
 from ftcot_jax.tfrecord import RecordCorruptError, decode_example, encode_example, frame, read_records
@@ -38,24 +37,11 @@ def _sample_to_features(s: FinetuneSample) -> dict:
 
 
 def write_samples(path, samples: Iterable[FinetuneSample]) -> int:
-    """Writes (overwrites) a sample file; returns the number of samples written. The file is written
-    to a temporary name and renamed, so a reader never sees half a file."""
-    path = as_path(path)
-    if is_remote(path):  # an object write is atomic by itself
-        data = [frame(encode_example(_sample_to_features(s))) for s in samples]
-        write_bytes_atomic(path, b"".join(data))
-        return len(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "wb") as f:
-        for s in samples:
-            f.write(frame(encode_example(_sample_to_features(s))))
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    """Writes (overwrites) a sample file atomically (files.py: a reader never sees half a file); returns the
+    number of samples written."""
+    frames = [frame(encode_example(_sample_to_features(s))) for s in samples]
+    write_bytes_atomic(path, b"".join(frames))
+    return len(frames)
 
 
 def read_samples(path) -> list[FinetuneSample]:
@@ -136,10 +122,7 @@ def gold_samples(task: str, method: str, split_name: str = "default"):
 
 
 def write_gold_samples(task: str, method: str, path: str | Path, split_name: str = "default") -> int:
-    path = as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()  # write_samples may append; a rebuilt file must not double up
+    """The task's gold samples (`gold_samples`) written to a sample file (replacing it)."""
     return write_samples(path, gold_samples(task, method, split_name))
 
 

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from ftcot_jax import tfrecord
-from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, record_from_example
+from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.records import TeacherRecord, record_from_example
 
 
 def _record(i: int) -> TeacherRecord:

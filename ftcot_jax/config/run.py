@@ -16,7 +16,7 @@ from pathlib import Path
 from ftcot_jax.config.loader import check_choice, load_config
 from ftcot_jax.config.train import EvalSection, StudentSection, TrainConfig
 from ftcot_jax.tasks import TASK_NAMES
-from ftcot_jax.teacher.reference import check_supported
+from ftcot_jax.tasks.rationale_sources import check_supported
 
 # Train keys the pipeline sets itself for each (task, method): train key -> the run key that decides it.
 PIPELINE_TRAIN_FIELDS = {

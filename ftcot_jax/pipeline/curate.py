@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftcot_jax.config.run import RunConfig
 from ftcot_jax.paths import as_path
-from ftcot_jax.samples import FinetuneSample, write_samples
+from ftcot_jax.samples import FinetuneSample, gold_samples, write_samples
 from ftcot_jax.scoring import check_answer
 from ftcot_jax.tasks import load_task
 from ftcot_jax.tasks.task import AQUA_TEST_START
@@ -177,20 +177,8 @@ def curate_cot(
 
 
 def vanilla(task_name: str, split_name: str = "default") -> Curation:
-    """Every train question with its gold answer (vanilla fine-tuning, no teacher)."""
-    examples = load_task(task_name).split("train", split_name)
-    samples = [
-        FinetuneSample(
-            task=task_name,
-            sample_index=ex.sample_index,
-            completion_index=0,
-            question=ex.question,
-            answer=ex.answer,
-            rationale="",
-            method="ft",
-        )
-        for ex in examples
-    ]
+    """Every train question with its gold answer (vanilla fine-tuning, no teacher): `samples.gold_samples`."""
+    samples = gold_samples(task_name, "ft", split_name)
     return Curation(task_name, "ft", samples, len(samples), 0, 0, 0, 0)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from ftcot_jax import models
 from ftcot_jax.config import RunConfig, TrainConfig, save_config
 from ftcot_jax.evaluation import generate_and_score
-from ftcot_jax.files import open_append, write_json_atomic, write_text_atomic
+from ftcot_jax.files import open_append, write_json_atomic
 from ftcot_jax.models.api import count_params
 from ftcot_jax.paths import as_path, check_reachable, replace_dir, rmtree
 from ftcot_jax.pipeline.curate import METHOD_LABELS, Method, curate_cot, methods_of, vanilla
@@ -33,90 +33,31 @@ from ftcot_jax.pipeline.report import write_report
 from ftcot_jax.pipeline.stages import StageState, config_hash, section_dict, teacher_hash, train_hash
 from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
-from ftcot_jax.teacher import reference
 from ftcot_jax.teacher.cache import TeacherCache
-from ftcot_jax.teacher.compat import TeacherMismatch, import_file, task_file
-from ftcot_jax.teacher.run import make_backend, run_teach
+from ftcot_jax.teacher.stage import teach_stage
 from ftcot_jax.train.student import build_student
 from ftcot_jax.trained import FORMAT_FILE, export_student, train_and_export
 from ftcot_jax.trained import load_student as load_trained
 
 # ----------------------------------------------------------------------------- teach and curate
 
-PROGRAM_VERSION_FILE = "program_version"  # in the reference program's cache dir: the version that wrote it
-
-
-def _teacher_backend(cfg: RunConfig):
-    t = cfg.teacher
-    return make_backend(
-        t.model,
-        protocol=t.protocol,
-        base_url=t.endpoint or None,
-        api_key_env=t.api_key_env or None,
-        max_tokens=t.max_tokens,
-        stop=list(t.stop),
-        concurrency=t.concurrency,
-        timeout=t.timeout,
-        max_attempts=t.max_attempts,
-        seed=None if t.seed < 0 else t.seed,
-    )
-
 
 def teach(cfg: RunConfig, task: str, kind: str, log) -> Path:
     """Greedy teacher (kind ft_cot) on teacher.split, or D samples at diverse_temperature on the train questions
-    curation uses (pipeline.plan.teach_items)."""
+    curation uses (pipeline.plan.teach_items), through the teacher's one entry for the stage."""
     t = cfg.teacher
     if kind == "diverse":
         temperature, samples = t.diverse_temperature, max(cfg.curate.diverse_samples)
     else:
         temperature, samples = t.temperature, 1
-    if t.import_from:
-        return _import_teacher(cfg, task, temperature, log)
-    items = teach_items(cfg, task, "diverse" if kind == "diverse" else "greedy")
+    items = [] if t.import_from else teach_items(cfg, task, "diverse" if kind == "diverse" else "greedy")
     n_test = sum(it.split == "test" for it in items)
     if n_test:
         log(
             f"  teach {task}: {n_test} of {len(items)} questions are test questions (teacher.split={t.split}): "
             "asked only for the teacher's own test accuracy"
         )
-    backend = _teacher_backend(cfg)
-    if t.model == reference.MODEL:
-        _drop_older_program_answers(
-            TeacherCache(cache_root(cfg), task=task, teacher_model=backend.model, temperature=temperature).path
-        )
-    with TeacherCache(cache_root(cfg), task=task, teacher_model=backend.model, temperature=temperature) as cache:
-        rep = run_teach(
-            backend, cache, items, samples=samples, temperature=temperature, concurrency=t.concurrency, progress=False
-        )
-        log(f"  teach {task} T={temperature:g} x{samples}: {rep.summary().splitlines()[0]}")
-        if rep.failed:
-            raise RuntimeError(
-                f"teacher: {rep.failed} of {rep.pairs} {task} samples failed ("
-                f"{'; '.join(rep.errors[:2])}); rerun to retry them"
-            )
-        return cache.path
-
-
-def _drop_older_program_answers(cache_dir) -> None:
-    """The reference program's cache keeps only its current version's answers: a cache another version wrote
-    (its `program_version` file differs or is missing) is deleted first; the program rewrites it in seconds."""
-    marker = cache_dir / PROGRAM_VERSION_FILE
-    if marker.exists() and marker.read_text().strip() == str(reference.VERSION):
-        return
-    if cache_dir.exists():
-        rmtree(cache_dir)
-    write_text_atomic(marker, f"{reference.VERSION}\n")
-
-
-def _import_teacher(cfg: RunConfig, task: str, temperature: float, log) -> Path:
-    """The task's released teacher file into the run's cache (the stage hash covers the file's bytes)."""
-    path = task_file(cfg.teacher.import_from, task)
-    try:
-        cache, added, skipped = import_file(path, cache_root(cfg), expect=(task, cfg.teacher.model, temperature))
-    except TeacherMismatch as e:
-        raise TeacherMismatch(f"{e} (this run's teacher.model={cfg.teacher.model})") from None
-    log(f"  teach {task} T={temperature:g}: imported {added} completions from {path} ({skipped} already cached)")
-    return cache.path
+    return teach_stage(t, task, items, cache_root(cfg), temperature=temperature, samples=samples, log=log)
 
 
 def curate(cfg: RunConfig, task: str, method: Method, out: Path, log) -> Path:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ftcot_jax import prompts
-from ftcot_jax.teacher.cache import TeacherRecord
 from ftcot_jax.teacher.pricing import format_cost
+from ftcot_jax.teacher.records import TeacherRecord
 
 
 @dataclass(frozen=True)

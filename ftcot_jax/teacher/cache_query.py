@@ -6,9 +6,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftcot_jax.paths import as_path
 from ftcot_jax.scoring import check_answer
-from ftcot_jax.teacher.cache import TeacherCache, find_caches, record_from_example
+from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.records import record_from_example
 from ftcot_jax.tfrecord import RecordCorruptError, read_records, repair_tail
+
+
+def find_caches(root) -> list[TeacherCache]:
+    """Every cache directory under `root` (found by its cache.json), sorted by path."""
+    root = as_path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"cache root {root} does not exist")
+    return [TeacherCache.from_dir(p.parent) for p in sorted(root.glob("*/*/*/cache.json"))]
 
 
 def select_caches(

@@ -26,7 +26,8 @@ import time
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.paths import AnyPath, as_path
 from ftcot_jax.tasks import load_task
-from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord, slug
+from ftcot_jax.teacher.cache import TeacherCache, slug
+from ftcot_jax.teacher.records import TeacherRecord
 
 _EXTRA = ("split", "endpoint", "protocol", "seed", "prompt_tokens", "completion_tokens", "timestamp")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ftcot_jax.samples import FinetuneSample
-from ftcot_jax.teacher.cache import TeacherRecord
+from ftcot_jax.teacher.records import TeacherRecord
 
 
 def last_letter_samples(n: int, seed: int = 0, method: str = "ft", letters: str = "abcdef"):

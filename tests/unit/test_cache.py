@@ -7,7 +7,9 @@ import warnings
 import pytest
 
 from ftcot_jax import tfrecord
-from ftcot_jax.teacher.cache import TeacherCache, find_caches, record_from_example, record_to_example
+from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.cache_query import find_caches
+from ftcot_jax.teacher.records import record_from_example, record_to_example
 from tests.helpers.data import teacher_record as rec
 
 
@@ -166,7 +168,7 @@ def test_from_dir_and_bad_meta(tmp_path):
 
 def test_tensorflow_reads_and_writes_cache_records(tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from ftcot_jax.teacher.cache import FEATURES
+    from ftcot_jax.teacher.records import FEATURES
 
     c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0.7)
     want = [rec(s, model="m", rationale=f"Ünï {s}") for s in range(3)]
@@ -200,10 +202,10 @@ def test_tensorflow_reads_and_writes_cache_records(tmp_path):
 
 
 def test_registered_secret_is_scrubbed(tmp_path):
-    from ftcot_jax.teacher import cache as cache_mod
+    from ftcot_jax.teacher import scrub
 
     key = "custom-var-key-9876543210"
-    cache_mod.register_secret(key)
+    scrub.register_secret(key)
     try:
         c = TeacherCache(tmp_path, task="coin_flip", teacher_model="m", temperature=0)
         c.mark_failed(0, 0, f"rejected {key}")
@@ -211,7 +213,7 @@ def test_registered_secret_is_scrubbed(tmp_path):
         c.close()
         assert all(key not in p.read_bytes().decode("utf-8", "replace") for p in c.path.iterdir())
     finally:
-        cache_mod._REGISTERED.discard(key)
+        scrub._REGISTERED.discard(key)
 
 
 def test_bad_names(tmp_path):

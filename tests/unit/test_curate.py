@@ -10,7 +10,8 @@ from ftcot_jax.pipeline import curate
 from ftcot_jax.samples import read_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher import compat
-from ftcot_jax.teacher.cache import TeacherCache, TeacherRecord
+from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.records import TeacherRecord
 
 TASK = "coin_flip"
 

@@ -116,3 +116,57 @@ def test_cycle_finder_finds_a_cycle():
 def test_our_imports_are_at_module_top_outside_the_cli():
     _, deferred = _edges()
     assert deferred == []
+
+
+# ----------------------------------------------------------------------------- floors (docs/architecture.md)
+
+ARCHITECTURE = ROOT.parent / "docs" / "architecture.md"
+
+
+def _floors() -> dict[str, int]:
+    """`ftcot_jax.<name>` -> floor, from the "Floors" table of docs/architecture.md."""
+    text = ARCHITECTURE.read_text()
+    section = text.split("## Floors", 1)[1].split("\n## ", 1)[0]
+    floors = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for name in cells[1].replace("`", "").split(","):
+                floors[f"{PKG}.{name.strip()}"] = int(cells[0])
+    return floors
+
+
+def _floor_of(module: str, floors: dict[str, int]) -> int | None:
+    parts = module.split(".")
+    for n in range(len(parts), 1, -1):  # the longest listed prefix: a package's floor covers its modules
+        if ".".join(parts[:n]) in floors:
+            return floors[".".join(parts[:n])]
+    return None
+
+
+def _climbs(graph: dict[str, set[str]], floors: dict[str, int]) -> list[str]:
+    out = []
+    for a in sorted(graph):
+        for b in sorted(graph[a]):
+            fa, fb = _floor_of(a, floors), _floor_of(b, floors)
+            if fa is not None and fb is not None and fb > fa:
+                out.append(f"{a} (floor {fa}) imports {b} (floor {fb})")
+    return out
+
+
+def test_every_module_has_a_floor():
+    floors = _floors()
+    assert len(set(floors.values())) >= 5  # the table was found and read
+    unplaced = [m for m in MODULES if m != PKG and _floor_of(m, floors) is None]
+    assert unplaced == [], f"add these to the Floors table of docs/architecture.md: {unplaced}"
+
+
+def test_no_import_climbs_a_floor():
+    graph, _ = _edges()
+    assert _climbs(graph, _floors()) == []
+
+
+def test_the_floor_check_finds_a_climb():
+    floors = {f"{PKG}.train": 5, f"{PKG}.trained": 6}
+    graph = {f"{PKG}.train.loop": {f"{PKG}.trained"}, f"{PKG}.trained": {f"{PKG}.train.loop"}}
+    assert _climbs(graph, floors) == [f"{PKG}.train.loop (floor 5) imports {PKG}.trained (floor 6)"]

@@ -1,4 +1,4 @@
-"""The offline `reference` teacher (ftcot_jax/teacher/reference.py)."""
+"""The offline `reference` teacher (ftcot_jax/teacher/reference.py and the rationale writers it calls)."""
 
 import asyncio
 import re
@@ -9,9 +9,12 @@ from ftcot_jax import prompts
 from ftcot_jax.pipeline.curate import curate_cot
 from ftcot_jax.scoring import check_answer
 from ftcot_jax.tasks import load_task
+from ftcot_jax.tasks.rationale_sources import EQUATION, SUPPORTED_TASKS, check_supported
+from ftcot_jax.teacher import equations, simulators
 from ftcot_jax.teacher import reference as ref
 from ftcot_jax.teacher.backend import TeacherError, TeachItem
 from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.rationale import RationaleError, fmt
 from ftcot_jax.teacher.run import run_teach
 
 # Train rows whose annotation disagrees with the gold answer (checked by hand against the question):
@@ -39,7 +42,7 @@ def _teach(backend, task, part, ex, indices=(0,), temperature=0.0):
     return asyncio.run(backend.teach(item, list(indices), temperature))
 
 
-@pytest.mark.parametrize("task", ref.SUPPORTED_TASKS)
+@pytest.mark.parametrize("task", SUPPORTED_TASKS)
 def test_answers_parse_to_gold_on_the_whole_train_split(task):
     backend = ref.ReferenceBackend()
     t = load_task(task)
@@ -66,13 +69,13 @@ def test_answers_parse_to_gold_on_the_whole_train_split(task):
 @pytest.mark.parametrize("task", ["date_understanding", "commonsense_qa"])
 def test_unsupported_tasks_are_refused_by_name(task):
     with pytest.raises(ValueError, match=f"cannot teach '{task}'"):
-        ref.check_supported(task)
+        check_supported(task)
     ex = load_task(task).split("train")[0]
     with pytest.raises(TeacherError, match=f"cannot teach '{task}'") as e:
         _teach(ref.ReferenceBackend(), task, "train", ex)
     assert e.value.fatal
     with pytest.raises(ValueError, match="unknown task 'nope'"):
-        ref.check_supported("nope")
+        check_supported("nope")
 
 
 def test_a_question_not_in_the_dataset_fails():
@@ -99,24 +102,24 @@ def test_a_question_not_in_the_dataset_fails():
     ],
 )
 def test_equation_rationales(equation, value):
-    text, got = ref.equation_rationale(equation)
+    text, got = equations.equation_rationale(equation)
     assert got == pytest.approx(value)
-    assert text.endswith(f"= {ref.fmt(value)}.")
+    assert text.endswith(f"= {fmt(value)}.")
 
 
 @pytest.mark.parametrize("equation", ["9=3+6", "X = 1 = 2", "x*x=4", "x=y+1", "x=2**3"])
 def test_bad_equations_raise(equation):
-    with pytest.raises(ref.RationaleError):
-        ref.equation_rationale(equation)
+    with pytest.raises(RationaleError):
+        equations.equation_rationale(equation)
 
 
 def test_program_rationales():
-    text, ans = ref.coin_flip_rationale(
+    text, ans = simulators.coin_flip_rationale(
         "A coin is heads up. Ka flips the coin. Bo does not flip the coin. "
         'Is the coin still heads up? Note that "flip" here means "reverse".'
     )
     assert ans == "no" and "Ka flips the coin, so it is now tails up." in text
-    text, ans = ref.last_letter_rationale(
+    text, ans = simulators.last_letter_rationale(
         'Take the last letters of each words in "Ira Paola Jose Antonio Maria" and concatenate them.', "aaoa"
     )
     assert ans == "aaoa" and 'The last letter of "Jose Antonio" is "o", so far "aao".' in text
@@ -128,7 +131,7 @@ def test_program_rationales():
         "Bob swap balls. At the end of the game, Alice has the \nWhich choice is true? Answer choices: (A) orange "
         "ball, (B) white ball, (C) blue ball."
     )
-    text, ans = ref.tracking_rationale(q)
+    text, ans = simulators.tracking_rationale(q)
     assert ans == "C" and text.endswith("Alice has blue ball, which is choice (C).")
 
 
@@ -162,7 +165,7 @@ DIFFERENT = 4  # variants 0..3 of every question are pairwise different
 
 def _conclusion(task, rationale):
     """What a rationale of our own (equations, programs) concludes, read off its last statement."""
-    if task in ref.EQUATION:
+    if task in EQUATION:
         return float(re.findall(r"-?\d+(?:\.\d+)?", rationale.replace(",", ""))[-1])
     if task == "last_letter_concatenation":
         return re.findall(r'"([^"]*)"', rationale)[-1]
@@ -179,7 +182,7 @@ def _units(task, text):
     return [u.strip() for u in text.split("\n") if u.strip()]
 
 
-@pytest.mark.parametrize("task", ref.SUPPORTED_TASKS)
+@pytest.mark.parametrize("task", SUPPORTED_TASKS)
 def test_variants_are_correct_and_different(task):
     backend = ref.ReferenceBackend()
     t = load_task(task)
@@ -202,7 +205,7 @@ def test_variants_are_correct_and_different(task):
             label = prompts.finetune_label("ft_cot_token", "decoder", gold, text)
             assert "-->" in text or check_answer(task, label, gold, "ft_cot_token"), (task, k, label)
             concl = _conclusion(task, text)
-            if task in ref.EQUATION:
+            if task in EQUATION:
                 assert concl == pytest.approx(float(gold)), (task, ex.sample_index, k, text)
             elif concl is not None:
                 assert concl == gold, (task, ex.sample_index, k, text)
@@ -237,7 +240,7 @@ def test_samples_by_temperature_and_index():
 def test_equation_variants_end_on_the_value(equation, value):
     texts = set()
     for k in range(1, 4):
-        text, got = ref.equation_rationale(equation, k, seed="s")
+        text, got = equations.equation_rationale(equation, k, seed="s")
         assert got == pytest.approx(value)
         assert float(re.findall(r"-?\d+(?:\.\d+)?", text)[-1]) == pytest.approx(value), text
         texts.add(text)

@@ -26,7 +26,7 @@ def test_samples_round_trip(tmp_path):
     p = tmp_path / "s" / "samples.tfrecord"
     assert S.write_samples(p, _samples()) == 2
     assert S.read_samples(p) == _samples()
-    assert not (tmp_path / "s" / "samples.tfrecord.tmp").exists()
+    assert [f.name for f in (tmp_path / "s").iterdir()] == ["samples.tfrecord"]  # no temporary file left
 
 
 def test_samples_bad_files(tmp_path):

@@ -10,6 +10,7 @@ from ftcot_jax.pipeline.plan import cache_root, teach_items
 from ftcot_jax.pipeline.stages import teacher_hash
 from ftcot_jax.teacher import reference
 from ftcot_jax.teacher.cache import TeacherCache
+from ftcot_jax.teacher.stage import PROGRAM_VERSION_FILE
 from tests.helpers.data import teacher_record
 from tests.helpers.pipeline import tiny_run_config
 
@@ -21,7 +22,7 @@ def test_a_new_program_version_reruns_teach_and_replaces_older_answers(tmp_path,
     logs = []
     cache_dir = pipeline_run.teach(cfg, T, "ft_cot", logs.append)
     assert "0 already cached, 8 answered" in logs[-1]
-    marker = cache_dir / pipeline_run.PROGRAM_VERSION_FILE
+    marker = cache_dir / PROGRAM_VERSION_FILE
     assert marker.read_text().strip() == str(reference.VERSION)
     current = {r.key: r.rationale for r in TeacherCache.from_dir(cache_dir).records()}
     h = teacher_hash(cfg, T, "ft_cot")
@@ -61,5 +62,5 @@ def test_an_llm_teachers_cache_is_kept_as_it_is(tmp_path, char_tokenizer_dir, mo
     logs = []
     pipeline_run.teach(cfg, T, "ft_cot", logs.append)  # every answer cached: the dead endpoint is never asked
     assert "8 already cached, 0 answered" in logs[-1]
-    assert not (cache.path / pipeline_run.PROGRAM_VERSION_FILE).exists()
+    assert not (cache.path / PROGRAM_VERSION_FILE).exists()
     assert len(TeacherCache.from_dir(cache.path).records()) == 8
