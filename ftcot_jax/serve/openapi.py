@@ -77,9 +77,21 @@ def _responses(ok: dict, *errors: int) -> dict:
 
 
 def _completion_route(request: str, response: str, chunk: str, summary: str, auth: list) -> dict:
-    stream = {
-        "schema": {"type": "string", "description": f"With stream: true, server-sent events: `data: <{chunk}>`."},
-        "x-sse-data": {"anyOf": [_ref(chunk), _ref("ErrorResponse")], "description": "Then `data: [DONE]`."},
+    payload = {"anyOf": [_ref(chunk), _ref("ErrorResponse")]}
+    stream = {  # OpenAPI 3.1 reads an event stream's schema as each event's
+        "schema": {
+            "type": "object",
+            "description": f"With stream: true, server-sent events: `data: <{chunk}>` ..., then `data: [DONE]`.",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "anyOf": [
+                        {"const": "[DONE]"},
+                        {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+                    ]
+                }
+            },
+        }
     }
     ok = {"application/json": {"schema": _ref(response)}, "text/event-stream": stream}
     return {

@@ -86,8 +86,24 @@ def _reject_constant(name: str):
 # ------------------------------------------------------------------------------------------------ bodies
 
 
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 0 and 0.0 are one number; false is not 0."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
 def _off(value: Any, *offs: Any) -> bool:
-    return value is None or any(value == o and type(value) is type(o) for o in offs)
+    return value is None or any(_same_json(value, o) for o in offs)
+
+
+def _integral(v: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema reads it); 2.5 stays a type error."""
+    return int(v) if type(v) is float and v.is_integer() else v
+
+
+OptionalInt = Annotated[int | None, BeforeValidator(_integral)]
 
 
 def _off_schema(offs: tuple) -> dict:
@@ -205,11 +221,11 @@ class _Sampling(_Body):
     }
 
     model: str
-    n: int | None = Field(None, ge=1)
+    n: OptionalInt = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: Annotated[list[str] | None, BeforeValidator(_stop_list)] = Field(None, json_schema_extra=STOP_SCHEMA)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    seed: OptionalInt = Field(None, ge=-(2**63), lt=2**64)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: Any = None  # ignored
@@ -286,7 +302,7 @@ class CompletionRequest(_Sampling):
     }
 
     prompt: Annotated[str | list[str], BeforeValidator(_prompt_shape)] = Field(json_schema_extra=PROMPT_SCHEMA)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: OptionalInt = Field(None, ge=1)
     logprobs: Any = None
     echo: Any = None
     suffix: Any = None
@@ -313,7 +329,7 @@ class CompletionRequest(_Sampling):
 
     @model_validator(mode="after")
     def _best_of(self):
-        if self.best_of is not None and not (type(self.best_of) is int and self.best_of == (self.n or 1)):
+        if self.best_of is not None and not _same_json(_integral(self.best_of), self.n or 1):
             raise fail("unsupported", param="best_of")
         return self
 
@@ -346,8 +362,8 @@ class ChatRequest(_Sampling):
     }
 
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: OptionalInt = Field(None, ge=1)
+    max_completion_tokens: OptionalInt = Field(None, ge=1)
     # ignored: caller / platform metadata
     metadata: Any = None
     store: Any = None
