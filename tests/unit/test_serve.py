@@ -392,6 +392,7 @@ MALFORMED = [
     ("empty body", C, b"", None, 400, None),
     ("whitespace body", CH, b"  \n", None, 400, None),
     ("JSON array body", C, b"[1, 2]", None, 400, None),
+    ("lone surrogate in JSON", C, b'{"model": "tiny-gpt2", "prompt": "\\ud800"}', None, 400, None),
     ("NaN in JSON", C, b'{"model": "tiny-gpt2", "prompt": "x", "temperature": NaN}', None, 400, None),
     ("non-JSON content type", C, json.dumps(OK_COMPLETION).encode(), {"Content-Type": "text/plain"}, 400, None),
     (

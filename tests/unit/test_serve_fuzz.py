@@ -85,7 +85,7 @@ def test_schema_valid_requests_are_served_and_responses_conform(student, decoder
         stop(srv)
     # the fuzzer ran (a route with one valid request, GET of the one model, has one case) and was served
     assert seen.get((200, None), 0) >= (1 if method == "GET" else min(examples, 10)), seen
-    assert stats["http_5xx"] == 0 and stats["client_disconnects"] == 0, stats
+    assert stats["http_5xx"] == 0, stats  # (schemathesis may stop reading a long stream: a client disconnect)
 
 
 def test_published_schema_states_the_servers_limits(student):
