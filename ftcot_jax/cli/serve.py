@@ -44,6 +44,19 @@ def add_serve_parser(sub):
     )
     p.add_argument("--max-queue", type=int, default=1024, help="queued requests beyond this get a 503")
     p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=60.0,
+        help="a request's headers and body must arrive within this many seconds, else 408 and the connection "
+        "is closed (default 60)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=2048,
+        help="open connections beyond this get a 503 at once (default 2048)",
+    )
+    p.add_argument(
         "--stream-every",
         type=int,
         default=16,
@@ -79,6 +92,8 @@ def _run_serve(args):
         batch_window_s=args.batch_window_ms / 1000,
         max_queue=args.max_queue,
         stream_every=args.stream_every,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
         step=_step(args.step),
     )
     server.serve(args.checkpoint, config)

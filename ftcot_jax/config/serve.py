@@ -1,6 +1,6 @@
 """The server's schema: one `ServeConfig` describes a run of `ftcot serve` (bind address, auth, batching,
-streaming, request limits, and which checkpoint of a trained student). docs/serve.md describes each limit and
-the error a request gets for crossing it.
+streaming, request and connection limits, and which checkpoint of a trained student). docs/serve.md describes
+each limit and the error a request gets for crossing it.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ class ServeConfig:
     batch_window_s: float = 0.01  # how long the worker waits for more requests to join a batch
     max_queue: int = 1024  # queued requests beyond this get a 503
     request_timeout_s: float = 600.0
+    read_timeout_s: float = 60.0  # a request's headers and body must arrive within this: else 408 and closed
+    max_connections: int = 2048  # open connections beyond this get a 503 at once
     stream_every: int = 16  # decode steps between streamed chunks (off CPU the device runs 16-step chunks)
     step: str | int = "best"  # a trained student's checkpoint: best | last | a step number
 
     def __post_init__(self):
-        for name in ("max_batch", "max_new_tokens_limit", "max_n", "max_queue", "stream_every"):
+        for name in ("max_batch", "max_new_tokens_limit", "max_n", "max_queue", "stream_every", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_prompt_tokens", "max_prompt_chars"):
@@ -37,8 +39,9 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_window_s < 0:
             raise ValueError(f"batch_window_s must be >= 0, got {self.batch_window_s}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "read_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_batch > MAX_MAX_BATCH:
             raise ValueError(f"max_batch must be <= {MAX_MAX_BATCH}, got {self.max_batch}")
         if not 0 <= self.port <= 65535:

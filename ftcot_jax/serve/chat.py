@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftcot_jax.serve.schema import APIError
+from ftcot_jax.serve.errors import APIError
 
 PLAIN_ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 

@@ -25,7 +25,7 @@ import jax
 
 from ftcot_jax import decode
 from ftcot_jax.serve.chat import render_chat
-from ftcot_jax.serve.schema import APIError
+from ftcot_jax.serve.errors import APIError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ trained: the prompt is `trained.prompt(last user message)`, not a chat template,
 from __future__ import annotations
 
 import hmac
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 
 from ftcot_jax.config.serve import ServeConfig
 from ftcot_jax.serve.engine import Delta, Engine, Params, RowResult
+from ftcot_jax.serve.errors import APIError
+from ftcot_jax.serve.http_stats import HTTPStats
 from ftcot_jax.serve.responses import (
     ChatChoice,
     ChatChunkChoice,
@@ -33,7 +34,7 @@ from ftcot_jax.serve.responses import (
     ModelList,
     Usage,
 )
-from ftcot_jax.serve.schema import APIError, Limits, Request, parse_chat, parse_completion
+from ftcot_jax.serve.schema import Limits, Request, parse_chat, parse_completion
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ class App:
             context_length=context_len or (max_prompt_tokens + config.max_new_tokens_limit),
         )
         self.created = int(time.time())
-        self._http_lock = threading.Lock()
-        self.http_4xx = self.http_5xx = 0
+        self.http = HTTPStats()  # the HTTP layer's counters (routes.Guard, serve.protocol)
 
     # -- auth --
 
@@ -104,13 +104,6 @@ class App:
             )
         return self.model_card().model_dump()
 
-    def record_status(self, status: int) -> None:
-        with self._http_lock:
-            if status >= 500:
-                self.http_5xx += 1
-            elif status >= 400:
-                self.http_4xx += 1
-
     def stats(self) -> dict:
         s = self.engine.stats
         return {
@@ -119,8 +112,7 @@ class App:
             "batches": s.batches,
             "max_batch_rows": s.max_batch_rows,
             "decode_seconds": round(s.decode_seconds, 4),
-            "http_4xx": self.http_4xx,
-            "http_5xx": self.http_5xx,
+            **self.http.as_dict(),
             "queued": self.engine._queue.qsize(),
             "max_batch": self.engine.max_batch,
             "limits": self.limits.__dict__,

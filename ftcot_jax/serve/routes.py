@@ -17,31 +17,31 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ftcot_jax.serve.engine import RowResult
+from ftcot_jax.serve.errors import APIError
 from ftcot_jax.serve.openai import App
-from ftcot_jax.serve.schema import MAX_BODY_BYTES, APIError, parse_json
+from ftcot_jax.serve.openapi import openapi_document
+from ftcot_jax.serve.protocol import CLOSED_BY_SERVER
+from ftcot_jax.serve.schema import MAX_BODY_BYTES, parse_json
 
 log = logging.getLogger("ftcot_jax.serve")
 
-METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}  # others: 501
-ROUTES = {  # path -> its method, for the 405 message
-    "/v1/models": "GET",
-    "/health": "GET",
-    "/stats": "GET",
-    "/v1/completions": "POST",
-    "/v1/chat/completions": "POST",
-}
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}  # HTTP's; others: 501
 
 
-def _error_response(err: APIError, *, close: bool = False) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers={"Connection": "close"} if close else None)
+def _error_response(err: APIError, *, close: bool = False, headers: dict | None = None) -> JSONResponse:
+    headers = {**(headers or {}), **({"Connection": "close"} if close else {})}
+    return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
 
 
 class Guard:
-    """The outermost ASGI layer: methods HTTP does not know (501), responses counted by status (/stats), and
-    any exception a handler lets through logged in one line (FastAPI has answered it with a 500 in OpenAI's
-    shape, `build`) rather than as uvicorn's traceback; the server keeps serving."""
+    """The outermost ASGI layer: methods HTTP does not define (501); responses counted by status in /stats as
+    they are sent, and a client that went away before its response was complete counted apart (at debug level
+    in the log: it is not the server's failure); any exception a handler lets through logged in one line
+    (FastAPI has answered it with a 500 in OpenAI's shape, `build`) rather than as uvicorn's traceback. The
+    server keeps serving."""
 
     def __init__(self, asgi, app: App):
         self.asgi, self.app = asgi, app
@@ -49,30 +49,51 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.asgi(scope, receive, send)
-        started = False
+        started = completed = gone = False
+        stats = self.app.http
+
+        async def watched():
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not completed:
+                gone = True
+            return message
 
         async def counted(message):
-            nonlocal started
+            nonlocal started, completed
             if message["type"] == "http.response.start":
                 started = True
-                self.app.record_status(message["status"])
+                if not gone:
+                    stats.sent(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
             if scope["method"] not in METHODS:
                 err = APIError(501, f"Unsupported method ({scope['method']!r}).", type="server_error")
                 return await _error_response(err, close=True)(scope, receive, counted)
-            await self.asgi(scope, receive, counted)
+            await self.asgi(scope, watched, counted)
         except Exception as e:  # noqa: BLE001 -- never let a request kill the server
-            log.warning("ftcot serve: %s %s failed: %s: %s", scope["method"], scope["path"], type(e).__name__, e)
-            if not started:
+            if gone:  # e.g. the body never came: starlette's ClientDisconnect
+                log.debug("ftcot serve: %s %s: %s", scope["method"], scope["path"], type(e).__name__)
+            else:
+                log.warning("ftcot serve: %s %s failed: %s: %s", scope["method"], scope["path"], type(e).__name__, e)
+            if not started and not gone:
                 err = APIError(500, f"Internal server error: {type(e).__name__}: {e}", type="server_error")
                 await _error_response(err, close=True)(scope, receive, counted)
+        finally:
+            if gone and not scope.get(CLOSED_BY_SERVER):
+                stats.add("client_disconnects")
+                log.debug("ftcot serve: %s %s: the client disconnected", scope["method"], scope["path"])
 
 
 def build(app: App) -> Guard:
     """The ASGI application serving `app`."""
-    api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # ours: GET /openapi.json below
+    schema = openapi_document(
+        app.limits, app.config.model_id, api_key=app.config.api_key is not None, trained=app.trained is not None
+    )
 
     @api.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
@@ -87,10 +108,12 @@ def build(app: App) -> Guard:
     @api.exception_handler(HTTPException)
     async def _routing_error(request: Request, exc: HTTPException):
         path, method = request.url.path, request.method
-        if exc.status_code == 405:
-            use = ROUTES.get(path.rstrip("/"), "GET" if path.startswith("/v1/models/") else None)
-            hint = f"; use {use}" if use else ""
-            return _error_response(APIError(405, f"Method {method} is not allowed on {path}{hint}."))
+        if exc.status_code == 405:  # starlette's Allow header lists the route's methods
+            allow = (exc.headers or {}).get("Allow", "")
+            hint = f"; use {allow}" if allow else ""
+            return _error_response(
+                APIError(405, f"Method {method} is not allowed on {path}{hint}."), headers=exc.headers
+            )
         if exc.status_code == 404:
             return _error_response(APIError(404, f"Invalid URL ({method} {path})."))
         return _error_response(APIError(exc.status_code, str(exc.detail)))
@@ -101,6 +124,11 @@ def build(app: App) -> Guard:
     @api.get("/health")
     async def health():
         return JSONResponse({"status": "ok"})
+
+    @api.get("/openapi.json")
+    async def openapi(request: Request):
+        auth(request)
+        return JSONResponse(schema)
 
     @api.get("/stats")
     async def stats(request: Request):
@@ -120,12 +148,12 @@ def build(app: App) -> Guard:
     @api.post("/v1/completions")
     async def completions(request: Request):
         auth(request)
-        return await _complete(app, "completion", await _read_json(request))
+        return await _complete(app, "completion", await _read_json(request), request)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         auth(request)
-        return await _complete(app, "chat", await _read_json(request))
+        return await _complete(app, "chat", await _read_json(request), request)
 
     return Guard(api, app)
 
@@ -143,7 +171,13 @@ async def _read_json(request: Request) -> dict:
     return parse_json(await request.body(), request.headers.get("content-type", ""))
 
 
-async def _complete(app: App, kind: str, body: dict):
+async def _until_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _complete(app: App, kind: str, body: dict, request: Request):
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()  # a stream's Deltas, then its future
 
@@ -158,13 +192,19 @@ async def _complete(app: App, kind: str, body: dict):
         return req, *app.submit(req, put if req.stream else None)
 
     req, future, counts = await run_in_threadpool(admit)
-    if not req.stream:
+    if not req.stream:  # a client that goes away while its rows wait or decode cancels them, as a stream's does
+        done = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(_until_gone(request))
         try:
-            results = await asyncio.wait_for(asyncio.wrap_future(future), app.config.request_timeout_s)
-        except TimeoutError:
+            await asyncio.wait([done, gone], timeout=app.config.request_timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            gone.cancel()
+        if not done.done():
             future.cancel()
-            raise app.timeout_error() from None
-        return JSONResponse(app.respond(req, results, counts))
+            if gone.done() and not gone.cancelled():
+                raise ClientDisconnect()
+            raise app.timeout_error()
+        return JSONResponse(app.respond(req, done.result(), counts))
 
     future.add_done_callback(put)  # the end: after every Delta (same thread, same order)
     deadline = loop.time() + app.config.request_timeout_s

@@ -6,39 +6,25 @@
 
 from __future__ import annotations
 
-import json
+import resource
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ftcot_jax.config.serve import ServeConfig
 from ftcot_jax.models.api import max_positions
 from ftcot_jax.serve import routes
 from ftcot_jax.serve.engine import Engine
 from ftcot_jax.serve.openai import App
-from ftcot_jax.serve.schema import APIError
+from ftcot_jax.serve.protocol import protocol_class
 from ftcot_jax.trained import load_student
 
 GIL_SWITCH_INTERVAL_S = 0.0005
-
-
-class JSONErrorH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, answering a request it cannot parse (a malformed request line, bad headers)
-    with a 400 in OpenAI's error shape instead of plain text."""
-
-    def send_400_response(self, msg: str) -> None:
-        body = json.dumps(APIError(400, f"Invalid HTTP request: {msg}").body()).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body)):
-            self.transport.write(self.conn.send(event))
-        self.transport.write(self.conn.send(h11.EndOfMessage()))
-        self.transport.close()
+FD_RESERVE = 64  # open files besides the connections (the model's files, logs, the thread pool's pipes)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -63,7 +49,9 @@ class Server:
         self.uvicorn = uvicorn.Server(
             uvicorn.Config(
                 routes.build(app),
-                http=JSONErrorH11Protocol,
+                http=protocol_class(
+                    app.http, read_timeout_s=config.read_timeout_s, max_connections=config.max_connections
+                ),
                 ws="none",
                 lifespan="off",
                 proxy_headers=False,
@@ -126,12 +114,28 @@ def make_server(
         raise
 
 
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's soft limit on open files to `needed` (within the hard limit), so that the
+    connection cap, not the file limit, is what refuses connections; says so when the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            print(
+                f"ftcot serve: warning: the open-file limit is {target}; --max-connections "
+                f"{needed - FD_RESERVE} needs {needed} (raise `ulimit -n` or lower --max-connections)",
+                file=sys.stderr,
+            )
+
+
 def serve(source: str, config: ServeConfig) -> None:
     """Load SOURCE (`ftcot_jax.trained.load_student`, at `config.step`) and serve it until interrupted."""
     # The event loop and the engine's worker share the GIL; at Python's default 5 ms switch interval the
     # worker waits up to that long for it after every decode chunk (streaming returns every few steps). This
     # process only serves, so it switches sooner (docs/serve.md has the measurement).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    _allow_open_files(config.max_connections + FD_RESERVE)
     student = load_student(source, step=config.step)
     server = make_server(student.model, student.tokenizer, config, trained=student.trained)
     host, port, limits = config.host, server.port, server.app.limits

@@ -11,55 +11,20 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers.serve import MAX_BATCH, MODEL_ID, assert_openai_error, raw, start, stop, tiny_student
 from tests.helpers.toy_tokenizers import bpe_tokenizer
 
 openai = pytest.importorskip("openai")
 
-MODEL_ID = "tiny-gpt2"
 MAX_TOKENS = 12  # one max_tokens for most requests: one decoder compilation per prompt bucket
-MAX_BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def student():
-    from ftcot_jax import models
-
-    tok = bpe_tokenizer()
-    eos = tok.eos_token_id
-    cfg = dict(
-        model_type="gpt2",
-        vocab_size=len(tok),
-        n_positions=256,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eos,
-        eos_token_id=eos,
-    )
-    # models.load(save_hf(...)) is what `ftcot serve DIR` does; it is the models helper's tested round trip
-    # and costs ~15 s here, so the server gets the random-init model directly.
-    return SimpleNamespace(model=models.from_config(cfg, seed=0), tokenizer=tok)
-
-
-def start(student, generate_fn=None, trained=None, **config):
-    from ftcot_jax.config.serve import ServeConfig
-    from ftcot_jax.serve.server import make_server
-
-    kw = dict(model_id=MODEL_ID, port=0, max_batch=MAX_BATCH, max_new_tokens_limit=128, max_n=4, batch_window_s=0.02)
-    kw.update(config)
-    server = make_server(
-        student.model, student.tokenizer, ServeConfig(**kw), trained=trained, generate_fn=generate_fn, quiet=True
-    )
-    server.start()
-    return SimpleNamespace(server=server, app=server.app, port=server.port, url=f"http://127.0.0.1:{server.port}/v1")
-
-
-def stop(srv):
-    srv.server.stop()
+    return tiny_student()
 
 
 @pytest.fixture(scope="module")
@@ -91,35 +56,6 @@ def reference(student, prompts, max_new_tokens=MAX_TOKENS, stop=None):
         temperature=0.0,
     )
     return gens[: len(prompts)]
-
-
-def raw(port, method, path, body=b"", headers=None, conn=None):
-    """One HTTP request -> (status, parsed JSON or None, raw bytes)."""
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    hdrs = {"Content-Type": "application/json"} if headers is None else headers
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    c.request(method, path, body=body, headers=hdrs)
-    r = c.getresponse()
-    data = r.read()
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        parsed = None
-    if conn is None:
-        c.close()
-    return r.status, parsed, data
-
-
-def assert_openai_error(status, parsed, data, expect_status, param=None):
-    assert status == expect_status, (status, data[:300])
-    assert isinstance(parsed, dict) and set(parsed) == {"error"}, data[:300]
-    err = parsed["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"], err
-    assert err["type"] == "invalid_request_error", err
-    if param is not None:
-        assert err["param"] == param, err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,6 +392,7 @@ MALFORMED = [
     ("empty body", C, b"", None, 400, None),
     ("whitespace body", CH, b"  \n", None, 400, None),
     ("JSON array body", C, b"[1, 2]", None, 400, None),
+    ("lone surrogate in JSON", C, b'{"model": "tiny-gpt2", "prompt": "\\ud800"}', None, 400, None),
     ("NaN in JSON", C, b'{"model": "tiny-gpt2", "prompt": "x", "temperature": NaN}', None, 400, None),
     ("non-JSON content type", C, json.dumps(OK_COMPLETION).encode(), {"Content-Type": "text/plain"}, 400, None),
     (
