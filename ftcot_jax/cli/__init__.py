@@ -11,10 +11,11 @@ import argparse
 import sys
 
 from ftcot_jax.cli import compare, models, pipeline, serve, tasks, teacher, train
+from ftcot_jax.cli import compile as compile_cmd
 from ftcot_jax.cli.common import CLIError
 
-# In pipeline order: tasks -> models -> teach/cache -> curate -> train -> serve -> run/report -> compare.
-COMMAND_GROUPS = (tasks, models, teacher, train, serve, pipeline, compare)
+# In pipeline order: tasks -> models -> teach/cache -> curate -> train -> compile -> serve -> run/report -> compare.
+COMMAND_GROUPS = (tasks, models, teacher, train, compile_cmd, serve, pipeline, compare)
 
 __all__ = ["CLIError", "build_parser", "main"]
 

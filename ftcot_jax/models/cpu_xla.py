@@ -80,11 +80,14 @@ _rejected: set[frozenset] = set()  # option sets this jaxlib refused to compile
 
 
 def platform_of(tree) -> str:
-    """The platform ("cpu", "gpu", "tpu") of the devices the arrays in `tree` live on (e.g. a model's params);
-    JAX's default backend when `tree` holds no array."""
+    """The platform ("cpu", "gpu", "tpu") of the devices the arrays in `tree` live on (e.g. a model's params), or
+    that its sharded ShapeDtypeStructs are placed on; JAX's default backend when `tree` holds neither."""
     for leaf in jax.tree.leaves(tree):
         if isinstance(leaf, jax.Array):
             return next(iter(leaf.devices())).platform
+        sharding = getattr(leaf, "sharding", None)  # a ShapeDtypeStruct lowered for other devices (a TPU slice)
+        if isinstance(leaf, jax.ShapeDtypeStruct) and sharding is not None:
+            return next(iter(sharding.device_set)).platform
     return jax.default_backend()
 
 

@@ -35,8 +35,9 @@ from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache
 from ftcot_jax.teacher.stage import teach_stage
+from ftcot_jax.train.loop import train
 from ftcot_jax.train.student import build_student
-from ftcot_jax.trained import FORMAT_FILE, export_student, train_and_export
+from ftcot_jax.trained import FORMAT_FILE, export_student
 from ftcot_jax.trained import load_student as load_trained
 
 # ----------------------------------------------------------------------------- teach and curate
@@ -331,7 +332,7 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
                 sid = f"train/{task}/{m.key}"
 
                 def do_train(tcfg=tcfg, train_dir=train_dir):
-                    res = train_and_export(tcfg, on_step=train_hook)
+                    res = train(tcfg, on_step=train_hook)
                     if res.resumed_from is not None:
                         _log(f"  resumed {train_dir} from step {res.resumed_from}")
                     return [train_dir / "results.json"]

@@ -102,6 +102,25 @@ def _round_up(n: int, m: int) -> int:
     return max(m, int(math.ceil(n / m)) * m)
 
 
+def batch_shapes(model_type: str, accum: int, micro: int, length: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of the arrays `Batcher.batch` makes at `length` positions (source and target
+    alike for an encoder-decoder), for a step lowered without data (ahead-of-time compilation)."""
+    shape = (accum, micro, length)
+    i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
+    if model_type == "decoder":
+        names = {"input_ids": i32, "attention_mask": i32, "positions": i32, "targets": i32, "loss_mask": f32}
+    else:
+        names = {
+            "input_ids": i32,
+            "attention_mask": i32,
+            "decoder_input_ids": i32,
+            "decoder_attention_mask": i32,
+            "targets": i32,
+            "loss_mask": f32,
+        }
+    return {k: (shape, dt) for k, dt in names.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Batcher:
     """Deterministic batches of an Encoded set for one host.

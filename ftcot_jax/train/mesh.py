@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 import jax
-from jax.sharding import Mesh, NamedSharding
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ftcot_jax.config import MeshConfig, TrainConfig
@@ -45,10 +46,24 @@ def mesh_shape(mesh: MeshConfig, n_devices: int) -> tuple[int, int, int]:
     return sharding.resolve_mesh_shape(mesh.data, mesh.fsdp, mesh.tensor, n_devices)
 
 
-def make_mesh(cfg: TrainConfig) -> Mesh:
-    """The mesh of `cfg.mesh` over the devices it names (all of them, or the first `num_devices`)."""
-    data, fsdp, tensor = mesh_shape(cfg.mesh, jax.device_count())
-    return sharding.make_mesh(data, fsdp, tensor, devices=jax.devices()[: data * fsdp * tensor])
+def make_mesh(cfg: TrainConfig, devices=None, num_slices: int = 1) -> Mesh:
+    """The mesh of `cfg.mesh` over the devices it names (all of them, or the first `num_devices`). `devices`:
+    other devices than this process's (a TPU slice described by libtpu, to compile ahead of time); with
+    `num_slices` > 1 they form that many slices and the data axis spans them (the data-centre network carries
+    only the data-parallel gradient reduction), the other axes stay inside a slice."""
+    devices = jax.devices() if devices is None else list(devices)
+    data, fsdp, tensor = mesh_shape(cfg.mesh, len(devices))
+    if num_slices == 1:
+        return sharding.make_mesh(data, fsdp, tensor, devices=devices[: data * fsdp * tensor])
+    if data % num_slices:
+        raise ValueError(
+            f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}) over {num_slices} slices: the data axis must be a "
+            f"multiple of the number of slices (it spans them)"
+        )
+    grid = mesh_utils.create_hybrid_device_mesh(
+        (data // num_slices, fsdp, tensor), (num_slices, 1, 1), devices=devices, allow_split_physical_axes=True
+    )
+    return Mesh(grid, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
