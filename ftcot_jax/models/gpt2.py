@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ftcot_jax.models.api import Family
-from ftcot_jax.models.cpu_xla import grad_barrier, linear
-from ftcot_jax.models.hf import gpt2_names
+from ftcot_jax.models.cpu_xla import grad_barrier
+from ftcot_jax.models.dense import dense
+from ftcot_jax.models.hf import HFMap, HFName
 from ftcot_jax.models.layers import (
     ACTIVATIONS,
     NO_DROPOUT,
@@ -125,7 +126,7 @@ class Attention(nnx.Module):
         out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt, self.attn_pdrop, keys())
         if packing is not None:
             out_BxTxHxK = packing.pack(out_BxTxHxK)
-        y_BxTxD = linear(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2) + self.out_bias[...].astype(dt)
+        y_BxTxD = dense(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2) + self.out_bias[...].astype(dt)
         return dropout(y_BxTxD, self.resid_pdrop, keys(), tokens), cache
 
 
@@ -141,9 +142,9 @@ class Mlp(nnx.Module):
 
     def __call__(self, x_BxTxD, keys=NO_DROPOUT, tokens=None):
         dt = self.dtype
-        h_BxTxF = self.act(linear(x_BxTxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
+        h_BxTxF = self.act(dense(x_BxTxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        y_BxTxD = linear(h_BxTxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+        y_BxTxD = dense(h_BxTxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
         return dropout(y_BxTxD, self.resid_pdrop, keys(), tokens)
 
 
@@ -226,4 +227,37 @@ class Model(DecoderLM):
         return self.wte[...]
 
 
-FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=gpt2_names)
+# ----------------------------------------------------------------------------- the HF checkpoint layout
+
+
+def hf_names(c: Config) -> HFMap:
+    """HF GPT2LMHeadModel. Conv1D weights are [in, out] already: reshapes only. A stored `lm_head.weight` is
+    the tied embedding; hub `gpt2` checkpoints name tensors without "transformer."."""
+    D, H, K, F, V = c.n_embd, c.n_head, c.head_dim, c.d_ff, c.vocab_size
+    names = [
+        HFName("wte", (V, D), "transformer.wte.weight", tied=("lm_head.weight",)),
+        HFName("wpe", (c.n_positions, D), "transformer.wpe.weight"),
+        HFName("ln_f.scale", (D,), "transformer.ln_f.weight"),
+        HFName("ln_f.bias", (D,), "transformer.ln_f.bias"),
+    ]
+    for i in range(c.n_layer):
+        b, h = f"blocks.{i}.", f"transformer.h.{i}."
+        names += [
+            HFName(b + "ln_1.scale", (D,), h + "ln_1.weight"),
+            HFName(b + "ln_1.bias", (D,), h + "ln_1.bias"),
+            HFName(b + "attn.qkv_kernel", (D, 3, H, K), h + "attn.c_attn.weight", (D, 3 * D)),
+            HFName(b + "attn.qkv_bias", (3, H, K), h + "attn.c_attn.bias", (3 * D,)),
+            HFName(b + "attn.out_kernel", (H, K, D), h + "attn.c_proj.weight", (D, D)),
+            HFName(b + "attn.out_bias", (D,), h + "attn.c_proj.bias"),
+            HFName(b + "ln_2.scale", (D,), h + "ln_2.weight"),
+            HFName(b + "ln_2.bias", (D,), h + "ln_2.bias"),
+            HFName(b + "mlp.fc_kernel", (D, F), h + "mlp.c_fc.weight"),
+            HFName(b + "mlp.fc_bias", (F,), h + "mlp.c_fc.bias"),
+            HFName(b + "mlp.proj_kernel", (F, D), h + "mlp.c_proj.weight"),
+            HFName(b + "mlp.proj_bias", (D,), h + "mlp.c_proj.bias"),
+        ]
+    # attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
+    return HFMap("gpt2", tuple(names), ignore=(".attn.bias", ".attn.masked_bias"), optional_prefix="transformer.")
+
+
+FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=hf_names)

@@ -13,8 +13,9 @@ import numpy as np
 from flax import nnx
 
 from ftcot_jax.models.api import Family
-from ftcot_jax.models.cpu_xla import grad_barrier, linear
-from ftcot_jax.models.hf import llama_names
+from ftcot_jax.models.cpu_xla import grad_barrier
+from ftcot_jax.models.dense import dense
+from ftcot_jax.models.hf import HFMap, HFName
 from ftcot_jax.models.layers import (
     DecoderLM,
     DropoutKeys,
@@ -211,7 +212,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
         dt, G, R = self.dtype, self.G, self.R
-        qkv_BxTxGxCxK = linear(x_BxTxD, self.qkv_kernel[...].astype(dt))
+        qkv_BxTxGxCxK = dense(x_BxTxD, self.qkv_kernel[...].astype(dt))
         if self.qkv_bias is not None:
             qkv_BxTxGxCxK = qkv_BxTxGxCxK + self.qkv_bias[...].astype(dt)
         q_BxTxGxRxK = apply_rope(qkv_BxTxGxCxK[:, :, :, :R], cos_BxTxK, sin_BxTxK)
@@ -225,7 +226,7 @@ class Attention(nnx.Module):
         out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt, self.dropout_rate, rng)
         if packing is not None:
             out_BxTxHxK = packing.pack(out_BxTxHxK)
-        y_BxTxD = linear(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
+        y_BxTxD = dense(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
         if self.o_bias is not None:
             y_BxTxD = y_BxTxD + self.o_bias[...].astype(dt)
         return y_BxTxD, cache
@@ -248,7 +249,7 @@ class Mlp(nnx.Module):
         if self.gate_up_bias is not None:
             gu_BxTx2xF = gu_BxTx2xF + self.gate_up_bias[...].astype(dt)
         h_BxTxF = constrain(jax.nn.silu(gu_BxTx2xF[:, :, 0]) * gu_BxTx2xF[:, :, 1], ("batch", "length", "mlp"))
-        y_BxTxD = linear(h_BxTxF, self.down_kernel[...].astype(dt))
+        y_BxTxD = dense(h_BxTxF, self.down_kernel[...].astype(dt))
         if self.down_bias is not None:
             y_BxTxD = y_BxTxD + self.down_bias[...].astype(dt)
         return y_BxTxD
@@ -327,4 +328,71 @@ class Model(DecoderLM):
         return self.embed[...] if self.lm_head is None else self.lm_head[...]
 
 
-FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=llama_names)
+# ----------------------------------------------------------------------------- the HF checkpoint layout
+
+
+def hf_names(c: Config) -> HFMap:
+    """HF LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM. Our q/k/v kernel is fused group-major
+    ([D, G, R + 2, K]: per kv head its R query heads, then k, then v), gate/up fused along a size-2 axis."""
+    D, H, G, K, F, V = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+    )
+    R = H // G
+    tied = c.tie_word_embeddings
+    names = [
+        HFName("embed", (V, D), "model.embed_tokens.weight", tied=("lm_head.weight",) if tied else ()),
+        HFName("norm.scale", (D,), "model.norm.weight"),
+    ]
+    if not tied:
+        names.append(HFName("lm_head", (V, D), "lm_head.weight"))
+    for i in range(c.num_hidden_layers):
+        b, a, m = f"layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        qkv, gate_up = (a + "q_proj", a + "k_proj", a + "v_proj"), (m + "gate_proj", m + "up_proj")
+        names += [
+            HFName(b + "input_norm.scale", (D,), f"model.layers.{i}.input_layernorm.weight"),
+            HFName(b + "post_norm.scale", (D,), f"model.layers.{i}.post_attention_layernorm.weight"),
+            HFName(
+                b + "attn.qkv_kernel",
+                (D, G, R + 2, K),
+                tuple(n + ".weight" for n in qkv),
+                ((H * K, D), (G * K, D), (G * K, D)),
+                transpose=True,
+                axis=2,
+            ),
+            HFName(b + "attn.o_kernel", (H, K, D), a + "o_proj.weight", (D, H * K), transpose=True),
+            HFName(
+                b + "mlp.gate_up_kernel",
+                (D, 2, F),
+                tuple(n + ".weight" for n in gate_up),
+                ((F, D), (F, D)),
+                transpose=True,
+                axis=1,
+            ),
+            HFName(b + "mlp.down_kernel", (F, D), m + "down_proj.weight", transpose=True),
+        ]
+        if c.qkv_bias:
+            names.append(
+                HFName(
+                    b + "attn.qkv_bias",
+                    (G, R + 2, K),
+                    tuple(n + ".bias" for n in qkv),
+                    ((H * K,), (G * K,), (G * K,)),
+                    axis=1,
+                )
+            )
+        if c.o_bias:
+            names.append(HFName(b + "attn.o_bias", (D,), a + "o_proj.bias"))
+        if c.mlp_bias:
+            names += [
+                HFName(b + "mlp.gate_up_bias", (2, F), tuple(n + ".bias" for n in gate_up), ((F,), (F,))),
+                HFName(b + "mlp.down_bias", (D,), m + "down_proj.bias"),
+            ]
+    return HFMap(c.model_type, tuple(names), ignore=("rotary_emb.inv_freq",))
+
+
+FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=hf_names)
