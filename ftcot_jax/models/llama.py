@@ -186,14 +186,14 @@ def rope_inv_freq(cfg: Config) -> np.ndarray:
     return inv.astype(np.float32)
 
 
-def apply_rope(x_BxTx_xK, cos_BxTxK, sin_BxTxK):
-    """x*cos + rotate_half(x)*sin (HF's half-split layout); x has head axes between T and K."""
-    half = x_BxTx_xK.shape[-1] // 2
-    rot = jnp.concatenate([-x_BxTx_xK[..., half:], x_BxTx_xK[..., :half]], axis=-1)
-    extra = (None,) * (x_BxTx_xK.ndim - 3)
-    c = cos_BxTxK[(slice(None), slice(None), *extra)]
-    s = sin_BxTxK[(slice(None), slice(None), *extra)]
-    return (x_BxTx_xK * c + rot * s).astype(x_BxTx_xK.dtype)
+def apply_rope(x_PxNx_xK, cos_PxNxK, sin_PxNxK):
+    """x*cos + rotate_half(x)*sin (HF's half-split layout); x has head axes between N and K."""
+    half = x_PxNx_xK.shape[-1] // 2
+    rot = jnp.concatenate([-x_PxNx_xK[..., half:], x_PxNx_xK[..., :half]], axis=-1)
+    extra = (None,) * (x_PxNx_xK.ndim - 3)
+    c = cos_PxNxK[(slice(None), slice(None), *extra)]
+    s = sin_PxNxK[(slice(None), slice(None), *extra)]
+    return (x_PxNx_xK * c + rot * s).astype(x_PxNx_xK.dtype)
 
 
 class Attention(nnx.Module):
@@ -210,26 +210,29 @@ class Attention(nnx.Module):
         self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
         self.G, self.R, self.K, self.dtype, self.dropout_rate = G, R, K, dtype, cfg.attention_dropout
 
-    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
+    def __call__(self, x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
         dt, G, R = self.dtype, self.G, self.R
-        qkv_BxTxGxCxK = dense(x_BxTxD, self.qkv_kernel[...].astype(dt))
+        qkv_PxNxGxCxK = dense(x_PxNxD, self.qkv_kernel[...].astype(dt))
         if self.qkv_bias is not None:
-            qkv_BxTxGxCxK = qkv_BxTxGxCxK + self.qkv_bias[...].astype(dt)
-        q_BxTxGxRxK = apply_rope(qkv_BxTxGxCxK[:, :, :, :R], cos_BxTxK, sin_BxTxK)
-        k_BxTxGxK = apply_rope(qkv_BxTxGxCxK[:, :, :, R], cos_BxTxK, sin_BxTxK)
-        v_BxTxGxK = qkv_BxTxGxCxK[:, :, :, R + 1]
-        if packing is not None:  # x is packed [G, N, D]; attention runs on the padded rows
-            q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK = map(packing.unpack, (q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK))
+            qkv_PxNxGxCxK = qkv_PxNxGxCxK + self.qkv_bias[...].astype(dt)
+        q_PxNxGxRxK = apply_rope(qkv_PxNxGxCxK[:, :, :, :R], cos_PxNxK, sin_PxNxK)
+        k_PxNxGxK = apply_rope(qkv_PxNxGxCxK[:, :, :, R], cos_PxNxK, sin_PxNxK)
+        v_PxNxGxK = qkv_PxNxGxCxK[:, :, :, R + 1]
+        # attention runs on the padded rows: with `packing` (x is [P, N, D]) unpacked before it, packed after
+        q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK = (
+            (q_PxNxGxRxK, k_PxNxGxK, v_PxNxGxK)
+            if packing is None
+            else map(packing.unpack, (q_PxNxGxRxK, k_PxNxGxK, v_PxNxGxK))
+        )
         B, T = q_BxTxGxRxK.shape[:2]
         q_BxTxHxK = constrain(q_BxTxGxRxK.reshape(B, T, G * R, self.K), ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k_BxTxGxK, v_BxTxGxK, cache_index)
         out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt, self.dropout_rate, rng)
-        if packing is not None:
-            out_BxTxHxK = packing.pack(out_BxTxHxK)
-        y_BxTxD = dense(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
+        out_PxNxHxK = out_BxTxHxK if packing is None else packing.pack(out_BxTxHxK)
+        y_PxNxD = dense(out_PxNxHxK, self.o_kernel[...].astype(dt), n_in=2)
         if self.o_bias is not None:
-            y_BxTxD = y_BxTxD + self.o_bias[...].astype(dt)
-        return y_BxTxD, cache
+            y_PxNxD = y_PxNxD + self.o_bias[...].astype(dt)
+        return y_PxNxD, cache
 
 
 class Mlp(nnx.Module):
@@ -243,16 +246,16 @@ class Mlp(nnx.Module):
         self.down_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.mlp_bias else None
         self.dtype = dtype
 
-    def __call__(self, x_BxTxD):
+    def __call__(self, x_PxNxD):
         dt = self.dtype
-        gu_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD, self.gate_up_kernel[...].astype(dt))
+        gu_PxNx2xF = jnp.einsum("pnd,dcf->pncf", x_PxNxD, self.gate_up_kernel[...].astype(dt))
         if self.gate_up_bias is not None:
-            gu_BxTx2xF = gu_BxTx2xF + self.gate_up_bias[...].astype(dt)
-        h_BxTxF = constrain(jax.nn.silu(gu_BxTx2xF[:, :, 0]) * gu_BxTx2xF[:, :, 1], ("batch", "length", "mlp"))
-        y_BxTxD = dense(h_BxTxF, self.down_kernel[...].astype(dt))
+            gu_PxNx2xF = gu_PxNx2xF + self.gate_up_bias[...].astype(dt)
+        h_PxNxF = constrain(jax.nn.silu(gu_PxNx2xF[:, :, 0]) * gu_PxNx2xF[:, :, 1], ("batch", "length", "mlp"))
+        y_PxNxD = dense(h_PxNxF, self.down_kernel[...].astype(dt))
         if self.down_bias is not None:
-            y_BxTxD = y_BxTxD + self.down_bias[...].astype(dt)
-        return y_BxTxD
+            y_PxNxD = y_PxNxD + self.down_bias[...].astype(dt)
+        return y_PxNxD
 
 
 class Block(nnx.Module):
@@ -262,12 +265,13 @@ class Block(nnx.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index, packing=None, rng=None):
-        x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index, packing, rng)
-        x_BxTxD = x_BxTxD + a
-        x_BxTxD = x_BxTxD + self.mlp(self.post_norm(x_BxTxD))
-        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
+    def __call__(self, x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
+        x_PxNxD = grad_barrier(x_PxNxD)
+        h_PxNxD = self.input_norm(x_PxNxD)
+        a_PxNxD, cache = self.attn(h_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache, cache_index, packing, rng)
+        x_PxNxD = x_PxNxD + a_PxNxD
+        x_PxNxD = x_PxNxD + self.mlp(self.post_norm(x_PxNxD))
+        return constrain(x_PxNxD, ("batch", "length", "embed")), cache
 
 
 class Model(DecoderLM):
@@ -304,24 +308,25 @@ class Model(DecoderLM):
         packing=None,
         dropout_rng=None,
     ):
-        """Final hidden states and the updated cache; [G, N, D] with `packing` (see gpt2.Model.features).
-        With `dropout_rng` (training) the config's attention_dropout is on (HF Llama has no other dropout)."""
+        """Final hidden states and the updated cache: [B, T, D], or [P, N, D] with `packing` (see
+        gpt2.Model.features). With `dropout_rng` (training) the config's attention_dropout is on (HF Llama has no
+        other dropout)."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cache_index)
+        ids_PxN, positions_PxN = input_ids_BxT, positions_BxT
         if packing is not None:
-            input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
-        freqs_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(self.inv_freq, jnp.float32)
-        ang_BxTxK = jnp.concatenate([freqs_BxTxK2, freqs_BxTxK2], axis=-1)
-        cos, sin = jnp.cos(ang_BxTxK).astype(self.dtype), jnp.sin(ang_BxTxK).astype(self.dtype)
-        x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(self.dtype)
-        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+            ids_PxN, positions_PxN = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
+        inv_freq_K = jnp.tile(jnp.asarray(self.inv_freq, jnp.float32), 2)  # K / 2 frequencies, each twice
+        ang_PxNxK = positions_PxN.astype(jnp.float32)[..., None] * inv_freq_K
+        cos_PxNxK, sin_PxNxK = jnp.cos(ang_PxNxK).astype(self.dtype), jnp.sin(ang_PxNxK).astype(self.dtype)
+        x_PxNxD = jnp.take(self.embed[...], ids_PxN, axis=0).astype(self.dtype)
+        x_PxNxD = constrain(x_PxNxD, ("batch", "length", "embed"))
         keys = DropoutKeys(dropout_rng)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, c = layer(
-                x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys()
-            )
+            layer_cache = None if cache is None else cache[i]
+            x_PxNxD, c = layer(x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, layer_cache, cache_index, packing, keys())
             new_cache.append(c)
-        return self.norm(x_BxTxD), (None if cache is None else new_cache)
+        return self.norm(x_PxNxD), (None if cache is None else new_cache)
 
     def head_VxD(self):
         """The LM head as [V, D] (fp32 param): the embedding when tied."""

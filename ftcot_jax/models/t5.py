@@ -7,8 +7,8 @@ and a head that is either tied to the shared embedding (v1.0, decoder output sca
 or untied (v1.1 / Flan-T5, no scaling). This file holds the family's Config, Model and HF name table; the
 layers below the model are in models/t5_blocks.py.
 
-Shape suffixes: B batch, L encoder length, T decoder length, S decoder cache slots, D d_model,
-H heads, K d_kv, F d_ff, V vocab, N relative position buckets.
+Shape suffixes (the letters of models/layers.py): B batch, L encoder length, T decoder length, S decoder
+cache slots, D d_model, H heads, K d_kv, F d_ff, V vocab, U relative position buckets.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ def hf_names(c: Config) -> HFMap:
     """HF T5ForConditionalGeneration. One `shared` embedding (older checkpoints also store it as
     encoder/decoder.embed_tokens); the head is `shared` when tied, else lm_head (transformers v5 falls back to
     `shared` when lm_head is missing: so do we, loudly). The relative bias lives in block 0 of each stack."""
-    D, H, K, F, V, N = c.d_model, c.num_heads, c.d_kv, c.d_ff, c.vocab_size, c.relative_attention_num_buckets
+    D, H, K, F, V, U = c.d_model, c.num_heads, c.d_kv, c.d_ff, c.vocab_size, c.relative_attention_num_buckets
     shared = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
     tied = c.tie_word_embeddings
     names = [HFName("shared", (V, D), shared[0], aliases=shared[1:], tied=("lm_head.weight",) if tied else ())]
@@ -342,7 +342,7 @@ def hf_names(c: Config) -> HFMap:
     for stack, n_blocks, decoder in (("encoder", c.num_layers, False), ("decoder", c.num_decoder_layers, True)):
         names += [
             HFName(
-                f"{stack}.rel_bias", (N, H), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+                f"{stack}.rel_bias", (U, H), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
             ),
             HFName(f"{stack}.final_norm.scale", (D,), f"{stack}.final_layer_norm.weight"),
         ]

@@ -107,7 +107,7 @@ def make_loss_fn(student: Student, use_dropout: bool, head_chunk: int = 0):
                     model.head_VxD(),
                     packing.pack(mb["targets"]),
                     packing.pack(mb["loss_mask"]),
-                    groups=packing.G,
+                    groups=packing.P,
                     chunk=head_chunk,
                 )
             x_BxLxD, _ = model.features(
