@@ -43,7 +43,7 @@ GRACE_S = 10  # a phase gets this long past its deadline to write what it has be
 
 # The tests that mean something on a GPU (each runs on one device; the multi-device ones need 8 CPU devices).
 GPU_TESTS = [
-    "tests/unit/test_gpt2.py::test_logits_match_torch_on_left_padded_batch",
+    "tests/unit/test_model_families.py::test_family_logits_match_transformers_on_its_tiny_config[gpt2]",
     "tests/unit/test_gpt2.py::test_bf16_compute_keeps_fp32_params_and_logits",
     "tests/unit/test_llama.py::test_logits_match_torch_on_left_padded_batch",
     "tests/unit/test_t5.py::test_logits_match_hf_on_padded_batch",
@@ -56,7 +56,7 @@ GPU_TESTS = [
     "tests/unit/test_step.py::test_bf16_compute_keeps_fp32_params_and_close_loss",
 ]
 DRY_TESTS = [  # one of each kind, so that the dry run stays short on 2 CPU cores
-    "tests/unit/test_gpt2.py::test_logits_match_torch_on_left_padded_batch",
+    "tests/unit/test_model_families.py::test_family_logits_match_transformers_on_its_tiny_config[gpt2]",
     "tests/unit/test_decode.py::test_cached_decoding_equals_full_recomputation",
 ]
 

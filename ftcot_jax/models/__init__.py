@@ -8,7 +8,7 @@
 Each family module (`gpt2`, `llama`, `t5`) declares its `FAMILY` (models.api.Family): HF model types, Config,
 Model and its HF tensor-name table. `hf` reads and writes HF directories and converts HF names; `gguf` turns a
 GGUF file into HF-named tensors; this module ties them together (neither imports the other). The interfaces
-models implement are in `models.api`.
+models implement are in `models.api`; adding a family follows the "New model family" list in docs/architecture.md.
 """
 
 from __future__ import annotations

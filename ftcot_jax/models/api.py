@@ -7,7 +7,8 @@ Two kinds of language model, each a `Protocol` (checked with `isinstance`, never
 - `Seq2SeqLM` (T5): `encode` once, `cross_kv` once, then `decode_step` with a cache from `init_cache`;
   `decode` is the teacher-forced decoder for training.
 
-Shape suffixes: B batch, T query length, L input length, S cache slots, D embed, V vocab.
+Shape suffixes (the letters of models/layers.py): B batch, T query length, L input length, S cache slots,
+D embed, V vocab.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class ModelConfig(Protocol):
 @runtime_checkable
 class CausalLM(Protocol):
     """A decoder-only LM. `features(..., packing=, dropout_rng=)` returns (hidden_BxTxD, cache or None):
-    with a `layers.Packing` only the packed tokens ([G, N, D]); with a `dropout_rng` the config's dropout is on."""
+    with a `layers.Packing` only the packed tokens ([P, N, D]: P data shards of N packed tokens); with a
+    `dropout_rng` the config's dropout is on."""
 
     config: Any
     dtype: Any

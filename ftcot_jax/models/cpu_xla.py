@@ -1,7 +1,7 @@
-"""Workarounds for XLA:CPU, in one place: each changes how XLA:CPU compiles a computation, never its values.
+"""Switches by platform, in one place: each picks how a computation is compiled or looped on the platform it runs
+on (XLA:CPU or an accelerator), never its values.
 
 - `grad_barrier`: stops XLA:CPU from duplicating residual-gradient sums across blocks in the backward pass.
-- `linear`: a projection as one 2-D matmul with a hand-written backward.
 - `loop_compiler_options`: Eigen dots instead of YNNPACK for the decode loop at 2-16 rows.
 - `decode_chunk`: the decode loop as one data-dependent while loop on CPU, fixed-length chunks elsewhere.
 
@@ -10,7 +10,6 @@ docs/train.md and docs/compare.md have the measurements behind each.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -40,35 +39,6 @@ def _materialise(g):
 
 
 grad_barrier.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
-
-
-@jax.custom_vjp
-def _dense(x_MxK, w_KxN):
-    return x_MxK @ w_KxN
-
-
-def _dense_fwd(x_MxK, w_KxN):
-    return x_MxK @ w_KxN, (x_MxK, w_KxN)
-
-
-def _dense_bwd(res, g_MxN):
-    x_MxK, w_KxN = res
-    return g_MxN @ w_KxN.T, x_MxK.T @ g_MxN
-
-
-_dense.defvjp(_dense_fwd, _dense_bwd)
-
-
-def linear(x, w, n_in: int = 1):
-    """x[..., in...] @ w[in..., out...] (the `n_in` leading axes of w contracted) as one 2-D matmul with a
-    hand-written backward (dx = g w^T, dw = x^T g). Same values as the einsum and its autodiff; XLA:CPU runs
-    it faster than autodiff's form of these dots (docs/train.md has the measurements). Callers keep the
-    sharded one of the merged axes most major (heads, kv_heads), so the 2-D view splits evenly on a mesh;
-    GPT-2's fused qkv kernel (D, 3, H, K) would not, and stays an einsum."""
-    in_size, out_shape = math.prod(w.shape[:n_in]), w.shape[n_in:]
-    lead = x.shape[: x.ndim - n_in]
-    y = _dense(x.reshape(math.prod(lead), in_size), w.reshape(in_size, math.prod(out_shape)))
-    return y.reshape(*lead, *out_shape)
 
 
 # XLA:CPU's default (YNNPACK) dots are slow at a few rows; with Eigen dots the decode loop at 2-16 rows is faster,

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ftcot_jax.models.api import Family
-from ftcot_jax.models.cpu_xla import grad_barrier, linear
-from ftcot_jax.models.hf import gpt2_names
+from ftcot_jax.models.cpu_xla import grad_barrier
+from ftcot_jax.models.dense import dense
+from ftcot_jax.models.hf import HFMap, HFName
 from ftcot_jax.models.layers import (
     ACTIVATIONS,
     NO_DROPOUT,
@@ -113,20 +114,19 @@ class Attention(nnx.Module):
         self.scale, self.dtype = scale, dtype
         self.attn_pdrop, self.resid_pdrop = cfg.attn_pdrop, cfg.resid_pdrop
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=NO_DROPOUT, tokens=None):
+    def __call__(self, x_PxNxD, mask_BxTxS, cache, cache_index, packing=None, keys=NO_DROPOUT, tokens=None):
         dt = self.dtype
-        qkv_BxTx3xHxK = jnp.einsum("btd,dchk->btchk", x_BxTxD, self.qkv_kernel[...].astype(dt))
-        qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dt)
-        if packing is not None:  # x is packed [G, N, D]; attention runs on the padded rows
-            qkv_BxTx3xHxK = packing.unpack(qkv_BxTx3xHxK)
+        qkv_PxNx3xHxK = jnp.einsum("pnd,dchk->pnchk", x_PxNxD, self.qkv_kernel[...].astype(dt))
+        qkv_PxNx3xHxK = qkv_PxNx3xHxK + self.qkv_bias[...].astype(dt)
+        # attention runs on the padded rows: with `packing` (x is [P, N, D]) unpacked before it, packed after
+        qkv_BxTx3xHxK = qkv_PxNx3xHxK if packing is None else packing.unpack(qkv_PxNx3xHxK)
         q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k, v, cache_index)
         out_BxTxHxK = dot_attention(q, k, v, mask_BxTxS, self.scale, dt, self.attn_pdrop, keys())
-        if packing is not None:
-            out_BxTxHxK = packing.pack(out_BxTxHxK)
-        y_BxTxD = linear(out_BxTxHxK, self.out_kernel[...].astype(dt), n_in=2) + self.out_bias[...].astype(dt)
-        return dropout(y_BxTxD, self.resid_pdrop, keys(), tokens), cache
+        out_PxNxHxK = out_BxTxHxK if packing is None else packing.pack(out_BxTxHxK)
+        y_PxNxD = dense(out_PxNxHxK, self.out_kernel[...].astype(dt), n_in=2) + self.out_bias[...].astype(dt)
+        return dropout(y_PxNxD, self.resid_pdrop, keys(), tokens), cache
 
 
 class Mlp(nnx.Module):
@@ -139,12 +139,12 @@ class Mlp(nnx.Module):
         self.proj_bias = param(rngs, zeros_init, (D,), ("embed",))
         self.act, self.dtype, self.resid_pdrop = ACTIVATIONS[cfg.activation_function], dtype, cfg.resid_pdrop
 
-    def __call__(self, x_BxTxD, keys=NO_DROPOUT, tokens=None):
+    def __call__(self, x_PxNxD, keys=NO_DROPOUT, tokens=None):
         dt = self.dtype
-        h_BxTxF = self.act(linear(x_BxTxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
-        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        y_BxTxD = linear(h_BxTxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
-        return dropout(y_BxTxD, self.resid_pdrop, keys(), tokens)
+        h_PxNxF = self.act(dense(x_PxNxD, self.fc_kernel[...].astype(dt)) + self.fc_bias[...].astype(dt))
+        h_PxNxF = constrain(h_PxNxF, ("batch", "length", "mlp"))
+        y_PxNxD = dense(h_PxNxF, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+        return dropout(y_PxNxD, self.resid_pdrop, keys(), tokens)
 
 
 class Block(nnx.Module):
@@ -154,12 +154,12 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, mask_BxTxS, cache, cache_index, packing=None, keys=NO_DROPOUT, tokens=None):
-        x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, cache_index, packing, keys, tokens)
-        x_BxTxD = x_BxTxD + a
-        x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD), keys, tokens)
-        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
+    def __call__(self, x_PxNxD, mask_BxTxS, cache, cache_index, packing=None, keys=NO_DROPOUT, tokens=None):
+        x_PxNxD = grad_barrier(x_PxNxD)
+        a_PxNxD, cache = self.attn(self.ln_1(x_PxNxD), mask_BxTxS, cache, cache_index, packing, keys, tokens)
+        x_PxNxD = x_PxNxD + a_PxNxD
+        x_PxNxD = x_PxNxD + self.mlp(self.ln_2(x_PxNxD), keys, tokens)
+        return constrain(x_PxNxD, ("batch", "length", "embed")), cache
 
 
 class Model(DecoderLM):
@@ -198,32 +198,66 @@ class Model(DecoderLM):
         packing=None,
         dropout_rng=None,
     ):
-        """Final hidden states (after ln_f) and the updated cache. With `packing` (training, no cache) the
-        hidden states are only those of the packed tokens: [G, N, D] (layers.Packing). With `dropout_rng`
-        (training) the config's embd/attn/resid dropout is on, as in HF's train mode."""
+        """Final hidden states (after ln_f) and the updated cache: [B, T, D], or with `packing` (training, no
+        cache) only those of the packed tokens, [P, N, D] (layers.Packing). With `dropout_rng` (training) the
+        config's embd/attn/resid dropout is on, as in HF's train mode."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cache_index)
-        keys, tokens = DropoutKeys(dropout_rng), None
+        keys, tokens_PxN = DropoutKeys(dropout_rng), None
         if dropout_rng is not None:  # per-token masks: the same units drop in the packed and padded layouts
             B, T = input_ids_BxT.shape
-            tokens = jnp.arange(B * T, dtype=jnp.int32).reshape(B, T)
+            tokens_PxN = jnp.arange(B * T, dtype=jnp.int32).reshape(B, T)  # each token's index in the padded batch
+        ids_PxN, positions_PxN = input_ids_BxT, positions_BxT
         if packing is not None:
-            input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
-            tokens = None if tokens is None else packing.pack(tokens)
-        x_BxTxD = (
-            jnp.take(self.wte[...], input_ids_BxT, axis=0) + jnp.take(self.wpe[...], positions_BxT, axis=0)
-        ).astype(self.dtype)
-        x_BxTxD = constrain(dropout(x_BxTxD, self.config.embd_pdrop, keys(), tokens), ("batch", "length", "embed"))
+            ids_PxN, positions_PxN = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
+            tokens_PxN = None if tokens_PxN is None else packing.pack(tokens_PxN)
+        x_PxNxD = (jnp.take(self.wte[...], ids_PxN, axis=0) + jnp.take(self.wpe[...], positions_PxN, axis=0)).astype(
+            self.dtype
+        )
+        x_PxNxD = constrain(dropout(x_PxNxD, self.config.embd_pdrop, keys(), tokens_PxN), ("batch", "length", "embed"))
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x_BxTxD, c = block(
-                x_BxTxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys, tokens
+            x_PxNxD, c = block(
+                x_PxNxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys, tokens_PxN
             )
             new_cache.append(c)
-        return self.ln_f(x_BxTxD), (None if cache is None else new_cache)
+        return self.ln_f(x_PxNxD), (None if cache is None else new_cache)
 
     def head_VxD(self):
         """The LM head as [V, D] (fp32 param): tied to the token embedding."""
         return self.wte[...]
 
 
-FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=gpt2_names)
+# ----------------------------------------------------------------------------- the HF checkpoint layout
+
+
+def hf_names(c: Config) -> HFMap:
+    """HF GPT2LMHeadModel. Conv1D weights are [in, out] already: reshapes only. A stored `lm_head.weight` is
+    the tied embedding; hub `gpt2` checkpoints name tensors without "transformer."."""
+    D, H, K, F, V = c.n_embd, c.n_head, c.head_dim, c.d_ff, c.vocab_size
+    names = [
+        HFName("wte", (V, D), "transformer.wte.weight", tied=("lm_head.weight",)),
+        HFName("wpe", (c.n_positions, D), "transformer.wpe.weight"),
+        HFName("ln_f.scale", (D,), "transformer.ln_f.weight"),
+        HFName("ln_f.bias", (D,), "transformer.ln_f.bias"),
+    ]
+    for i in range(c.n_layer):
+        b, h = f"blocks.{i}.", f"transformer.h.{i}."
+        names += [
+            HFName(b + "ln_1.scale", (D,), h + "ln_1.weight"),
+            HFName(b + "ln_1.bias", (D,), h + "ln_1.bias"),
+            HFName(b + "attn.qkv_kernel", (D, 3, H, K), h + "attn.c_attn.weight", (D, 3 * D)),
+            HFName(b + "attn.qkv_bias", (3, H, K), h + "attn.c_attn.bias", (3 * D,)),
+            HFName(b + "attn.out_kernel", (H, K, D), h + "attn.c_proj.weight", (D, D)),
+            HFName(b + "attn.out_bias", (D,), h + "attn.c_proj.bias"),
+            HFName(b + "ln_2.scale", (D,), h + "ln_2.weight"),
+            HFName(b + "ln_2.bias", (D,), h + "ln_2.bias"),
+            HFName(b + "mlp.fc_kernel", (D, F), h + "mlp.c_fc.weight"),
+            HFName(b + "mlp.fc_bias", (F,), h + "mlp.c_fc.bias"),
+            HFName(b + "mlp.proj_kernel", (F, D), h + "mlp.c_proj.weight"),
+            HFName(b + "mlp.proj_bias", (D,), h + "mlp.c_proj.bias"),
+        ]
+    # attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
+    return HFMap("gpt2", tuple(names), ignore=(".attn.bias", ".attn.masked_bias"), optional_prefix="transformer.")
+
+
+FAMILY = Family(name="gpt2", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=hf_names)

@@ -1,8 +1,9 @@
 """HF checkpoints: the directory format (config.json, safetensors or PyTorch .bin, tokenizer files, hub download)
 and the one converter between HF tensor names and our params.
 
-Each family's layout is a table (`HFMap`, one `HFName` per param: `gpt2_names`, `llama_names`, `t5_names`);
-`params_from_hf` and `params_to_hf` apply a table in either direction, so import and export cannot drift apart.
+Each family's layout is a table (`HFMap`, one `HFName` per param) that its family file declares as
+`hf_names(config)` (models/gpt2.py, llama.py, t5.py); `params_from_hf` and `params_to_hf` apply a table in
+either direction, so import and export cannot drift apart.
 Import is strict: a missing tensor is a KeyError naming it, a misshaped one a ValueError, an unused one a warning.
 """
 
@@ -28,7 +29,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
 
 
-# ----------------------------------------------------------------------------- the name tables
+# ----------------------------------------------------------------------------- the name table's entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,143 +96,6 @@ class HFMap:
     names: tuple[HFName, ...]
     ignore: tuple[str, ...] = ()  # substrings of HF names that are buffers, never weights
     optional_prefix: str = ""  # import also accepts checkpoints whose names all lack it
-
-
-def gpt2_names(c) -> HFMap:
-    """HF GPT2LMHeadModel. Conv1D weights are [in, out] already: reshapes only. A stored `lm_head.weight` is
-    the tied embedding; hub `gpt2` checkpoints name tensors without "transformer."."""
-    D, H, K, F, V = c.n_embd, c.n_head, c.head_dim, c.d_ff, c.vocab_size
-    names = [
-        HFName("wte", (V, D), "transformer.wte.weight", tied=("lm_head.weight",)),
-        HFName("wpe", (c.n_positions, D), "transformer.wpe.weight"),
-        HFName("ln_f.scale", (D,), "transformer.ln_f.weight"),
-        HFName("ln_f.bias", (D,), "transformer.ln_f.bias"),
-    ]
-    for i in range(c.n_layer):
-        b, h = f"blocks.{i}.", f"transformer.h.{i}."
-        names += [
-            HFName(b + "ln_1.scale", (D,), h + "ln_1.weight"),
-            HFName(b + "ln_1.bias", (D,), h + "ln_1.bias"),
-            HFName(b + "attn.qkv_kernel", (D, 3, H, K), h + "attn.c_attn.weight", (D, 3 * D)),
-            HFName(b + "attn.qkv_bias", (3, H, K), h + "attn.c_attn.bias", (3 * D,)),
-            HFName(b + "attn.out_kernel", (H, K, D), h + "attn.c_proj.weight", (D, D)),
-            HFName(b + "attn.out_bias", (D,), h + "attn.c_proj.bias"),
-            HFName(b + "ln_2.scale", (D,), h + "ln_2.weight"),
-            HFName(b + "ln_2.bias", (D,), h + "ln_2.bias"),
-            HFName(b + "mlp.fc_kernel", (D, F), h + "mlp.c_fc.weight"),
-            HFName(b + "mlp.fc_bias", (F,), h + "mlp.c_fc.bias"),
-            HFName(b + "mlp.proj_kernel", (F, D), h + "mlp.c_proj.weight"),
-            HFName(b + "mlp.proj_bias", (D,), h + "mlp.c_proj.bias"),
-        ]
-    # attn.bias / attn.masked_bias are causal-mask buffers of old checkpoints, not weights.
-    return HFMap("gpt2", tuple(names), ignore=(".attn.bias", ".attn.masked_bias"), optional_prefix="transformer.")
-
-
-def llama_names(c) -> HFMap:
-    """HF LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM. Our q/k/v kernel is fused group-major
-    ([D, G, R + 2, K]: per kv head its R query heads, then k, then v), gate/up fused along a size-2 axis."""
-    D, H, G, K, F, V = (
-        c.hidden_size,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.head_dim,
-        c.intermediate_size,
-        c.vocab_size,
-    )
-    R = H // G
-    tied = c.tie_word_embeddings
-    names = [
-        HFName("embed", (V, D), "model.embed_tokens.weight", tied=("lm_head.weight",) if tied else ()),
-        HFName("norm.scale", (D,), "model.norm.weight"),
-    ]
-    if not tied:
-        names.append(HFName("lm_head", (V, D), "lm_head.weight"))
-    for i in range(c.num_hidden_layers):
-        b, a, m = f"layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        qkv, gate_up = (a + "q_proj", a + "k_proj", a + "v_proj"), (m + "gate_proj", m + "up_proj")
-        names += [
-            HFName(b + "input_norm.scale", (D,), f"model.layers.{i}.input_layernorm.weight"),
-            HFName(b + "post_norm.scale", (D,), f"model.layers.{i}.post_attention_layernorm.weight"),
-            HFName(
-                b + "attn.qkv_kernel",
-                (D, G, R + 2, K),
-                tuple(n + ".weight" for n in qkv),
-                ((H * K, D), (G * K, D), (G * K, D)),
-                transpose=True,
-                axis=2,
-            ),
-            HFName(b + "attn.o_kernel", (H, K, D), a + "o_proj.weight", (D, H * K), transpose=True),
-            HFName(
-                b + "mlp.gate_up_kernel",
-                (D, 2, F),
-                tuple(n + ".weight" for n in gate_up),
-                ((F, D), (F, D)),
-                transpose=True,
-                axis=1,
-            ),
-            HFName(b + "mlp.down_kernel", (F, D), m + "down_proj.weight", transpose=True),
-        ]
-        if c.qkv_bias:
-            names.append(
-                HFName(
-                    b + "attn.qkv_bias",
-                    (G, R + 2, K),
-                    tuple(n + ".bias" for n in qkv),
-                    ((H * K,), (G * K,), (G * K,)),
-                    axis=1,
-                )
-            )
-        if c.o_bias:
-            names.append(HFName(b + "attn.o_bias", (D,), a + "o_proj.bias"))
-        if c.mlp_bias:
-            names += [
-                HFName(b + "mlp.gate_up_bias", (2, F), tuple(n + ".bias" for n in gate_up), ((F,), (F,))),
-                HFName(b + "mlp.down_bias", (D,), m + "down_proj.bias"),
-            ]
-    return HFMap(c.model_type, tuple(names), ignore=("rotary_emb.inv_freq",))
-
-
-def t5_names(c) -> HFMap:
-    """HF T5ForConditionalGeneration. One `shared` embedding (older checkpoints also store it as
-    encoder/decoder.embed_tokens); the head is `shared` when tied, else lm_head (transformers v5 falls back to
-    `shared` when lm_head is missing: so do we, loudly). The relative bias lives in block 0 of each stack."""
-    D, H, K, F, V, N = c.d_model, c.num_heads, c.d_kv, c.d_ff, c.vocab_size, c.relative_attention_num_buckets
-    shared = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-    tied = c.tie_word_embeddings
-    names = [HFName("shared", (V, D), shared[0], aliases=shared[1:], tied=("lm_head.weight",) if tied else ())]
-    if not tied:
-        names.append(HFName("lm_head", (D, V), "lm_head.weight", transpose=True, fallback=shared))
-    for stack, n_blocks, decoder in (("encoder", c.num_layers, False), ("decoder", c.num_decoder_layers, True)):
-        names += [
-            HFName(
-                f"{stack}.rel_bias", (N, H), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-            ),
-            HFName(f"{stack}.final_norm.scale", (D,), f"{stack}.final_layer_norm.weight"),
-        ]
-        for i in range(n_blocks):
-            b, h = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
-            parts = [("self", "0.SelfAttention.", "0.")] + ([("cross", "1.EncDecAttention.", "1.")] if decoder else [])
-            for ours, attn, norm in parts:
-                names += [HFName(f"{b}{ours}_norm.scale", (D,), f"{h}{norm}layer_norm.weight")]
-                names += [
-                    HFName(f"{b}{ours}_attn.{x}", (D, H, K), f"{h}{attn}{x}.weight", (H * K, D), transpose=True)
-                    for x in "qkv"
-                ]
-                names += [HFName(f"{b}{ours}_attn.o", (H, K, D), f"{h}{attn}o.weight", (D, H * K), transpose=True)]
-            ff = f"{h}{2 if decoder else 1}."
-            names += [
-                HFName(f"{b}ff_norm.scale", (D,), ff + "layer_norm.weight"),
-                HFName(f"{b}ff.wo", (F, D), ff + "DenseReluDense.wo.weight", transpose=True),
-            ]
-            if c.is_gated:  # wi_0 goes through the activation (our wi_gate), wi_1 is the linear branch
-                names += [
-                    HFName(f"{b}ff.wi_gate", (D, F), ff + "DenseReluDense.wi_0.weight", transpose=True),
-                    HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi_1.weight", transpose=True),
-                ]
-            else:
-                names.append(HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi.weight", transpose=True))
-    # Old checkpoints carry an unused cross-attention relative bias in decoder layer 0.
-    return HFMap("t5", tuple(names), ignore=("EncDecAttention.relative_attention_bias",))
 
 
 # ----------------------------------------------------------------------------- the converter

@@ -1,8 +1,18 @@
 """Building blocks shared by the model families: named params, activations, norms, masked attention with a KV
 cache, dropout, the padding-free `Packing`, and `DecoderLM` (what GPT-2 and Llama share above `features`).
 
-Shape suffixes: B batch, T query length, S key length (cache slots), D embed, H heads, G kv heads,
-R = H // G, K head dim, F mlp, V vocab.
+Shape suffixes, one meaning per letter across models/:
+- B batch rows, L positions of an input row, T query positions (this call's tokens), S key positions (cache
+  slots), D embed, H query heads, G kv heads, R = H // G query heads per kv head, K head dim, C the projections
+  one fused kernel makes (Llama's qkv: R + 2; GPT-2's is written 3), F mlp, V vocab, U T5's relative-position
+  buckets.
+- P x N, the token grid of a per-token tensor (embeddings, norms, projections, the MLP, the residual stream):
+  P rows of N tokens, which are the B rows of T (or L) positions in the padded layout and, with `Packing`, the
+  P data shards of N packed tokens each. Code that runs in both layouts names its tensors P x N; attention,
+  its masks and the KV cache always see the padded B x T.
+- M a data shard's positions in the padded layout (its B / P rows x L, flattened); E a tensor's trailing axes,
+  flattened (`Packing` gathers [P, M, E] <-> [P, N, E]); `_` stands for any axes (`a_PxNx_`).
+- A rows (leading axes flattened), I input features, O output features: models/dense.py's 2-D matmul.
 """
 
 from __future__ import annotations
@@ -43,25 +53,27 @@ zeros_init = jax.nn.initializers.zeros
 ones_init = jax.nn.initializers.ones
 
 
-def _gather_rows(a_GxMxF, index_GxN):
-    """a[g, index[g, n]] with out-of-range indices giving zero rows."""
-    return jnp.take_along_axis(a_GxMxF, index_GxN[..., None], axis=1, mode="fill", fill_value=0)
+def _gather_rows(a, index):
+    """a[p, index[p, j]] with out-of-range indices giving zero rows: a [P, M, E] by a [P, N] index gives
+    [P, N, E] (pack), a [P, N, E] by a [P, M] index gives [P, M, E] (unpack)."""
+    return jnp.take_along_axis(a, index[..., None], axis=1, mode="fill", fill_value=0)
 
 
 @jax.custom_vjp
-def _select(a_GxMxF, index_GxN, inverse_GxM):
-    return _gather_rows(a_GxMxF, index_GxN)
+def _select(a, index, inverse):
+    """`_gather_rows(a, index)` whose gradient is the gather by `inverse`."""
+    return _gather_rows(a, index)
 
 
-def _select_fwd(a_GxMxF, index_GxN, inverse_GxM):
-    return _gather_rows(a_GxMxF, index_GxN), (index_GxN, inverse_GxM)
+def _select_fwd(a, index, inverse):
+    return _gather_rows(a, index), (index, inverse)
 
 
-def _select_bwd(res, g_GxNxF):
+def _select_bwd(res, g):
     # `index` and `inverse` are inverse partial permutations, so the transpose of one gather is the other
     # gather: no scatter-add in the backward pass.
-    index_GxN, inverse_GxM = res
-    return _select(g_GxNxF, inverse_GxM, index_GxN), None, None
+    index, inverse = res
+    return _select(g, inverse, index), None, None
 
 
 _select.defvjp(_select_fwd, _select_bwd)
@@ -71,7 +83,7 @@ class Packing:
     """Padding-free layout of a training batch: only the tokens the loss depends on, per data shard.
 
     A Fine-tune-CoT batch of B rows x L positions holds 30-50% padding (right padding up to the longest
-    row). Every projection, norm and MLP is per token, so it runs on the packed [G, N, ...] layout (G data
+    row). Every projection, norm and MLP is per token, so it runs on the packed [P, N, ...] layout (P data
     shards, N = the shard's needed tokens rounded up); only attention, which mixes positions within a row,
     runs on the padded [B, L, ...] layout: `unpack` before it, `pack` after. Both directions are gathers
     (built on the host by `train.batches.packing_indices`), and each one's gradient is the other gather.
@@ -79,28 +91,28 @@ class Packing:
     attended to by a kept one (it is padding, or after the row's last label token).
     """
 
-    def __init__(self, index_GxN, inverse_GxM, batch: int, length: int):
-        self.index_GxN, self.inverse_GxM = index_GxN, inverse_GxM
+    def __init__(self, index_PxN, inverse_PxM, batch: int, length: int):
+        self.index_PxN, self.inverse_PxM = index_PxN, inverse_PxM
         self.B, self.L = batch, length
-        self.G, self.N = index_GxN.shape
-        if batch % self.G or (batch // self.G) * length != inverse_GxM.shape[1]:
+        self.P, self.N = index_PxN.shape
+        if batch % self.P or (batch // self.P) * length != inverse_PxM.shape[1]:
             raise ValueError(
-                f"packing indices {index_GxN.shape} / {inverse_GxM.shape} do not fit a {batch} x {length} batch"
+                f"packing indices {index_PxN.shape} / {inverse_PxM.shape} do not fit a {batch} x {length} batch"
             )
 
     def pack(self, a_BxLx_):
-        """[B, L, ...] -> [G, N, ...] (slots past a shard's tokens are zeros)."""
+        """[B, L, ...] -> [P, N, ...] (slots past a shard's tokens are zeros)."""
         rest = a_BxLx_.shape[2:]
-        a_GxMxF = a_BxLx_.reshape(self.G, (self.B // self.G) * self.L, math.prod(rest))
-        if not jnp.issubdtype(a_GxMxF.dtype, jnp.floating):
-            return _gather_rows(a_GxMxF, self.index_GxN).reshape(self.G, self.N, *rest)
-        return _select(a_GxMxF, self.index_GxN, self.inverse_GxM).reshape(self.G, self.N, *rest)
+        a_PxMxE = a_BxLx_.reshape(self.P, (self.B // self.P) * self.L, math.prod(rest))
+        if not jnp.issubdtype(a_PxMxE.dtype, jnp.floating):
+            return _gather_rows(a_PxMxE, self.index_PxN).reshape(self.P, self.N, *rest)
+        return _select(a_PxMxE, self.index_PxN, self.inverse_PxM).reshape(self.P, self.N, *rest)
 
-    def unpack(self, a_GxNx_):
-        """[G, N, ...] -> [B, L, ...] (dropped positions are zeros)."""
-        rest = a_GxNx_.shape[2:]
-        a_GxNxF = a_GxNx_.reshape(self.G, self.N, math.prod(rest))
-        return _select(a_GxNxF, self.inverse_GxM, self.index_GxN).reshape(self.B, self.L, *rest)
+    def unpack(self, a_PxNx_):
+        """[P, N, ...] -> [B, L, ...] (dropped positions are zeros)."""
+        rest = a_PxNx_.shape[2:]
+        a_PxNxE = a_PxNx_.reshape(self.P, self.N, math.prod(rest))
+        return _select(a_PxNxE, self.inverse_PxM, self.index_PxN).reshape(self.B, self.L, *rest)
 
 
 class LayerNorm(nnx.Module):
@@ -109,8 +121,8 @@ class LayerNorm(nnx.Module):
         self.bias = param(rngs, zeros_init, (dim,), ("norm",))
         self.eps, self.dtype = eps, dtype
 
-    def __call__(self, x_BxLxD):
-        x = x_BxLxD.astype(jnp.float32)  # statistics in fp32 whatever the compute dtype
+    def __call__(self, x_PxNxD):
+        x = x_PxNxD.astype(jnp.float32)  # statistics in fp32 whatever the compute dtype
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -122,8 +134,8 @@ class RMSNorm(nnx.Module):
         self.scale = param(rngs, ones_init, (dim,), ("norm",))
         self.eps, self.dtype = eps, dtype
 
-    def __call__(self, x_BxLxD):
-        x = x_BxLxD.astype(jnp.float32)
+    def __call__(self, x_PxNxD):
+        x = x_PxNxD.astype(jnp.float32)
         y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
         return (y * self.scale[...]).astype(self.dtype)
 

@@ -13,8 +13,9 @@ import numpy as np
 from flax import nnx
 
 from ftcot_jax.models.api import Family
-from ftcot_jax.models.cpu_xla import grad_barrier, linear
-from ftcot_jax.models.hf import llama_names
+from ftcot_jax.models.cpu_xla import grad_barrier
+from ftcot_jax.models.dense import dense
+from ftcot_jax.models.hf import HFMap, HFName
 from ftcot_jax.models.layers import (
     DecoderLM,
     DropoutKeys,
@@ -185,14 +186,14 @@ def rope_inv_freq(cfg: Config) -> np.ndarray:
     return inv.astype(np.float32)
 
 
-def apply_rope(x_BxTx_xK, cos_BxTxK, sin_BxTxK):
-    """x*cos + rotate_half(x)*sin (HF's half-split layout); x has head axes between T and K."""
-    half = x_BxTx_xK.shape[-1] // 2
-    rot = jnp.concatenate([-x_BxTx_xK[..., half:], x_BxTx_xK[..., :half]], axis=-1)
-    extra = (None,) * (x_BxTx_xK.ndim - 3)
-    c = cos_BxTxK[(slice(None), slice(None), *extra)]
-    s = sin_BxTxK[(slice(None), slice(None), *extra)]
-    return (x_BxTx_xK * c + rot * s).astype(x_BxTx_xK.dtype)
+def apply_rope(x_PxNx_xK, cos_PxNxK, sin_PxNxK):
+    """x*cos + rotate_half(x)*sin (HF's half-split layout); x has head axes between N and K."""
+    half = x_PxNx_xK.shape[-1] // 2
+    rot = jnp.concatenate([-x_PxNx_xK[..., half:], x_PxNx_xK[..., :half]], axis=-1)
+    extra = (None,) * (x_PxNx_xK.ndim - 3)
+    c = cos_PxNxK[(slice(None), slice(None), *extra)]
+    s = sin_PxNxK[(slice(None), slice(None), *extra)]
+    return (x_PxNx_xK * c + rot * s).astype(x_PxNx_xK.dtype)
 
 
 class Attention(nnx.Module):
@@ -209,26 +210,29 @@ class Attention(nnx.Module):
         self.o_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.o_bias else None
         self.G, self.R, self.K, self.dtype, self.dropout_rate = G, R, K, dtype, cfg.attention_dropout
 
-    def __call__(self, x_BxTxD, cos_BxTxK, sin_BxTxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
+    def __call__(self, x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
         dt, G, R = self.dtype, self.G, self.R
-        qkv_BxTxGxCxK = linear(x_BxTxD, self.qkv_kernel[...].astype(dt))
+        qkv_PxNxGxCxK = dense(x_PxNxD, self.qkv_kernel[...].astype(dt))
         if self.qkv_bias is not None:
-            qkv_BxTxGxCxK = qkv_BxTxGxCxK + self.qkv_bias[...].astype(dt)
-        q_BxTxGxRxK = apply_rope(qkv_BxTxGxCxK[:, :, :, :R], cos_BxTxK, sin_BxTxK)
-        k_BxTxGxK = apply_rope(qkv_BxTxGxCxK[:, :, :, R], cos_BxTxK, sin_BxTxK)
-        v_BxTxGxK = qkv_BxTxGxCxK[:, :, :, R + 1]
-        if packing is not None:  # x is packed [G, N, D]; attention runs on the padded rows
-            q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK = map(packing.unpack, (q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK))
+            qkv_PxNxGxCxK = qkv_PxNxGxCxK + self.qkv_bias[...].astype(dt)
+        q_PxNxGxRxK = apply_rope(qkv_PxNxGxCxK[:, :, :, :R], cos_PxNxK, sin_PxNxK)
+        k_PxNxGxK = apply_rope(qkv_PxNxGxCxK[:, :, :, R], cos_PxNxK, sin_PxNxK)
+        v_PxNxGxK = qkv_PxNxGxCxK[:, :, :, R + 1]
+        # attention runs on the padded rows: with `packing` (x is [P, N, D]) unpacked before it, packed after
+        q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK = (
+            (q_PxNxGxRxK, k_PxNxGxK, v_PxNxGxK)
+            if packing is None
+            else map(packing.unpack, (q_PxNxGxRxK, k_PxNxGxK, v_PxNxGxK))
+        )
         B, T = q_BxTxGxRxK.shape[:2]
         q_BxTxHxK = constrain(q_BxTxGxRxK.reshape(B, T, G * R, self.K), ("batch", "length", "heads", "head_dim"))
         k, v, cache = update_cache(cache, k_BxTxGxK, v_BxTxGxK, cache_index)
         out_BxTxHxK = dot_attention(q_BxTxHxK, k, v, mask_BxTxS, 1.0 / math.sqrt(self.K), dt, self.dropout_rate, rng)
-        if packing is not None:
-            out_BxTxHxK = packing.pack(out_BxTxHxK)
-        y_BxTxD = linear(out_BxTxHxK, self.o_kernel[...].astype(dt), n_in=2)
+        out_PxNxHxK = out_BxTxHxK if packing is None else packing.pack(out_BxTxHxK)
+        y_PxNxD = dense(out_PxNxHxK, self.o_kernel[...].astype(dt), n_in=2)
         if self.o_bias is not None:
-            y_BxTxD = y_BxTxD + self.o_bias[...].astype(dt)
-        return y_BxTxD, cache
+            y_PxNxD = y_PxNxD + self.o_bias[...].astype(dt)
+        return y_PxNxD, cache
 
 
 class Mlp(nnx.Module):
@@ -242,16 +246,16 @@ class Mlp(nnx.Module):
         self.down_bias = param(rngs, zeros_init, (D,), ("embed",)) if cfg.mlp_bias else None
         self.dtype = dtype
 
-    def __call__(self, x_BxTxD):
+    def __call__(self, x_PxNxD):
         dt = self.dtype
-        gu_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD, self.gate_up_kernel[...].astype(dt))
+        gu_PxNx2xF = jnp.einsum("pnd,dcf->pncf", x_PxNxD, self.gate_up_kernel[...].astype(dt))
         if self.gate_up_bias is not None:
-            gu_BxTx2xF = gu_BxTx2xF + self.gate_up_bias[...].astype(dt)
-        h_BxTxF = constrain(jax.nn.silu(gu_BxTx2xF[:, :, 0]) * gu_BxTx2xF[:, :, 1], ("batch", "length", "mlp"))
-        y_BxTxD = linear(h_BxTxF, self.down_kernel[...].astype(dt))
+            gu_PxNx2xF = gu_PxNx2xF + self.gate_up_bias[...].astype(dt)
+        h_PxNxF = constrain(jax.nn.silu(gu_PxNx2xF[:, :, 0]) * gu_PxNx2xF[:, :, 1], ("batch", "length", "mlp"))
+        y_PxNxD = dense(h_PxNxF, self.down_kernel[...].astype(dt))
         if self.down_bias is not None:
-            y_BxTxD = y_BxTxD + self.down_bias[...].astype(dt)
-        return y_BxTxD
+            y_PxNxD = y_PxNxD + self.down_bias[...].astype(dt)
+        return y_PxNxD
 
 
 class Block(nnx.Module):
@@ -261,12 +265,13 @@ class Block(nnx.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, cache, cache_index, packing=None, rng=None):
-        x_BxTxD = grad_barrier(x_BxTxD)
-        a, cache = self.attn(self.input_norm(x_BxTxD), cos, sin, mask_BxTxS, cache, cache_index, packing, rng)
-        x_BxTxD = x_BxTxD + a
-        x_BxTxD = x_BxTxD + self.mlp(self.post_norm(x_BxTxD))
-        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
+    def __call__(self, x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache, cache_index, packing=None, rng=None):
+        x_PxNxD = grad_barrier(x_PxNxD)
+        h_PxNxD = self.input_norm(x_PxNxD)
+        a_PxNxD, cache = self.attn(h_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache, cache_index, packing, rng)
+        x_PxNxD = x_PxNxD + a_PxNxD
+        x_PxNxD = x_PxNxD + self.mlp(self.post_norm(x_PxNxD))
+        return constrain(x_PxNxD, ("batch", "length", "embed")), cache
 
 
 class Model(DecoderLM):
@@ -303,28 +308,96 @@ class Model(DecoderLM):
         packing=None,
         dropout_rng=None,
     ):
-        """Final hidden states and the updated cache; [G, N, D] with `packing` (see gpt2.Model.features).
-        With `dropout_rng` (training) the config's attention_dropout is on (HF Llama has no other dropout)."""
+        """Final hidden states and the updated cache: [B, T, D], or [P, N, D] with `packing` (see
+        gpt2.Model.features). With `dropout_rng` (training) the config's attention_dropout is on (HF Llama has no
+        other dropout)."""
         mask_BxTxS, positions_BxT = prepare_inputs(input_ids_BxT, attention_mask_BxL, positions_BxL, cache, cache_index)
+        ids_PxN, positions_PxN = input_ids_BxT, positions_BxT
         if packing is not None:
-            input_ids_BxT, positions_BxT = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
-        freqs_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(self.inv_freq, jnp.float32)
-        ang_BxTxK = jnp.concatenate([freqs_BxTxK2, freqs_BxTxK2], axis=-1)
-        cos, sin = jnp.cos(ang_BxTxK).astype(self.dtype), jnp.sin(ang_BxTxK).astype(self.dtype)
-        x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(self.dtype)
-        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+            ids_PxN, positions_PxN = packing.pack(input_ids_BxT), packing.pack(positions_BxT)
+        inv_freq_K = jnp.tile(jnp.asarray(self.inv_freq, jnp.float32), 2)  # K / 2 frequencies, each twice
+        ang_PxNxK = positions_PxN.astype(jnp.float32)[..., None] * inv_freq_K
+        cos_PxNxK, sin_PxNxK = jnp.cos(ang_PxNxK).astype(self.dtype), jnp.sin(ang_PxNxK).astype(self.dtype)
+        x_PxNxD = jnp.take(self.embed[...], ids_PxN, axis=0).astype(self.dtype)
+        x_PxNxD = constrain(x_PxNxD, ("batch", "length", "embed"))
         keys = DropoutKeys(dropout_rng)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, c = layer(
-                x_BxTxD, cos, sin, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys()
-            )
+            layer_cache = None if cache is None else cache[i]
+            x_PxNxD, c = layer(x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, layer_cache, cache_index, packing, keys())
             new_cache.append(c)
-        return self.norm(x_BxTxD), (None if cache is None else new_cache)
+        return self.norm(x_PxNxD), (None if cache is None else new_cache)
 
     def head_VxD(self):
         """The LM head as [V, D] (fp32 param): the embedding when tied."""
         return self.embed[...] if self.lm_head is None else self.lm_head[...]
 
 
-FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=llama_names)
+# ----------------------------------------------------------------------------- the HF checkpoint layout
+
+
+def hf_names(c: Config) -> HFMap:
+    """HF LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM. Our q/k/v kernel is fused group-major
+    ([D, G, R + 2, K]: per kv head its R query heads, then k, then v), gate/up fused along a size-2 axis."""
+    D, H, G, K, F, V = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+    )
+    R = H // G
+    tied = c.tie_word_embeddings
+    names = [
+        HFName("embed", (V, D), "model.embed_tokens.weight", tied=("lm_head.weight",) if tied else ()),
+        HFName("norm.scale", (D,), "model.norm.weight"),
+    ]
+    if not tied:
+        names.append(HFName("lm_head", (V, D), "lm_head.weight"))
+    for i in range(c.num_hidden_layers):
+        b, a, m = f"layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        qkv, gate_up = (a + "q_proj", a + "k_proj", a + "v_proj"), (m + "gate_proj", m + "up_proj")
+        names += [
+            HFName(b + "input_norm.scale", (D,), f"model.layers.{i}.input_layernorm.weight"),
+            HFName(b + "post_norm.scale", (D,), f"model.layers.{i}.post_attention_layernorm.weight"),
+            HFName(
+                b + "attn.qkv_kernel",
+                (D, G, R + 2, K),
+                tuple(n + ".weight" for n in qkv),
+                ((H * K, D), (G * K, D), (G * K, D)),
+                transpose=True,
+                axis=2,
+            ),
+            HFName(b + "attn.o_kernel", (H, K, D), a + "o_proj.weight", (D, H * K), transpose=True),
+            HFName(
+                b + "mlp.gate_up_kernel",
+                (D, 2, F),
+                tuple(n + ".weight" for n in gate_up),
+                ((F, D), (F, D)),
+                transpose=True,
+                axis=1,
+            ),
+            HFName(b + "mlp.down_kernel", (F, D), m + "down_proj.weight", transpose=True),
+        ]
+        if c.qkv_bias:
+            names.append(
+                HFName(
+                    b + "attn.qkv_bias",
+                    (G, R + 2, K),
+                    tuple(n + ".bias" for n in qkv),
+                    ((H * K,), (G * K,), (G * K,)),
+                    axis=1,
+                )
+            )
+        if c.o_bias:
+            names.append(HFName(b + "attn.o_bias", (D,), a + "o_proj.bias"))
+        if c.mlp_bias:
+            names += [
+                HFName(b + "mlp.gate_up_bias", (2, F), tuple(n + ".bias" for n in gate_up), ((F,), (F,))),
+                HFName(b + "mlp.down_bias", (D,), m + "down_proj.bias"),
+            ]
+    return HFMap(c.model_type, tuple(names), ignore=("rotary_emb.inv_freq",))
+
+
+FAMILY = Family(name="llama", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=hf_names)

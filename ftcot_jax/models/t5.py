@@ -4,10 +4,11 @@ Facts that differ from the decoder families: pre-RMSNorm without mean or bias, n
 scaling (it is folded into the init), relative position buckets whose bias lives only in the first
 layer of each stack and is shared by all its layers (bidirectional in the encoder, causal in the decoder),
 and a head that is either tied to the shared embedding (v1.0, decoder output scaled by d_model**-0.5)
-or untied (v1.1 / Flan-T5, no scaling).
+or untied (v1.1 / Flan-T5, no scaling). This file holds the family's Config, Model and HF name table; the
+layers below the model are in models/t5_blocks.py.
 
-Shape suffixes: B batch, L encoder length, T decoder length, S decoder cache slots, D d_model,
-H heads, K d_kv, F d_ff, V vocab, N relative position buckets.
+Shape suffixes (the letters of models/layers.py): B batch, L encoder length, T decoder length, S decoder
+cache slots, D d_model, H heads, K d_kv, F d_ff, V vocab, U relative position buckets.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ftcot_jax.models.api import Family
-from ftcot_jax.models.cpu_xla import grad_barrier
-from ftcot_jax.models.hf import t5_names
-from ftcot_jax.models.layers import ACTIVATIONS, NEG_INF, DropoutKeys, RMSNorm, dropout, normal_init, param
+from ftcot_jax.models.hf import HFMap, HFName
+from ftcot_jax.models.layers import ACTIVATIONS, DropoutKeys, dropout, normal_init, param
 from ftcot_jax.models.sharding import constrain
-from ftcot_jax.models.t5_positions import position_bias_1xHxTxS, relative_position_bucket_table
+from ftcot_jax.models.t5_blocks import Stack
 
 HF_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with another vocabulary
 
@@ -142,131 +141,6 @@ def shift_right(labels_BxT, decoder_start_token_id: int, pad_token_id: int = 0):
     -100 (ignored label) becomes pad."""
     shifted = jnp.concatenate([jnp.full_like(labels_BxT[:, :1], decoder_start_token_id), labels_BxT[:, :-1]], 1)
     return jnp.where(shifted == -100, pad_token_id, shifted)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Modules
-
-
-class Attention(nnx.Module):
-    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
-        D, H, K = cfg.d_model, cfg.num_heads, cfg.d_kv
-        # HF init: the missing 1/sqrt(K) score scaling is folded into q's std.
-        self.q = param(rngs, normal_init((D * K) ** -0.5), (D, H, K), ("embed", "heads", "head_dim"))
-        self.k = param(rngs, normal_init(D**-0.5), (D, H, K), ("embed", "heads", "head_dim"))
-        self.v = param(rngs, normal_init(D**-0.5), (D, H, K), ("embed", "heads", "head_dim"))
-        self.o = param(rngs, normal_init((H * K) ** -0.5), (H, K, D), ("heads", "head_dim", "embed"))
-        self.dtype, self.dropout_rate = dtype, cfg.dropout_rate
-
-    def project_kv(self, x_BxSxD):
-        dt = self.dtype
-        k_BxSxHxK = jnp.einsum("bsd,dhk->bshk", x_BxSxD.astype(dt), self.k[...].astype(dt))
-        v_BxSxHxK = jnp.einsum("bsd,dhk->bshk", x_BxSxD.astype(dt), self.v[...].astype(dt))
-        return k_BxSxHxK, v_BxSxHxK
-
-    def __call__(self, x_BxTxD, k_BxSxHxK, v_BxSxHxK, bias_1xHxTxS, mask_BxTxS, rng=None):
-        dt = self.dtype
-        q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dt), self.q[...].astype(dt))
-        q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "length", "heads", "head_dim"))
-        scores_BxHxTxS = jnp.einsum(
-            "bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK.astype(dt), preferred_element_type=jnp.float32
-        )  # no 1/sqrt(K): T5 folds it into init
-        if bias_1xHxTxS is not None:
-            scores_BxHxTxS = scores_BxHxTxS + bias_1xHxTxS
-        scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, NEG_INF)
-        probs = dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1), self.dropout_rate, rng).astype(dt)
-        out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs, v_BxSxHxK.astype(dt))
-        return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.o[...].astype(dt))
-
-
-class FeedForward(nnx.Module):
-    def __init__(self, cfg: Config, *, dtype, rngs: nnx.Rngs):
-        D, F = cfg.d_model, cfg.d_ff
-        self.gated = cfg.is_gated
-        self.wi = param(rngs, normal_init(D**-0.5), (D, F), ("embed", "mlp"))
-        if self.gated:
-            self.wi_gate = param(rngs, normal_init(D**-0.5), (D, F), ("embed", "mlp"))
-        self.wo = param(rngs, normal_init(F**-0.5), (F, D), ("mlp", "embed"))
-        self.act, self.dtype, self.dropout_rate = ACTIVATIONS[cfg.activation], dtype, cfg.dropout_rate
-
-    def __call__(self, x_BxTxD, rng=None):
-        dt = self.dtype
-        x = x_BxTxD.astype(dt)
-        if self.gated:  # HF wi_0 goes through the activation, wi_1 is the linear branch
-            h_BxTxF = self.act(x @ self.wi_gate[...].astype(dt)) * (x @ self.wi[...].astype(dt))
-        else:
-            h_BxTxF = self.act(x @ self.wi[...].astype(dt))
-        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        return dropout(h_BxTxF, self.dropout_rate, rng) @ self.wo[...].astype(dt)
-
-
-class Block(nnx.Module):
-    def __init__(self, cfg: Config, *, decoder: bool, dtype, rngs: nnx.Rngs):
-        eps = cfg.layer_norm_epsilon
-        self.self_norm = RMSNorm(cfg.d_model, eps, dtype=dtype, rngs=rngs)
-        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
-        if decoder:
-            self.cross_norm = RMSNorm(cfg.d_model, eps, dtype=dtype, rngs=rngs)
-            self.cross_attn = Attention(cfg, dtype=dtype, rngs=rngs)
-        self.ff_norm = RMSNorm(cfg.d_model, eps, dtype=dtype, rngs=rngs)
-        self.ff = FeedForward(cfg, dtype=dtype, rngs=rngs)
-        self.decoder, self.dropout_rate = decoder, cfg.dropout_rate
-
-    def __call__(
-        self,
-        x_BxTxD,
-        self_bias,
-        self_mask_BxTxS,
-        *,
-        cache=None,
-        cache_index=None,
-        cross_kv=None,
-        cross_mask_BxTxL=None,
-        rng=lambda: None,
-    ):
-        """Residual stream stays fp32; sublayers compute in the model dtype.
-        With `cache` (dict k, v: BxSxHxK) the T new keys/values are written at slot cache_index."""
-        x_BxTxD = grad_barrier(x_BxTxD)
-        h = self.self_norm(x_BxTxD)
-        k, v = self.self_attn.project_kv(h)
-        if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
-            cache = {"k": k, "v": v}
-        a = self.self_attn(h, k, v, self_bias, self_mask_BxTxS, rng())
-        x_BxTxD = x_BxTxD + dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
-        if self.decoder:
-            a = self.cross_attn(self.cross_norm(x_BxTxD), *cross_kv, None, cross_mask_BxTxL, rng())
-            x_BxTxD = x_BxTxD + dropout(a, self.dropout_rate, rng()).astype(jnp.float32)
-        f = self.ff(self.ff_norm(x_BxTxD), rng())
-        x_BxTxD = x_BxTxD + dropout(f, self.dropout_rate, rng()).astype(jnp.float32)
-        return constrain(x_BxTxD, ("batch", "length", "embed")), cache
-
-
-class Stack(nnx.Module):
-    """Encoder or decoder stack. The relative attention bias belongs to layer 0 and is shared by all layers."""
-
-    def __init__(self, cfg: Config, *, decoder: bool, dtype, rngs: nnx.Rngs):
-        n = cfg.num_decoder_layers if decoder else cfg.num_layers
-        self.rel_bias = param(
-            rngs,
-            normal_init(cfg.d_model**-0.5),
-            (cfg.relative_attention_num_buckets, cfg.num_heads),
-            ("relpos_buckets", "heads"),
-        )
-        self.blocks = nnx.List([Block(cfg, decoder=decoder, dtype=dtype, rngs=rngs) for _ in range(n)])
-        self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype=jnp.float32, rngs=rngs)
-        self.bucket_table = tuple(
-            relative_position_bucket_table(
-                not decoder, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
-            ).tolist()
-        )
-        self.max_distance = cfg.relative_attention_max_distance
-
-    def bias(self, q_pos_T, k_pos_S):
-        return position_bias_1xHxTxS(
-            self.rel_bias[...], np.asarray(self.bucket_table, np.int32), self.max_distance, q_pos_T, k_pos_S
-        )
 
 
 class Model(nnx.Module):
@@ -452,4 +326,50 @@ class Model(nnx.Module):
         )
 
 
-FAMILY = Family(name="t5", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=t5_names)
+# ----------------------------------------------------------------------------- the HF checkpoint layout
+
+
+def hf_names(c: Config) -> HFMap:
+    """HF T5ForConditionalGeneration. One `shared` embedding (older checkpoints also store it as
+    encoder/decoder.embed_tokens); the head is `shared` when tied, else lm_head (transformers v5 falls back to
+    `shared` when lm_head is missing: so do we, loudly). The relative bias lives in block 0 of each stack."""
+    D, H, K, F, V, U = c.d_model, c.num_heads, c.d_kv, c.d_ff, c.vocab_size, c.relative_attention_num_buckets
+    shared = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+    tied = c.tie_word_embeddings
+    names = [HFName("shared", (V, D), shared[0], aliases=shared[1:], tied=("lm_head.weight",) if tied else ())]
+    if not tied:
+        names.append(HFName("lm_head", (D, V), "lm_head.weight", transpose=True, fallback=shared))
+    for stack, n_blocks, decoder in (("encoder", c.num_layers, False), ("decoder", c.num_decoder_layers, True)):
+        names += [
+            HFName(
+                f"{stack}.rel_bias", (U, H), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+            ),
+            HFName(f"{stack}.final_norm.scale", (D,), f"{stack}.final_layer_norm.weight"),
+        ]
+        for i in range(n_blocks):
+            b, h = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
+            parts = [("self", "0.SelfAttention.", "0.")] + ([("cross", "1.EncDecAttention.", "1.")] if decoder else [])
+            for ours, attn, norm in parts:
+                names += [HFName(f"{b}{ours}_norm.scale", (D,), f"{h}{norm}layer_norm.weight")]
+                names += [
+                    HFName(f"{b}{ours}_attn.{x}", (D, H, K), f"{h}{attn}{x}.weight", (H * K, D), transpose=True)
+                    for x in "qkv"
+                ]
+                names += [HFName(f"{b}{ours}_attn.o", (H, K, D), f"{h}{attn}o.weight", (D, H * K), transpose=True)]
+            ff = f"{h}{2 if decoder else 1}."
+            names += [
+                HFName(f"{b}ff_norm.scale", (D,), ff + "layer_norm.weight"),
+                HFName(f"{b}ff.wo", (F, D), ff + "DenseReluDense.wo.weight", transpose=True),
+            ]
+            if c.is_gated:  # wi_0 goes through the activation (our wi_gate), wi_1 is the linear branch
+                names += [
+                    HFName(f"{b}ff.wi_gate", (D, F), ff + "DenseReluDense.wi_0.weight", transpose=True),
+                    HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi_1.weight", transpose=True),
+                ]
+            else:
+                names.append(HFName(f"{b}ff.wi", (D, F), ff + "DenseReluDense.wi.weight", transpose=True))
+    # Old checkpoints carry an unused cross-attention relative bias in decoder layer 0.
+    return HFMap("t5", tuple(names), ignore=("EncDecAttention.relative_attention_bias",))
+
+
+FAMILY = Family(name="t5", hf_model_types=HF_MODEL_TYPES, config_cls=Config, model_cls=Model, hf_names=hf_names)

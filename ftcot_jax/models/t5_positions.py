@@ -1,6 +1,7 @@
 """T5's relative positions: the bucket of every (key - query) distance, and the per-head bias it selects.
 
-Shape suffixes: T query length, S key length, H heads, N relative position buckets.
+Shape suffixes (the letters of models/layers.py): T query length, S key length, H heads, U relative position
+buckets.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def relative_position_bucket_table(bidirectional: bool, num_buckets: int, max_di
     return (out + np.where(rp < max_exact, rp, large)).astype(np.int32)
 
 
-def position_bias_1xHxTxS(rel_bias_NxH, table: np.ndarray, max_distance: int, q_pos_T, k_pos_S):
+def position_bias_1xHxTxS(rel_bias_UxH, table: np.ndarray, max_distance: int, q_pos_T, k_pos_S):
     """The fp32 attention bias of every (query, key) pair: the learned bias of its distance's bucket."""
     rp_TxS = jnp.clip(k_pos_S[None, :] - q_pos_T[:, None], -max_distance, max_distance) + max_distance
     bucket_TxS = jnp.asarray(table)[rp_TxS]
-    return jnp.take(rel_bias_NxH, bucket_TxS, axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)
+    return jnp.take(rel_bias_UxH, bucket_TxS, axis=0).transpose(2, 0, 1)[None].astype(jnp.float32)

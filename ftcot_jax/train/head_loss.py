@@ -9,7 +9,7 @@ count is the number of chunks holding labels; the gradients w.r.t. the hidden st
 the same pass (softmax - one-hot), so no logits tensor ever exists beyond one chunk. The loss is the same sum
 of token cross-entropies as the full-logits path (tests/unit/test_head_loss.py compares both, values and gradients).
 
-Rows are grouped by data-parallel shard (G groups): packing, chunks and the head gradient stay local to a
+Rows are grouped by data-parallel shard (P groups): packing, chunks and the head gradient stay local to a
 shard, so a mesh runs this without moving activations; the trip count is the largest over the groups.
 """
 
@@ -22,42 +22,42 @@ import jax.numpy as jnp
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _chunked_xent(h_GxMxD, head_VxD, targets_GxM, weights_GxM, n_chunks, chunk: int):
-    return _chunked_xent_fwd(h_GxMxD, head_VxD, targets_GxM, weights_GxM, n_chunks, chunk)[0]
+def _chunked_xent(h_PxMxD, head_VxD, targets_PxM, weights_PxM, n_chunks, chunk: int):
+    return _chunked_xent_fwd(h_PxMxD, head_VxD, targets_PxM, weights_PxM, n_chunks, chunk)[0]
 
 
-def _chunked_xent_fwd(h_GxMxD, head_VxD, targets_GxM, weights_GxM, n_chunks, chunk: int):
-    G, M, D = h_GxMxD.shape
+def _chunked_xent_fwd(h_PxMxD, head_VxD, targets_PxM, weights_PxM, n_chunks, chunk: int):
+    P, M, D = h_PxMxD.shape
     V = head_VxD.shape[0]
-    dt = h_GxMxD.dtype
+    dt = h_PxMxD.dtype
     w_VxD = head_VxD.astype(dt)
 
     def body(i, carry):
-        loss, dh_GxMxD, dw_GxVxD = carry
+        loss, dh_PxMxD, dw_PxVxD = carry
         start = i * chunk
-        h_GxCxD = jax.lax.dynamic_slice_in_dim(h_GxMxD, start, chunk, axis=1)
-        t_GxC = jax.lax.dynamic_slice_in_dim(targets_GxM, start, chunk, axis=1)
-        w_GxC = jax.lax.dynamic_slice_in_dim(weights_GxM, start, chunk, axis=1)
-        logits_GxCxV = jnp.einsum("gcd,vd->gcv", h_GxCxD, w_VxD, preferred_element_type=jnp.float32)
-        lse_GxC = jax.nn.logsumexp(logits_GxCxV, axis=-1)
-        target_logit_GxC = jnp.take_along_axis(logits_GxCxV, t_GxC[..., None], axis=-1)[..., 0]
-        loss = loss + jnp.sum(w_GxC * (lse_GxC - target_logit_GxC))
+        h_PxCxD = jax.lax.dynamic_slice_in_dim(h_PxMxD, start, chunk, axis=1)
+        t_PxC = jax.lax.dynamic_slice_in_dim(targets_PxM, start, chunk, axis=1)
+        w_PxC = jax.lax.dynamic_slice_in_dim(weights_PxM, start, chunk, axis=1)
+        logits_PxCxV = jnp.einsum("pcd,vd->pcv", h_PxCxD, w_VxD, preferred_element_type=jnp.float32)
+        lse_PxC = jax.nn.logsumexp(logits_PxCxV, axis=-1)
+        target_logit_PxC = jnp.take_along_axis(logits_PxCxV, t_PxC[..., None], axis=-1)[..., 0]
+        loss = loss + jnp.sum(w_PxC * (lse_PxC - target_logit_PxC))
         # d(loss)/d(logits) = weight * (softmax - one_hot(target))
-        onehot_GxCxV = jnp.arange(V, dtype=t_GxC.dtype) == t_GxC[..., None]
-        g_GxCxV = ((jnp.exp(logits_GxCxV - lse_GxC[..., None]) - onehot_GxCxV) * w_GxC[..., None]).astype(dt)
-        dh_GxCxD = jnp.einsum("gcv,vd->gcd", g_GxCxV, w_VxD, preferred_element_type=jnp.float32)
-        dh_GxMxD = jax.lax.dynamic_update_slice_in_dim(dh_GxMxD, dh_GxCxD.astype(dh_GxMxD.dtype), start, axis=1)
-        dw_GxVxD = dw_GxVxD + jnp.einsum("gcv,gcd->gvd", g_GxCxV, h_GxCxD, preferred_element_type=jnp.float32)
-        return loss, dh_GxMxD, dw_GxVxD
+        onehot_PxCxV = jnp.arange(V, dtype=t_PxC.dtype) == t_PxC[..., None]
+        g_PxCxV = ((jnp.exp(logits_PxCxV - lse_PxC[..., None]) - onehot_PxCxV) * w_PxC[..., None]).astype(dt)
+        dh_PxCxD = jnp.einsum("pcv,vd->pcd", g_PxCxV, w_VxD, preferred_element_type=jnp.float32)
+        dh_PxMxD = jax.lax.dynamic_update_slice_in_dim(dh_PxMxD, dh_PxCxD.astype(dh_PxMxD.dtype), start, axis=1)
+        dw_PxVxD = dw_PxVxD + jnp.einsum("pcv,pcd->pvd", g_PxCxV, h_PxCxD, preferred_element_type=jnp.float32)
+        return loss, dh_PxMxD, dw_PxVxD
 
-    init = (jnp.float32(0), jnp.zeros((G, M, D), dt), jnp.zeros((G, V, D), jnp.float32))
-    loss, dh_GxMxD, dw_GxVxD = jax.lax.fori_loop(0, n_chunks, body, init)
-    return loss, (dh_GxMxD, dw_GxVxD.sum(0).astype(head_VxD.dtype))
+    init = (jnp.float32(0), jnp.zeros((P, M, D), dt), jnp.zeros((P, V, D), jnp.float32))
+    loss, dh_PxMxD, dw_PxVxD = jax.lax.fori_loop(0, n_chunks, body, init)
+    return loss, (dh_PxMxD, dw_PxVxD.sum(0).astype(head_VxD.dtype))
 
 
 def _chunked_xent_bwd(chunk, residuals, g):
-    dh_GxMxD, dw_VxD = residuals
-    return (g.astype(dh_GxMxD.dtype) * dh_GxMxD, g.astype(dw_VxD.dtype) * dw_VxD, None, None, None)
+    dh_PxMxD, dw_VxD = residuals
+    return (g.astype(dh_PxMxD.dtype) * dh_PxMxD, g.astype(dw_VxD.dtype) * dw_VxD, None, None, None)
 
 
 _chunked_xent.defvjp(_chunked_xent_fwd, _chunked_xent_bwd)
@@ -69,22 +69,22 @@ def label_cross_entropy(x_BxLxD, head_VxD, targets_BxL, weights_BxL, *, groups: 
     x_BxLxD: final hidden states in the compute dtype; head_VxD: the LM head (fp32 param, cast to x's dtype,
     logits accumulated in fp32); weights_BxL: the loss mask (0 = no loss). `groups` must divide B."""
     B, L, D = x_BxLxD.shape
-    G = groups if groups >= 1 and B % groups == 0 else 1
-    M = (B // G) * L
+    P = groups if groups >= 1 and B % groups == 0 else 1
+    M = (B // P) * L
     chunk = min(chunk, -(-M // 8) * 8)  # a batch smaller than one chunk runs one chunk of its own size
     M_pad = -(-M // chunk) * chunk
-    w_GxM = weights_BxL.astype(jnp.float32).reshape(G, M)
+    w_PxM = weights_BxL.astype(jnp.float32).reshape(P, M)
     # stable argsort of "is not a label": label positions first, each group on its own
-    order_GxM = jnp.argsort(w_GxM <= 0, axis=1, stable=True)
+    order_PxM = jnp.argsort(w_PxM <= 0, axis=1, stable=True)
 
-    def pack(a_GxMx_):  # gather in that order, then zero-pad the position axis to whole chunks (weight 0)
-        extra = a_GxMx_.ndim - 2
-        a_GxMx_ = jnp.take_along_axis(a_GxMx_, order_GxM.reshape(order_GxM.shape + (1,) * extra), axis=1)
-        return jnp.pad(a_GxMx_, [(0, 0), (0, M_pad - M)] + [(0, 0)] * extra)
+    def pack(a_PxMx_):  # gather in that order, then zero-pad the position axis to whole chunks (weight 0)
+        extra = a_PxMx_.ndim - 2
+        a_PxMx_ = jnp.take_along_axis(a_PxMx_, order_PxM.reshape(order_PxM.shape + (1,) * extra), axis=1)
+        return jnp.pad(a_PxMx_, [(0, 0), (0, M_pad - M)] + [(0, 0)] * extra)
 
-    h_GxMxD = pack(x_BxLxD.reshape(G, M, D))
-    t_GxM, w_GxM_sorted = pack(targets_BxL.astype(jnp.int32).reshape(G, M)), pack(w_GxM)
-    n_labels_G = jnp.sum(w_GxM > 0, axis=1)
-    n_chunks = (jnp.max(n_labels_G) + chunk - 1) // chunk
-    loss = _chunked_xent(h_GxMxD, head_VxD, t_GxM, w_GxM_sorted, n_chunks, chunk)
-    return loss, jnp.sum(w_GxM)
+    h_PxMxD = pack(x_BxLxD.reshape(P, M, D))
+    t_PxM, w_PxM_sorted = pack(targets_BxL.astype(jnp.int32).reshape(P, M)), pack(w_PxM)
+    n_labels_P = jnp.sum(w_PxM > 0, axis=1)
+    n_chunks = (jnp.max(n_labels_P) + chunk - 1) // chunk
+    loss = _chunked_xent(h_PxMxD, head_VxD, t_PxM, w_PxM_sorted, n_chunks, chunk)
+    return loss, jnp.sum(w_PxM)

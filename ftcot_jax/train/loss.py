@@ -5,7 +5,7 @@ weights)`, both fp32, so gradient accumulation normalises once by the label toke
 - `models.api.CausalLM` (GPT-2, Llama-family): the final hidden states, then the LM head on label tokens only
   (train/head_loss.py; `head_chunk` 0: the full logits instead). Padded and padding-free batches take the
   same path: a padding-free batch carries `pack_index`/`unpack_index`, the model computes only the packed
-  tokens ([S, N, D] for S data shards) and the targets are packed the same way.
+  tokens ([P, N, D] for P data shards) and the targets are packed the same way.
 - `models.api.Seq2SeqLM` (T5): teacher-forced logits of the decoder inputs.
 """
 
@@ -56,7 +56,7 @@ def causal_lm_loss(head_chunk: int) -> LossFn:
         )
         if not head_chunk:
             return token_cross_entropy(model.logits(x), targets, weights)
-        groups = packing.G if packing is not None else _current_data_shards()
+        groups = packing.P if packing is not None else _current_data_shards()
         return head_loss.label_cross_entropy(x, model.head_VxD(), targets, weights, groups=groups, chunk=head_chunk)
 
     return loss

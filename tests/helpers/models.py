@@ -83,3 +83,28 @@ def forward(model, ids, mask):
 @jax.jit(static_argnums=0)
 def _forward_jit(graphdef, state, ids, mask):
     return nnx.merge(graphdef, state)(ids, attention_mask_BxL=mask)
+
+
+def forward_seq2seq(model, ids, mask, dec, dmask):
+    """`forward` of an encoder-decoder, teacher-forced on decoder ids `dec` (mask `dmask`)."""
+    graphdef, state = nnx.split(model)
+    return _forward_seq2seq_jit(graphdef, state, *map(jnp.asarray, (ids, mask, dec, dmask)))
+
+
+@jax.jit(static_argnums=0)
+def _forward_seq2seq_jit(graphdef, state, ids, mask, dec, dmask):
+    return nnx.merge(graphdef, state)(
+        ids, attention_mask_BxL=mask, decoder_input_ids_BxT=dec, decoder_attention_mask_BxT=dmask
+    )
+
+
+def decoder_batch(vocab: int, start_id: int, lengths=(5, 3, 1), seed: int = 1):
+    """Right-padded teacher-forced decoder ids/mask (pad id 0), each row starting with `start_id`."""
+    rng = np.random.default_rng(seed)
+    T = max(lengths)
+    dec = np.zeros((len(lengths), T), np.int64)
+    dmask = np.zeros((len(lengths), T), np.int64)
+    for i, n in enumerate(lengths):
+        dec[i, :n] = np.concatenate([[start_id], rng.integers(2, vocab, n - 1)])
+        dmask[i, :n] = 1
+    return dec, dmask

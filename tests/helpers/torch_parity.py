@@ -13,13 +13,15 @@ from ftcot_jax import models
 
 
 def torch_model(hf_config: dict, seed: int = 0):
-    """A random-init transformers PyTorch model in fp32 eval mode (biases randomized so they are tested)."""
+    """A random-init transformers PyTorch model (a causal LM, or a seq2seq LM for an encoder-decoder config) in
+    fp32 eval mode (biases and norms randomized so they are tested)."""
     torch = pytest.importorskip("torch")
     import transformers
 
     torch.manual_seed(seed)
     cfg = transformers.AutoConfig.for_model(**copy.deepcopy(hf_config))  # transformers edits rope dicts in place
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    auto = transformers.AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else transformers.AutoModelForCausalLM
+    model = auto.from_config(cfg, attn_implementation="eager").float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
@@ -31,13 +33,22 @@ def torch_tensors(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
-def torch_logits(model, ids, mask):
-    """Logits of a left-padded batch, positions counted from each row's first real token (as ours)."""
+def torch_logits(model, ids, mask, dec=None, dmask=None):
+    """Logits of a left-padded batch, positions counted from each row's first real token (as ours); an
+    encoder-decoder also takes teacher-forced decoder ids `dec` and their mask `dmask`."""
     import torch
 
-    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos))
+        if dec is not None:
+            out = model(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
+                decoder_input_ids=torch.tensor(dec),
+                decoder_attention_mask=torch.tensor(dmask),
+            )
+        else:
+            pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+            out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos))
     return out.logits.float().numpy()
 
 

@@ -1,11 +1,10 @@
-"""CPU workarounds (models/cpu_xla.py): the gradient barrier keeps backward fusions from growing with depth;
-the hand-written `linear` backward gives autodiff's gradients."""
+"""Switches by platform (models/cpu_xla.py): the gradient barrier keeps XLA:CPU's backward fusions from growing
+with depth."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 
@@ -33,18 +32,3 @@ def test_backward_fusions_do_not_grow_with_depth():
     # Without cpu_xla.grad_barrier, XLA:CPU fused the residual gradient of every block above into each block's
     # backward (a 12-layer GPT-2 had 209-operand fusions; O(layers^2) work and minutes of compile time).
     assert _largest_fusion_operands(8) <= _largest_fusion_operands(2) + 2
-
-
-def test_linear_matches_einsum_values_and_gradients():
-    """cpu_xla.linear's hand-written backward gives autodiff's gradients (n_in 1 and 2, multi-axis outputs)."""
-    from ftcot_jax.models.cpu_xla import linear
-
-    k = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(k[0], (2, 3, 4, 5))
-    w1, w2 = jax.random.normal(k[1], (5, 2, 3)), jax.random.normal(k[2], (4, 5, 6))
-    for n_in, w, spec in ((1, w1, "btkd,dgc->btkgc"), (2, w2, "btkd,kdo->bto")):
-        ours = lambda x, w, n_in=n_in: (linear(x, w, n_in=n_in) ** 2).sum()
-        ref = lambda x, w, spec=spec: (jnp.einsum(spec, x, w) ** 2).sum()
-        np.testing.assert_allclose(linear(x, w, n_in=n_in), jnp.einsum(spec, x, w), rtol=1e-5, atol=1e-5)
-        for g_ours, g_ref in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w), strict=True):
-            np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-4)

@@ -123,7 +123,8 @@ def test_packed_loss_and_gradients_equal_padded(family, cfg):
     l0, g0 = jax.jit(jax.value_and_grad(padded))(params)
     l1, g1 = jax.jit(jax.value_and_grad(packed))(params)
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
-    assert max_tree_diff(g0, g1) <= 1e-6
+    # fp32 gradients summed in another order (the packed rows): equal up to rounding, not bit for bit
+    assert max_tree_diff(g0, g1) <= 5e-6
 
 
 @pytest.mark.slow
