@@ -162,6 +162,9 @@ class TrainConfig:
     # depends on, padding dropped (models.layers.Packing); the packed length per data shard is rounded
     # up to a multiple of this (bounds the compiled shapes). 0 = compute on the padded batch. Same loss.
     pack_multiple: int = 128
+    # Rematerialisation per transformer block (models.layers.remat_block): none | block (keep only the block's
+    # matmul outputs) | full (keep only its input). Less activation memory for more compute; same gradients.
+    remat: str = "none"
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -183,6 +186,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        _check_choice("remat", self.remat, ("none", "block", "full"))
 
     @property
     def template(self) -> str:

@@ -25,6 +25,7 @@ from ftcot_jax.models.layers import (
     normal_init,
     param,
     prepare_inputs,
+    remat_block,
     update_cache,
     zeros_init,
 )
@@ -182,6 +183,7 @@ class Model(DecoderLM):
         self.wpe = param(rngs, normal_init(0.01), (cfg.n_positions, cfg.n_embd), ("positions", "embed"))
         self.blocks = nnx.List([Block(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.remat = "none"  # train.remat, set by the trainer (layers.remat_block)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
         c = self.config
@@ -216,9 +218,13 @@ class Model(DecoderLM):
         x_PxNxD = constrain(dropout(x_PxNxD, self.config.embd_pdrop, keys(), tokens_PxN), ("batch", "length", "embed"))
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x_PxNxD, c = block(
-                x_PxNxD, mask_BxTxS, None if cache is None else cache[i], cache_index, packing, keys, tokens_PxN
-            )
+            if cache is None:  # training: the block may be rematerialised (layers.remat_block)
+                run = remat_block(
+                    lambda x, b=block: b(x, mask_BxTxS, None, None, packing, keys, tokens_PxN), self.remat
+                )
+                x_PxNxD, c = run(x_PxNxD)
+            else:
+                x_PxNxD, c = block(x_PxNxD, mask_BxTxS, cache[i], cache_index, packing, keys, tokens_PxN)
             new_cache.append(c)
         return self.ln_f(x_PxNxD), (None if cache is None else new_cache)
 

@@ -176,6 +176,27 @@ class DropoutKeys:
 NO_DROPOUT = DropoutKeys(None)  # stateless: hands out None (eval, decoding)
 
 
+# ----------------------------------------------------------------------------- rematerialisation
+
+REMAT_CHOICES = ("none", "block", "full")
+_REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_block(call, remat: str):
+    """`call` (a transformer block's training forward: x -> (x, cache)) under `remat` (train.remat): "none" keeps
+    every activation for the backward pass; "block" keeps only the block's matmul outputs (norms, activations,
+    softmax and dropout are recomputed); "full" keeps only the block's input (the whole block is recomputed).
+    Same values and gradients either way; less memory for more compute."""
+    if remat == "none":
+        return call
+    if remat not in _REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r}: expected one of {', '.join(REMAT_CHOICES)}")
+    return jax.checkpoint(call, policy=_REMAT_POLICIES[remat])
+
+
 def _masked_softmax_attention(q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, *, scale, dtype, dropout_rate=0.0, rng=None):
     """Our hand-written form ("ours"): softmax in fp32, then dropout on the probabilities when `rng` is given.
     Keys/values are [B, G, S, K] (the cache layout): both dots then read them without a transpose."""

@@ -25,6 +25,7 @@ from ftcot_jax.models.layers import (
     normal_init,
     param,
     prepare_inputs,
+    remat_block,
     update_cache,
     zeros_init,
 )
@@ -286,6 +287,7 @@ class Model(DecoderLM):
         self.embed = param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         self.layers = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.remat = "none"  # train.remat, set by the trainer (layers.remat_block)
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
@@ -323,8 +325,14 @@ class Model(DecoderLM):
         keys = DropoutKeys(dropout_rng)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else cache[i]
-            x_PxNxD, c = layer(x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, layer_cache, cache_index, packing, keys())
+            if cache is None:  # training: the block may be rematerialised (layers.remat_block)
+                key = keys()
+                run = remat_block(
+                    lambda x, b=layer, k=key: b(x, cos_PxNxK, sin_PxNxK, mask_BxTxS, None, None, packing, k), self.remat
+                )
+                x_PxNxD, c = run(x_PxNxD)
+            else:
+                x_PxNxD, c = layer(x_PxNxD, cos_PxNxK, sin_PxNxK, mask_BxTxS, cache[i], cache_index, packing, keys())
             new_cache.append(c)
         return self.norm(x_PxNxD), (None if cache is None else new_cache)
 

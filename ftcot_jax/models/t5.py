@@ -23,7 +23,7 @@ from flax import nnx
 
 from ftcot_jax.models.api import Family
 from ftcot_jax.models.hf import HFMap, HFName
-from ftcot_jax.models.layers import ACTIVATIONS, DropoutKeys, dropout, normal_init, param
+from ftcot_jax.models.layers import ACTIVATIONS, DropoutKeys, dropout, normal_init, param, remat_block
 from ftcot_jax.models.sharding import constrain
 from ftcot_jax.models.t5_blocks import Stack
 
@@ -160,6 +160,7 @@ class Model(nnx.Module):
             raise ValueError("t5: dtype float16 is not supported (T5 overflows in fp16); use bfloat16 or float32")
         cfg = self.config = config
         self.dtype = dtype
+        self.remat = "none"  # train.remat, set by the trainer (layers.remat_block)
         self.shared = param(rngs, normal_init(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
         self.encoder = Stack(cfg, decoder=False, dtype=dtype, rngs=rngs)
         self.decoder = Stack(cfg, decoder=True, dtype=dtype, rngs=rngs)
@@ -180,8 +181,9 @@ class Model(nnx.Module):
         pos_L = jnp.arange(L)
         bias = self.encoder.bias(pos_L, pos_L)
         self_mask_BxLxL = jnp.broadcast_to(mask_BxL[:, None, :], (B, L, L))
-        for block in self.encoder.blocks:
-            x_BxLxD, _ = block(x_BxLxD, bias, self_mask_BxLxL, rng=rng)
+        for block in self.encoder.blocks:  # layers.remat_block: rematerialised in training if train.remat says so
+            run = remat_block(lambda x, b=block: b(x, bias, self_mask_BxLxL, rng=rng), self.remat)
+            x_BxLxD, _ = run(x_BxLxD)
         return dropout(self.encoder.final_norm(x_BxLxD), self.config.dropout_rate, rng())
 
     # -- decoder ------------------------------------------------------------------------------------------
@@ -216,16 +218,13 @@ class Model(nnx.Module):
         bias = self.decoder.bias(q_pos_T, k_pos_S)
         new_cache = []
         for i, block in enumerate(self.decoder.blocks):
-            x_BxTxD, c = block(
-                x_BxTxD,
-                bias,
-                self_mask_BxTxS,
-                cache=None if cache is None else cache[i],
-                cache_index=cache_index,
-                cross_kv=cross_kv[i],
-                cross_mask_BxTxL=cross_mask_BxTxL,
-                rng=rng,
-            )
+
+            def run(x, b=block, i=i):
+                c = None if cache is None else cache[i]
+                return b(x, bias, self_mask_BxTxS, cache=c, cache_index=cache_index, cross_kv=cross_kv[i],
+                         cross_mask_BxTxL=cross_mask_BxTxL, rng=rng)  # fmt: skip
+
+            x_BxTxD, c = (run if cache is not None else remat_block(run, self.remat))(x_BxTxD)
             new_cache.append(c)
         x_BxTxD = dropout(self.decoder.final_norm(x_BxTxD), self.config.dropout_rate, rng())
         return x_BxTxD, (None if cache is None else new_cache)

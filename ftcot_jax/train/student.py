@@ -93,7 +93,9 @@ def build_student(cfg: TrainConfig, *, model: nnx.Module | None = None, tokenize
     family = models.family_for(config.to_hf_config()["model_type"])
 
     def make_model():
-        return family.model_cls(config, dtype=compute, rngs=nnx.Rngs(cfg.seed))
+        model = family.model_cls(config, dtype=compute, rngs=nnx.Rngs(cfg.seed))
+        model.remat = cfg.remat  # the training forward's rematerialisation (models.layers.remat_block)
+        return model
 
     abstract = nnx.eval_shape(make_model)
     graphdef, param_state, rest = nnx.split(abstract, nnx.Param, ...)
