@@ -24,7 +24,7 @@ from tests.helpers.pipeline import tiny_run_config
         ("teacher.temprature=0.5", "unknown config key 'teacher.temprature'"),
         ("train.epochs=abc", "config key 'train.epochs' expects an integer"),
         ("train.model=gpt2", "train.student is set by the pipeline; set student instead"),
-        ("curate.methods=[ft,cot]", "curate.methods[] must be one of ft, ft_cot, diverse; got 'cot'"),
+        ("curate.methods=[ft,cot]", "curate.methods[] must be one of ft, ft_cot, diverse, step_by_step; got 'cot'"),
         ("curate.methods=[diverse]", "curate.diverse_samples is empty"),
         ("tasks=[no_such_task]", "unknown task 'no_such_task'"),
         ("tasks=[date_understanding]", "the reference teacher cannot teach 'date_understanding'"),
