@@ -14,6 +14,11 @@ Templates ("prediction templates" in the reference) and the model types they exi
 | ft_token         | "{q} ###"                          | "{q}"                  | " {a}" / "{a}"                          |
 | ft_cot_token     | "{q} ###"                          | "{q}"                  | " {r} --> {a}" / "{r} --> {a}"          |
 | ft_cot_natural   | "Q: {q}\\n\\nA: Let's think step by step.\\n\\n" | (decoder only) | " {r}\\n\\nTherefore the answer is {a}" |
+| sbs_predict      | "predict: {q} ###"                 | "predict: {q}"         | " {a}" / "{a}"                          |
+| sbs_explain      | "explain: {q} ###"                 | "explain: {q}"         | " {r}" / "{r}"                          |
+
+The two `sbs_` templates are Distilling step-by-step's two tasks (Hsieh et al., 2023; its "predict: " and
+"explain: " input prefixes): the student learns both, and is asked to `predict` at evaluation.
 
 Labels carry no stop phrase and no EOS: the trainer appends the tokenizer's EOS for decoders (T5
 tokenizers append theirs). Quirk kept: the ft_cot_natural label says "Therefore the answer is" while
@@ -23,10 +28,17 @@ its evaluation prefix is "Therefore, the answer is" (with a comma), exactly as i
 from __future__ import annotations
 
 MODEL_TYPES = ("decoder", "encoder_decoder")
-TEMPLATES = ("zs", "zs_cot", "fs_cot", "ft_token", "ft_cot_token", "ft_cot_natural")
-FINETUNE_TEMPLATES = ("ft_token", "ft_cot_token", "ft_cot_natural")
-# The template each fine-tuning method trains with (the reference's token templates).
-METHOD_TEMPLATE = {"ft": "ft_token", "ft_cot": "ft_cot_token"}
+TEMPLATES = ("zs", "zs_cot", "fs_cot", "ft_token", "ft_cot_token", "ft_cot_natural", "sbs_predict", "sbs_explain")
+FINETUNE_TEMPLATES = ("ft_token", "ft_cot_token", "ft_cot_natural", "sbs_predict", "sbs_explain")
+# The template each fine-tuning method is evaluated (and asked) with (the reference's token templates).
+METHOD_TEMPLATE = {"ft": "ft_token", "ft_cot": "ft_cot_token", "step_by_step": "sbs_predict"}
+# The templates each method trains on: one sample per template for every question.
+METHOD_TRAIN_TEMPLATES = {
+    "ft": ("ft_token",),
+    "ft_cot": ("ft_cot_token",),
+    "step_by_step": ("sbs_predict", "sbs_explain"),
+}
+STEP_BY_STEP_PREFIXES = {"sbs_predict": "predict: ", "sbs_explain": "explain: "}
 
 # Evaluation prefixes per prediction template (reference PREDICTION_PREFIXES): the answer is parsed
 # from the first candidate after the prefix, or from the last candidate if the prefix is missing.
@@ -42,6 +54,8 @@ PREDICTION_PREFIXES: dict[str | None, str | None] = {
     "zs_cot": None,
     "ft_cot_natural": FT_COT_NATURAL_PREFIX,
     "ft_cot_token": FT_COT_TOKEN_PREFIX,
+    "sbs_predict": None,  # the completion is the answer alone
+    "sbs_explain": None,
 }
 
 ZS_COT_TRIGGER = "Let's think step by step."
@@ -87,6 +101,9 @@ def finetune_input(template: str, model_type: str, question: str) -> str:
     if template == "ft_cot_natural":
         _decoder_only(template, model_type)
         return f"Q: {q}\n\nA: {ZS_COT_TRIGGER}\n\n"
+    if template in STEP_BY_STEP_PREFIXES:
+        q = STEP_BY_STEP_PREFIXES[template] + q
+        return f"{q}{FT_INPUT_SUFFIX}" if model_type == "decoder" else q
     raise ValueError(f"unknown fine-tune template '{template}'; expected one of: {', '.join(FINETUNE_TEMPLATES)}")
 
 
@@ -95,13 +112,15 @@ def finetune_label(template: str, model_type: str, answer: str, rationale: str |
     _check_model_type(model_type)
     a = answer.strip()
     lead = " " if model_type == "decoder" else ""  # decoder labels continue the input after a space
-    if template == "ft_token":
+    if template in ("ft_token", "sbs_predict"):
         return f"{lead}{a}"
-    if template not in ("ft_cot_token", "ft_cot_natural"):
+    if template not in ("ft_cot_token", "ft_cot_natural", "sbs_explain"):
         raise ValueError(f"unknown fine-tune template '{template}'; expected one of: {', '.join(FINETUNE_TEMPLATES)}")
     if rationale is None:
         raise ValueError(f"template '{template}' needs a rationale; got None")
     r = rationale.strip()
+    if template == "sbs_explain":
+        return f"{lead}{r}"
     if template == "ft_cot_token":
         return f"{lead}{r} {FT_COT_TOKEN_PREFIX} {a}"
     _decoder_only(template, model_type)

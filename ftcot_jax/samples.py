@@ -23,11 +23,11 @@ class FinetuneSample:
     question: str
     answer: str
     rationale: str  # "" for vanilla fine-tuning
-    method: str  # "ft" | "ft_cot"
+    method: str  # "ft" | "ft_cot" | "step_by_step"
 
 
 _SAMPLE_FIELDS = tuple((f.name, f.type) for f in fields(FinetuneSample))
-_METHODS = ("ft", "ft_cot")
+_METHODS = tuple(METHOD_TEMPLATE)  # ft, ft_cot, step_by_step
 
 
 def _sample_to_features(s: FinetuneSample) -> dict:
@@ -88,22 +88,23 @@ def _features_to_sample(path: Path, i: int, feats: dict) -> FinetuneSample:
 
 
 def gold_samples(task: str, method: str, split_name: str = "default"):
-    """Fine-tune samples built from the dataset itself: gold answers (ft) or gold rationales (ft_cot).
+    """Fine-tune samples built from the dataset itself: gold answers (ft) or gold rationales (ft_cot,
+    step_by_step).
 
     Stands in for teacher rationales until a teacher has run; same FinetuneSample records.
     """
     if method not in METHOD_TEMPLATE:
         raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHOD_TEMPLATE)}")
     t = load_task(task)
-    if method == "ft_cot" and not t.has_rationale:
+    if method != "ft" and not t.has_rationale:
         raise ValueError(
-            f"task '{task}' has no gold rationales, so ft_cot samples cannot be built from the "
+            f"task '{task}' has no gold rationales, so {method} samples cannot be built from the "
             "dataset; use teacher samples (ftcot curate) or method 'ft'"
         )
     out = []
     for ex in t.split("train", split_name):
         rationale = "" if method == "ft" else (ex.rationale or "").strip()
-        if method == "ft_cot" and not rationale:
+        if method != "ft" and not rationale:
             raise ValueError(f"task '{task}' train example {ex.sample_index} has an empty gold rationale")
         out.append(
             FinetuneSample(

@@ -18,7 +18,8 @@ What can be loaded (`locate`):
 Only the parameters of the chosen step are read (`train.checkpoint.restore_params`), not the optimizer state.
 `export_student` writes the chosen step as an HF directory (transformers loads it in PyTorch) plus
 `ftcot_student.json`; `train_and_export` trains (train.loop.train) and exports the best epoch into
-run_dir/export when the config's `export` is on.
+run_dir/export when the config's `export` is on. `evaluate_student` scores a loaded student on a task's
+split without training (greedy, and self-consistency with `eval.samples` > 1), writing the trainer's files.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ftcot_jax import models, prompts, scoring
-from ftcot_jax.config import TrainConfig, load_config
-from ftcot_jax.files import write_json_atomic
+from ftcot_jax import evaluation, models, prompts, scoring
+from ftcot_jax.config import EvalSection, TrainConfig, load_config, to_dict
+from ftcot_jax.files import write_json_atomic, write_jsonl_atomic
 from ftcot_jax.models.api import model_kind
 from ftcot_jax.paths import as_path, download_tree, is_remote
+from ftcot_jax.tasks import TASK_NAMES, load_task
 from ftcot_jax.train.checkpoint import abstract_like, read_position, restore_params, saved_steps
-from ftcot_jax.train.loop import Trainer, TrainResult, train
+from ftcot_jax.train.loop import Trainer, TrainResult, predictions_path, train, votes_path
 from ftcot_jax.train.student import build_student
 
 FORMAT_FILE = "ftcot_student.json"  # beside an exported student's config.json
@@ -60,7 +62,7 @@ class TrainedFormat:
     """How a fine-tuned student expects its input and writes its output, and which checkpoint this is."""
 
     task: str
-    method: str  # ft | ft_cot
+    method: str  # ft | ft_cot | step_by_step
     template: str  # prompts.METHOD_TEMPLATE[method]
     model_kind: str  # decoder | encoder_decoder
     step: int | None
@@ -72,6 +74,12 @@ class TrainedFormat:
     def prompt(self, question: str) -> str:
         """The exact input the student was trained on for `question`."""
         return prompts.finetune_input(self.template, self.model_kind, question)
+
+    def explain_prompt(self, question: str) -> str:
+        """A Distilling step-by-step student's other task: the input asking for its rationale."""
+        if self.method != "step_by_step":
+            raise ValueError(f"a {self.method} student learnt no explain task; only step_by_step students did")
+        return prompts.finetune_input("sbs_explain", self.model_kind, question)
 
     def parse(self, completion: str) -> Parsed:
         """The rationale (text before the template's answer prefix) and the answer parsed by the task's
@@ -299,6 +307,56 @@ def export_student(student: LoadedStudent, out_dir) -> Path:
     if student.trained is not None:
         write_json_atomic(out / FORMAT_FILE, student.trained.card())
     return out
+
+
+def evaluate_student(
+    student: LoadedStudent,
+    out_dir,
+    *,
+    task: str | None = None,
+    split: str = "test",
+    split_name: str = "default",
+    eval_cfg: EvalSection = EvalSection(),
+) -> dict:
+    """Evaluate a fine-tuned student on `task`'s `split` (default: the task it was trained on) with its training
+    format, as the trainer's epoch evaluation does; writes out_dir/predictions/epoch_NNN.jsonl (NNN: the
+    checkpoint's epoch, else 0), epoch_NNN.samples.jsonl (the votes, with `eval_cfg.samples` > 1) and
+    out_dir/results.json (the summary, the decode seconds, where the student came from). Returns results."""
+    fmt = student.trained
+    if fmt is None:
+        raise ValueError(
+            f"{student.source}: not a fine-tuned student (no training format), so no prompt to evaluate with"
+        )
+    if student.tokenizer is None:
+        raise ValueError(f"{student.source}: no tokenizer files; cannot encode questions")
+    task = task or fmt.task
+    if task not in TASK_NAMES:
+        raise ValueError(f"unknown task '{task}'; expected one of: {', '.join(TASK_NAMES)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}: expected train or test")
+    examples = load_task(task).split(split, split_name)
+    examples = examples[: eval_cfg.limit] if eval_cfg.limit else examples
+    epoch = fmt.epoch if fmt.epoch is not None else 0
+    ev = evaluation.evaluate(
+        student.model, student.tokenizer, examples, task=task, template=fmt.template, eval_cfg=eval_cfg, epoch=epoch
+    )
+    out = as_path(out_dir)
+    write_jsonl_atomic(predictions_path(out, epoch), ev.records)
+    if ev.votes is not None:
+        write_jsonl_atomic(votes_path(out, epoch), ev.votes)
+    results = {
+        "task": task,
+        "split": split,
+        "split_name": split_name,
+        "method": fmt.method,
+        "student": student.source,
+        "trained": fmt.card(),
+        "summary": {"epoch": epoch, "step": fmt.step, **ev.summary},
+        "seconds": ev.seconds,
+        "eval": to_dict(eval_cfg),
+    }
+    write_json_atomic(out / "results.json", results)
+    return results
 
 
 # ----------------------------------------------------------------------------- training, then the export

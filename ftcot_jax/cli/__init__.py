@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that compile JAX programs: they keep them in the persistent compilation cache (ftcot_jax/jax_setup.py).
-COMPILING_COMMANDS = ("train", "run", "serve", "generate", "ask", "compare")
+COMPILING_COMMANDS = ("train", "run", "serve", "generate", "ask", "evaluate", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:

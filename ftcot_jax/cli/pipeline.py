@@ -16,7 +16,7 @@ def add_curate_parser(sub) -> None:
         "written to <out-dir>/<task>__<key>.tfrecord for `ftcot train`.",
     )
     p.add_argument("--task", action="append", required=True, help="task name (repeatable)")
-    p.add_argument("--method", choices=("ft_cot", "diverse", "ft"), default="ft_cot")
+    p.add_argument("--method", choices=("ft_cot", "diverse", "ft", "step_by_step"), default="ft_cot")
     p.add_argument("--teacher-model", default=None, help="teacher whose cache to read (ft_cot, diverse)")
     p.add_argument(
         "--temperature", type=float, default=None, help="teacher temperature (default 0 ft_cot, 0.7 diverse)"

@@ -21,16 +21,17 @@ def add_train_parser(sub):
     p.add_argument("--model", default=None, help="HF dir / hub id / smollm2-135m-instruct / .gguf")
     p.add_argument("--samples", nargs="+", default=None, metavar="FILE", help="fine-tune sample files")
     p.add_argument("--task", default=None, help="without --samples: build samples from this task's gold data")
-    p.add_argument("--method", default=None, choices=("ft", "ft_cot"))
+    p.add_argument("--method", default=None, choices=("ft", "ft_cot", "step_by_step"))
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="require a checkpoint in the run dir and continue from it")
     p.set_defaults(func=_run_train)
 
     g = sub.add_parser(
-        "gold-samples", help="write fine-tune samples from a task's gold answers (ft) or rationales (ft_cot)"
+        "gold-samples",
+        help="write fine-tune samples from a task's gold answers (ft) or rationales (ft_cot, step_by_step)",
     )
     g.add_argument("--task", required=True)
-    g.add_argument("--method", required=True, choices=("ft", "ft_cot"))
+    g.add_argument("--method", required=True, choices=("ft", "ft_cot", "step_by_step"))
     g.add_argument("--out", required=True, help="output sample file (TFRecord, samples.write_samples)")
     g.add_argument("--split-name", default="default")
     g.set_defaults(func=_run_gold_samples)

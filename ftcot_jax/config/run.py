@@ -29,7 +29,7 @@ PIPELINE_TRAIN_FIELDS = {
     "split_name": "split_name",
 }
 
-CURATE_METHODS = ("ft", "ft_cot", "diverse")
+CURATE_METHODS = ("ft", "ft_cot", "diverse", "step_by_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,8 @@ class TeacherSection:
 
 @dataclasses.dataclass(frozen=True)
 class CurateSection:
-    methods: tuple[str, ...] = ("ft", "ft_cot")  # ft (gold answers) | ft_cot (greedy teacher) | diverse
+    # ft (gold answers) | ft_cot (greedy teacher) | diverse | step_by_step (ft_cot's samples as predict + explain)
+    methods: tuple[str, ...] = ("ft", "ft_cot")
     diverse_samples: tuple[int, ...] = ()  # D values for `diverse` (paper: 64 MultiArith/SVAMP, 8 else)
     max_train_questions: int = 0  # 0 = whole train split; N = its first N questions (all methods)
 
@@ -131,7 +132,7 @@ class RunConfig:
         for name, where in PIPELINE_TRAIN_FIELDS.items():
             if getattr(self.train, name) != getattr(default, name):
                 raise ValueError(f"train.{name} is set by the pipeline; set {where} instead")
-        if ("ft_cot" in self.curate.methods or "diverse" in self.curate.methods) and self.teacher.model == "reference":
+        if set(self.curate.methods) - {"ft"} and self.teacher.model == "reference":
             for t in self.tasks:
                 check_supported(t)
 

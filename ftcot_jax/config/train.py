@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ftcot_jax.config.loader import check_choice as _check_choice
 from ftcot_jax.prompts import METHOD_TEMPLATE
+from ftcot_jax.self_consistency import check_samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +114,31 @@ class EvalSection:
     zero_shot: bool = True  # evaluate the student before fine-tuning ("Q: {q}\n\nA:")
     zero_shot_max_new_tokens: int = 64
     zero_shot_stop: tuple[str, ...] = ()  # reference: none (the whole completion is parsed)
+    # Self-consistency (ftcot_jax/self_consistency.py): K > 1 also samples K completions per question, in the
+    # same decode calls (K rows per question), and scores maj@K and pass@K beside the greedy accuracy.
+    samples: int = 1  # K; 1 = greedy only (the reference)
+    temperature: float = 0.7  # of the K samples
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int = 0  # the samples' PRNG seed (folded with the epoch)
+
+    # Keys added after runs were made: left out of a run's stage hash while at their defaults.
+    SAMPLING_KEYS: typing.ClassVar[tuple[str, ...]] = ("samples", "temperature", "top_k", "top_p", "seed")
 
     def __post_init__(self):
         if self.limit < 0 or self.every_epochs < 0:
             raise ValueError("eval.limit and eval.every_epochs must be >= 0")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.zero_shot_max_new_tokens < 1:
             raise ValueError("eval.batch_size, max_new_tokens, zero_shot_max_new_tokens must be >= 1")
+        try:
+            check_samples(self.samples, self.temperature)
+        except ValueError as e:
+            raise ValueError(f"eval.{e}") from None
+        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(
+                f"eval: temperature ({self.temperature}) and top_k ({self.top_k}) must be >= 0, top_p "
+                f"({self.top_p}) in (0, 1]"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +164,9 @@ class TrainConfig:
     # Data: fine-tune sample files (samples.write_samples); empty = build them from the dataset's gold
     # answers / gold rationales for `task` + `method` (written to run_dir/samples/ first).
     task: str = ""
-    method: str = "ft_cot"  # ft | ft_cot
+    method: str = "ft_cot"  # ft | ft_cot | step_by_step (Distilling step-by-step: predict + explain)
+    # step_by_step: the loss weight of each `predict` label token; `explain` label tokens weigh 1 - label_weight
+    label_weight: float = 0.5
     samples: tuple[str, ...] = ()
     split_name: str = "default"
     seed: int = 0
@@ -177,7 +199,11 @@ class TrainConfig:
     export: bool = True  # the best epoch as an HF dir in run_dir/export at the end (trained.train_and_export)
 
     def __post_init__(self):
-        _check_choice("method", self.method, ("ft", "ft_cot"))
+        _check_choice("method", self.method, tuple(METHOD_TEMPLATE))
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ValueError(
+                f"label_weight must be in [0, 1] (the predict task's share of the loss), got {self.label_weight}"
+            )
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "bucket", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

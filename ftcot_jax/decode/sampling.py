@@ -4,7 +4,9 @@ rows at EOS).
 
 Random numbers: token t of a batch (t = 0 is the first new token) is drawn with `jax.random.fold_in(rng, t)`,
 for decoder-only and encoder-decoder models alike, so a key gives the same tokens however the loop is
-chunked (stop-string checks return to the host between chunks).
+chunked (stop-string checks return to the host between chunks). With one key per row (`rng` of shape [B]),
+row r's token t is drawn with `fold_in(rng[r], t)` alone, so a row's tokens do not depend on the other rows of
+its batch: K rows of one prompt with keys k_1..k_K decode as K calls with those keys do (self-consistency).
 
 The loop state is a `DecodeState` (a typed pytree), donated between calls.
 
@@ -32,7 +34,7 @@ class Sampling(NamedTuple):
     """Everything about picking tokens that may change between calls, as traced values (no recompiles).
     Greedy-vs-sampling is the one static choice (the `greedy` argument of the loops)."""
 
-    rng: jax.Array  # PRNG key; unused when greedy
+    rng: jax.Array  # PRNG key, or one key per row ([B]); unused when greedy
     temperature: jax.Array  # float32 > 0
     top_k: jax.Array  # int32; 0 = off
     top_p: jax.Array  # float32 in (0, 1]
@@ -80,9 +82,14 @@ def filter_logits(logits_BxV, temperature, top_k, top_p):
 
 
 def next_token(logits_BxV, rng, temperature, top_k, top_p, *, greedy: bool):
+    """Each row's next token: the argmax, or a draw from the filtered logits with one key for the batch or
+    one key per row (`rng` of shape [B])."""
     if greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, filter_logits(logits_BxV, temperature, top_k, top_p)).astype(jnp.int32)
+    filtered_BxV = filter_logits(logits_BxV, temperature, top_k, top_p)
+    if rng.ndim == 1:
+        return jax.vmap(jax.random.categorical)(rng, filtered_BxV).astype(jnp.int32)
+    return jax.random.categorical(rng, filtered_BxV).astype(jnp.int32)
 
 
 def emit(loop: DecodeState, logits_BxV, s: Sampling, *, greedy: bool, **updates) -> DecodeState:
@@ -90,7 +97,8 @@ def emit(loop: DecodeState, logits_BxV, s: Sampling, *, greedy: bool, **updates)
     emit padding (as HF generate does), a row that emits an EOS id is done. `updates`: the fields the
     model step changed (cache, kv_mask_BxS)."""
     step = loop.step
-    tok_B = next_token(logits_BxV, jax.random.fold_in(s.rng, step), s.temperature, s.top_k, s.top_p, greedy=greedy)
+    fold = jax.random.fold_in if s.rng.ndim == 0 else jax.vmap(jax.random.fold_in, (0, None))
+    tok_B = next_token(logits_BxV, fold(s.rng, step), s.temperature, s.top_k, s.top_p, greedy=greedy)
     tok_B = jnp.where(loop.done_B, s.pad_id, tok_B)
     return loop.replace(
         **updates,

@@ -111,12 +111,19 @@ def generate_ids(
     too, after the stop check, while some row still decodes (not after the last step: the result follows);
     `done_B` marks rows that will emit nothing more (EOS, a stop, filler). Rows it returns True for end
     there like a stop (e.g. their client went away). Without `stop_check` and `on_chunk` the loop runs
-    without returning to the host."""
+    without returning to the host.
+
+    `rng`: one key for the batch, or B keys, one per row (`decode.sampling`)."""
     check_options(max_new_tokens, temperature, top_k, top_p, rng)
     ids = np.asarray(input_ids_BxL)
     mask = np.ones_like(ids) if attention_mask_BxL is None else np.asarray(attention_mask_BxL)
     if ids.ndim != 2 or mask.shape != ids.shape:
         raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same (B, L) shape")
+    rng = None if rng is None else _typed_keys(rng)
+    if rng is not None and rng.ndim == 1 and rng.shape[0] != len(ids):
+        raise ValueError(
+            f"rng holds {rng.shape[0]} keys for a batch of {len(ids)} rows; expected one key or one per row"
+        )
     pad = api.pad_id(model) if pad_token_id is None else int(pad_token_id)
     s = make_sampling(rng, temperature, top_k, top_p, api.eos_ids(model, eos_token_id=eos_token_id), pad)
     filler = np.zeros(len(ids), bool) if filler_B is None else np.asarray(filler_B, bool)
@@ -145,6 +152,27 @@ def generate_ids(
             loop = loop.replace(done_B=loop.done_B | jnp.asarray(flags))
         until = min(until + check_every, max_new_tokens)
     return gather_across_hosts(loop.tokens_BxN)[:, :max_new_tokens], gather_across_hosts(loop.done_B) & ~stopped
+
+
+def _typed_keys(rng):
+    """A typed key (or keys) from a typed key or a legacy uint32 `jax.random.PRNGKey` (or a stack of them)."""
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        if rng.ndim > 1:
+            raise ValueError(f"rng: expected one key or one key per row, got keys of shape {rng.shape}")
+        return rng
+    return jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
+
+
+def prompt_keys(rng, n: int):
+    """`generate`'s `rng` as one key per prompt, or None (greedy, or one key for the whole call)."""
+    if rng is None:
+        return None
+    keys = _typed_keys(rng)
+    if keys.ndim == 0:
+        return None
+    if keys.shape[0] != n:
+        raise ValueError(f"rng holds {keys.shape[0]} keys for {n} prompts; expected one key or one per prompt")
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------- text level
@@ -254,7 +282,9 @@ def generate(
     per prompt, `stop` a list of strings or one list per prompt (see `row_settings`); a batch decodes until
     every row has hit EOS, a stop string or its own budget. `max_input_length` keeps each prompt's first
     tokens. finish_reason: "stop" (EOS or a stop string; the stop string is not part of the text) or
-    "length". Batch k of a sampled call uses the key `jax.random.fold_in(rng, k)`.
+    "length". Sampling: `rng` is one key (batch k of the call uses `jax.random.fold_in(rng, k)`) or one key
+    per prompt, whose tokens then depend on that key only, not on the batch the prompt lands in
+    (`decode.sampling`; self-consistency decodes K rows of a question so).
 
     Decoder-only models stop at the config's and the tokenizer's EOS ids; encoder-decoder models take EOS
     and pad from their config, as HF generate does, and an empty prompt becomes a lone EOS.
@@ -272,6 +302,7 @@ def generate(
     check_options(min(budgets, default=1), temperature, top_k, top_p, rng)
     if not prompts:
         return []
+    keys = prompt_keys(rng, len(prompts))
     encoder_decoder = _is_seq2seq(model)
     eos = api.eos_ids(model) if encoder_decoder else api.eos_ids(model, tokenizer)
     pad = api.pad_id(model) if encoder_decoder else api.pad_id(model, tokenizer)
@@ -294,7 +325,10 @@ def generate(
         for r, i in enumerate(rows):
             ids[r, : len(enc[i])], mask[r, : len(enc[i])] = enc[i], 1
         mask[len(rows) :, 0] = 1
-        key = None if rng is None else jax.random.fold_in(rng, n_batch)
+        if keys is not None:  # one key per row; filler rows take any
+            key = keys[np.array(rows + rows[:1] * (B - len(rows)))]
+        else:
+            key = None if rng is None else jax.random.fold_in(rng, n_batch)
         n_new, stop_check = batch_limits(tokenizer, [budgets[i] for i in rows], [stops[i] for i in rows], B, eos)
         hook = None if on_chunk is None else _ChunkHook(on_chunk, tokenizer, rows, budgets, stops, eos, B)
         tokens, _ = generate_ids(

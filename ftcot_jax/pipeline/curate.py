@@ -5,6 +5,8 @@
 - Diverse reasoning (`diverse`, D samples): completions 0..D-1 of the T>0 teacher, every correct one kept
   (no dedup of identical rationales, as in the reference).
 - Vanilla fine-tuning (`ft`): every train question with its gold answer, no teacher, no filtering.
+- Distilling step-by-step (`step_by_step`): the very samples Fine-tune-CoT keeps (same teacher, same filter),
+  marked for the trainer to learn each as two tasks, `predict` and `explain` (prompts.METHOD_TRAIN_TEMPLATES).
 
 Only train-split questions become samples (the split file's train indices, whatever a record's split
 says). Labels use the dataset's gold answer, not the teacher's prediction. Teacher accuracy is reported
@@ -24,15 +26,21 @@ from ftcot_jax.tasks import load_task
 from ftcot_jax.tasks.task import AQUA_TEST_START
 from ftcot_jax.teacher.cache import TeacherCache
 
-METHODS = ("ft_cot", "diverse", "ft")
-DEFAULT_TEMPERATURE = {"ft_cot": 0.0, "diverse": 0.7}
+METHODS = ("ft_cot", "diverse", "ft", "step_by_step")
+DEFAULT_TEMPERATURE = {"ft_cot": 0.0, "diverse": 0.7, "step_by_step": 0.0}
 # Method kinds as the paper's tables and our reports name them.
-METHOD_LABELS = {"zero_shot": "Zero-shot", "ft": "Fine-tune", "ft_cot": "Fine-tune-CoT", "diverse": "Diverse reasoning"}
+METHOD_LABELS = {
+    "zero_shot": "Zero-shot",
+    "ft": "Fine-tune",
+    "ft_cot": "Fine-tune-CoT",
+    "diverse": "Diverse reasoning",
+    "step_by_step": "Distilling step-by-step",
+}
 
 
 def train_key(method: str, samples: int = 1, temperature: float = 0.7) -> str:
-    """The reference's train keys: "ft_cot", "ft_cot_t70_8aug", "ft"."""
-    if method == "ft_cot" or method == "ft":
+    """The reference's train keys: "ft_cot", "ft_cot_t70_8aug", "ft"; and "step_by_step"."""
+    if method in ("ft_cot", "ft", "step_by_step"):
         return method
     if method == "diverse":
         return f"ft_cot_t{round(temperature * 100)}_{samples}aug"
@@ -43,13 +51,18 @@ def train_key(method: str, samples: int = 1, temperature: float = 0.7) -> str:
 class Method:
     """One curation method of a run: its sample file, training run and report row."""
 
-    key: str  # file/dir name and report column: ft | ft_cot | ft_cot_t70_8aug
-    kind: str  # ft | ft_cot | diverse
+    key: str  # file/dir name and report column: ft | ft_cot | ft_cot_t70_8aug | step_by_step
+    kind: str  # ft | ft_cot | diverse | step_by_step
     samples: int = 1  # D for diverse
 
     @property
     def train_method(self) -> str:
-        return "ft" if self.kind == "ft" else "ft_cot"
+        return self.kind if self.kind in ("ft", "step_by_step") else "ft_cot"
+
+    @property
+    def teacher_kind(self) -> str | None:
+        """Whose rationales it learns from: the greedy teacher (ft_cot), the sampled one (diverse), none (ft)."""
+        return {"ft": None, "diverse": "diverse"}.get(self.kind, "ft_cot")
 
     @property
     def label(self) -> str:
@@ -162,7 +175,7 @@ def curate_cot(
                     question=r.question,
                     answer=r.gold_answer,
                     rationale=rationale,
-                    method="ft_cot",
+                    method="step_by_step" if method == "step_by_step" else "ft_cot",
                 )
             )
     if missing == len(train) * len(completion_indices):
@@ -216,7 +229,7 @@ def curate(
                 f"no teacher cache at {cache.path}; run `ftcot teach --task {task} --model "
                 f"{teacher_model} --temperature {temperature:g}` first"
             )
-        indices = [0] if method == "ft_cot" else list(range(samples))
+        indices = list(range(samples)) if method == "diverse" else [0]
         cur = curate_cot(cache, completion_indices=indices, split_name=split_name, method=method)
         key = train_key(method, samples, temperature)
     if not cur.samples:

@@ -67,7 +67,7 @@ def teach_items(cfg: RunConfig, task: str, kind: str) -> list[TeachItem]:
 
 def stage_kinds(cfg: RunConfig) -> list[str]:
     """The teach stages a run has: "greedy" for ft_cot, "diverse" for diverse (ft needs no teacher)."""
-    kinds = {m.kind for m in methods_of(cfg)}
+    kinds = {m.teacher_kind for m in methods_of(cfg)}
     return [k for k in ("greedy", "diverse") if ("ft_cot" if k == "greedy" else k) in kinds]
 
 

@@ -3,12 +3,14 @@ paper's own numbers for the same student, plus PNG plots.
 
 Input: what `ftcot run` leaves in a run dir — config.json (the resolved RunConfig) and
 eval/<task>/<method>.json (summary per epoch; zero_shot.json for the base student).
-Output: report.md and plots/{accuracy_per_epoch,loss,accuracy_vs_d}.png in the output directory.
+Output: report.md and plots/{accuracy_per_epoch,loss,accuracy_vs_d,accuracy_vs_k}.png in the output directory.
 
 Two numbers per cell:
 - "best": the best test accuracy over the evaluated epochs: the paper's protocol for open students
   (model selection on the test split);
 - "last": the accuracy after the last epoch (no selection on the test split).
+Methods evaluated with self-consistency (`eval.samples` K > 1) add two rows, maj@K and pass@K, at the same
+epoch as their greedy row (ftcot_jax/self_consistency.py); the K plot shows maj@k for k = 1, 2, 4, .. K.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ TASK_COLUMNS = {  # paper table header names
     "commonsense_qa": "CSQA",
     "strategy_qa": "StrategyQA",
 }
-METHOD_ORDER = {"zero_shot": 0, "ft": 1, "ft_cot": 2, "diverse": 3}
+PAPER_KINDS = ("zero_shot", "ft", "ft_cot", "diverse")
+METHOD_ORDER = {"zero_shot": 0, "ft": 1, "ft_cot": 2, "diverse": 3, "step_by_step": 4}
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -118,10 +121,16 @@ def read_run(run_dir: str | Path) -> list[Cell]:
 # ----------------------------------------------------------------------------- the table
 
 
-def pct(summary: dict | None) -> str:
-    if not summary or summary.get("accuracy") is None:
+def pct(summary: dict | None, key: str = "accuracy") -> str:
+    if not summary or summary.get(key) is None:
         return "-"
-    return f"{100 * summary['accuracy']:.2f}"
+    return f"{100 * summary[key]:.2f}"
+
+
+def sample_counts(cells) -> list[int]:
+    """The K values of self-consistency among these cells' evaluations (best or last epoch)."""
+    ks = {(s or {}).get("samples") for c in cells for s in (c.best, c.last)}
+    return sorted(k for k in ks if isinstance(k, int) and k > 1)
 
 
 def _fmt_params(n: int | None) -> str:
@@ -158,11 +167,25 @@ def build_tables(cells: list[Cell], *, paper: bool = True) -> str:
             for (_kind, _d, label), by_task in rows.items():
                 vals = [pct(getattr(by_task[t], which)) if t in by_task else "" for t in tasks]
                 lines.append(f"| {label} | {student} | {_fmt_params(params)} | " + " | ".join(vals) + " |")
+                for k in sample_counts(by_task.values()):
+                    for key, name in (("maj_accuracy", "maj"), ("pass_accuracy", "pass")):
+                        vals = [_sc_pct(by_task.get(t), which, k, key) for t in tasks]
+                        lines.append(
+                            f"| {label}, {name}@{k} | {student} | {_fmt_params(params)} | " + " | ".join(vals) + " |"
+                        )
             if paper and which == "best":
                 lines += _paper_rows(student, rows, tasks)
         n_line = _n_line(cells, tasks)
         out.append("\n".join(lines) + "\n\n" + n_line)
     return "\n\n".join(out)
+
+
+def _sc_pct(cell: Cell | None, which: str, k: int, key: str) -> str:
+    """A self-consistency number of a cell's best or last epoch when it was evaluated with K = k samples."""
+    if cell is None:
+        return ""
+    summary = getattr(cell, which)
+    return pct(summary, key) if summary and summary.get("samples") == k else "-"
 
 
 def _paper_rows(student: str, rows: dict, tasks: list[str]) -> list[str]:
@@ -173,6 +196,8 @@ def _paper_rows(student: str, rows: dict, tasks: list[str]) -> list[str]:
     paper_student = PAPER_STUDENTS[key]
     lines = []
     for kind, d, _label in rows:
+        if kind not in PAPER_KINDS:
+            continue  # a method the paper did not run
         vals = []
         for t in tasks:
             if kind == "diverse" and d != paper_diverse_d(t):
@@ -207,20 +232,48 @@ def _n_line(cells: list[Cell], tasks: list[str]) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _loss_curve(train_dir: Path | None) -> tuple[list[int], list[float]]:
+def _metrics(train_dir: Path | None, kind: str) -> list[dict]:
+    """The rows of one kind in a train dir's metrics.jsonl ([] when there is none)."""
     path = train_dir / "metrics.jsonl" if train_dir else None
     if path is None or not path.is_file():
-        return [], []
-    by_step = {}
+        return []
+    rows = []
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by an interrupt
-        if r.get("kind") == "train" and "loss" in r:
+        if r.get("kind") == kind:
+            rows.append(r)
+    return rows
+
+
+def _loss_curve(train_dir: Path | None) -> tuple[list[int], list[float]]:
+    by_step = {}
+    for r in _metrics(train_dir, "train"):
+        if "loss" in r:
             by_step[int(r["step"])] = float(r["loss"])  # a resumed run logs the replayed steps again: last wins
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
+
+
+def decode_seconds_section(cells: list[Cell]) -> list[str]:
+    """Mean wall seconds of one evaluation's greedy decode and of its K samples, per trained method and task
+    (metrics.jsonl rows of kind eval): what each method's answers cost to decode."""
+    rows = []
+    for c in sorted(cells, key=lambda c: (list(TASK_COLUMNS).index(c.task), c.order)):
+        evals = [r for r in _metrics(c.train_dir, "eval") if "greedy_decode_seconds" in r]
+        if not evals:
+            continue
+        greedy = sum(r["greedy_decode_seconds"] for r in evals) / len(evals)
+        sampled = [r["sample_decode_seconds"] for r in evals if "sample_decode_seconds" in r]
+        k = next((r.get("samples") for r in evals if r.get("samples")), None)
+        extra = f"{sum(sampled) / len(sampled):.0f} (K={k})" if sampled else "-"
+        rows.append(f"| {TASK_COLUMNS[c.task]} | {c.label} | {len(evals)} | {greedy:.0f} | {extra} |")
+    if not rows:
+        return []
+    head = ["## Decode seconds per evaluation (mean over evaluated epochs)", ""]
+    return head + ["| task | method | evaluations | greedy | K samples |", "|---|---|---|---|---|", *rows, ""]
 
 
 def _save(fig, path: Path) -> Path:
@@ -267,12 +320,23 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
             if c.kind == "zero_shot":
                 ax.axhline(100 * c.best["accuracy"], ls="--", color="gray", label=name(c, multi))
             elif c.history:
-                ax.plot(
+                line = ax.plot(
                     [h["epoch"] + 1 for h in c.history],
                     [100 * h["accuracy"] for h in c.history],
                     marker="o",
                     label=name(c, multi),
-                )
+                )[0]
+                sc = [h for h in c.history if h.get("maj_accuracy") is not None]
+                for key, style, what in (("maj_accuracy", "--", "maj"), ("pass_accuracy", ":", "pass")):
+                    if sc:
+                        ax.plot(
+                            [h["epoch"] + 1 for h in sc],
+                            [100 * h[key] for h in sc],
+                            ls=style,
+                            marker="x",
+                            color=line.get_color(),
+                            label=f"{name(c, multi)}, {what}@{sc[-1]['samples']}",
+                        )
         ax.set_title(TASK_COLUMNS[t])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -326,6 +390,25 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         written.append(_save(fig, out_dir / "accuracy_vs_d.png"))
+    # self-consistency: maj@k of the best epoch against the number of samples k
+    k_tasks = [t for t in tasks if any((c.best or {}).get("maj_by_k") for c in cells if c.task == t)]
+    if k_tasks:
+        fig, axes = grid(len(k_tasks))
+        for ax, t in zip(axes, k_tasks, strict=False):
+            for c in sorted(
+                (c for c in cells if c.task == t and (c.best or {}).get("maj_by_k")), key=lambda c: c.order
+            ):
+                ks = sorted(c.best["maj_by_k"], key=int)
+                ax.plot(
+                    [int(k) for k in ks], [100 * c.best["maj_by_k"][k] for k in ks], marker="o", label=name(c, multi)
+                )
+            ax.set_xscale("log", base=2)
+            ax.set_title(TASK_COLUMNS[t])
+            ax.set_xlabel("k (sampled rationales per question, majority vote)")
+            ax.set_ylabel("maj@k test accuracy (%), best epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        written.append(_save(fig, out_dir / "accuracy_vs_k.png"))
     return written
 
 
@@ -407,6 +490,7 @@ def write_report(run_dirs, out_dir, *, paper: bool = True, plots: bool = True) -
             "",
         ]
     md += students_section(cells)
+    md += decode_seconds_section(cells)
     md += stage_times_section(run_dirs)
     for p in written:
         md += [f"![{p.stem}]({p.relative_to(out_dir)})", ""]

@@ -31,6 +31,7 @@ from ftcot_jax.pipeline.curate import METHOD_LABELS, Method, curate_cot, methods
 from ftcot_jax.pipeline.plan import cache_root, teach_items
 from ftcot_jax.pipeline.report import write_report
 from ftcot_jax.pipeline.stages import StageState, config_hash, section_dict, teacher_hash, train_hash
+from ftcot_jax.prompts import METHOD_TEMPLATE
 from ftcot_jax.samples import write_samples
 from ftcot_jax.tasks import load_task
 from ftcot_jax.teacher.cache import TeacherCache
@@ -70,6 +71,7 @@ def curate(cfg: RunConfig, task: str, method: Method, out: Path, log) -> Path:
         cache = TeacherCache(cache_root(cfg), task=task, teacher_model=cfg.teacher.model, temperature=temperature)
         indices = list(range(method.samples)) if method.kind == "diverse" else [0]
         cur = curate_cot(cache, completion_indices=indices, split_name=cfg.split_name, method=method.kind)
+        # step_by_step: the same kept questions as ft_cot (the curation is the same), learnt as two tasks
     samples = cur.samples
     n = cfg.curate.max_train_questions
     if n:
@@ -198,7 +200,7 @@ def collect(cfg: RunConfig, task: str, method: Method, train_dir: Path, out: Pat
         "label": method.label,
         "kind": method.kind,
         "diverse_samples": method.samples if method.kind == "diverse" else None,
-        "template": "ft_token" if method.kind == "ft" else "ft_cot_token",
+        "template": METHOD_TEMPLATE[method.train_method],
         "best_over_epochs": res.get("best_over_epochs"),
         "last_epoch": res.get("last_epoch"),
         "history": res.get("history", []),
@@ -279,7 +281,7 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
         for task in cfg.tasks:
             # --- teach (once per teacher kind the methods need)
             teach_h = {}
-            for kind in sorted({m.kind for m in methods if m.kind != "ft"}):
+            for kind in sorted({m.teacher_kind for m in methods if m.teacher_kind}):
                 h = teacher_hash(cfg, task, kind)
                 sid = f"teach/{task}/{'greedy' if kind == 'ft_cot' else 'diverse'}"
                 state.run(sid, h, lambda task=task, kind=kind: [teach(cfg, task, kind, _log)])
@@ -296,7 +298,7 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] | None = None, train_hook:
                     m.kind,
                     m.samples,
                     cfg.curate.max_train_questions,
-                    teach_h.get(m.kind, ""),
+                    teach_h.get(m.teacher_kind, ""),
                 )
                 state.run(
                     f"curate/{task}/{m.key}",

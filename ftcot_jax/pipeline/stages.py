@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ftcot_jax.config import RunConfig, TrainConfig, to_dict
+from ftcot_jax.config import EvalSection, RunConfig, TrainConfig, to_dict
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.paths import is_remote, rmtree
 from ftcot_jax.teacher import reference
@@ -63,6 +63,12 @@ def train_hash(cfg: RunConfig, train_cfg: TrainConfig, curate_h: str) -> str:
     for k in NON_SEMANTIC_TRAIN_FIELDS:
         d.pop(k, None)
     d["samples"] = [Path(s).name for s in d["samples"]]  # the file's content is covered by curate_h
+    if d.get("method") != "step_by_step":
+        d.pop("label_weight", None)  # read by step_by_step only: other methods' runs stay current
+    default_eval = to_dict(EvalSection())
+    for k in EvalSection.SAMPLING_KEYS:  # at their defaults, runs made before these keys stay current
+        if d["eval"].get(k) == default_eval[k]:
+            d["eval"].pop(k, None)
     return config_hash("train", d, section_dict(cfg.student), curate_h)
 
 

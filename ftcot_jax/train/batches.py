@@ -3,6 +3,9 @@
 Decoder students see `prompt + label + EOS`; the loss covers the label and the EOS only
 (as in `DataModule.tokenize`, src/custom/data_module.py of github.com/itsnamgyu/reasoning-teacher).
 Encoder-decoder students see `prompt` -> `label` (the tokenizer adds its own EOS, as T5's does).
+A sample becomes one row per template its method trains on (`prompts.METHOD_TRAIN_TEMPLATES`): Distilling
+step-by-step's question gives a `predict` row and an `explain` row, whose label tokens weigh `label_weight`
+and `1 - label_weight` in the loss (the batch's `loss_mask` carries each token's weight; other rows weigh 1).
 
 The whole sample set is tokenised once (Fine-tune-CoT sets are thousands of samples), every epoch is a
 permutation drawn from `(seed, epoch)`, and the iterator position is just `(epoch, batch)`: a
@@ -37,6 +40,7 @@ class Encoded:
     sample_keys: list[tuple[int, int]]  # (sample_index, completion_index)
     truncated_prompts: int
     truncated_labels: int
+    weights: list[float] | None = None  # each row's label-token weight in the loss; None = all 1
 
     def __len__(self):
         return len(self.source)
@@ -51,20 +55,28 @@ def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
-def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> Encoded:
-    """Format with prompts.finetune_input/label and tokenise; prompt and label are each cut to max_length.
+def template_weight(template: str, label_weight: float) -> float:
+    """The loss weight of a row of `template`: label_weight for `predict`, 1 - label_weight for `explain`, else 1."""
+    return {"sbs_predict": label_weight, "sbs_explain": 1.0 - label_weight}.get(template, 1.0)
+
+
+def encode_samples(samples, tokenizer, *, model_type: str, max_length: int, label_weight: float = 0.5) -> Encoded:
+    """Format with prompts.finetune_input/label (one row per template of the sample's method) and tokenise;
+    prompt and label are each cut to max_length.
 
     Truncation is counted and reported as a warning (never silent, never a dropped sample).
     """
     if model_type not in ("decoder", "encoder_decoder"):
         raise ValueError(f"model_type must be 'decoder' or 'encoder_decoder', got {model_type!r}")
+    if not 0.0 <= label_weight <= 1.0:
+        raise ValueError(f"label_weight must be in [0, 1], got {label_weight}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id; the student needs one to learn where to stop")
-    src, tgt, keys = [], [], []
+    src, tgt, keys, weights = [], [], [], []
     cut_p = cut_l = 0
-    for s in samples:
-        template = prompts.METHOD_TEMPLATE[s.method]
+    rows = [(s, t) for s in samples for t in prompts.METHOD_TRAIN_TEMPLATES[s.method]]
+    for s, template in rows:
         prompt = prompts.finetune_input(template, model_type, s.question)
         label = prompts.finetune_label(template, model_type, s.answer, s.rationale or None)
         if model_type == "decoder":
@@ -84,6 +96,7 @@ def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> E
         src.append(p)
         tgt.append(t)
         keys.append((s.sample_index, s.completion_index))
+        weights.append(template_weight(template, label_weight))
     if not src:
         raise ValueError("no samples to encode")
     if cut_p or cut_l:
@@ -92,7 +105,7 @@ def encode_samples(samples, tokenizer, *, model_type: str, max_length: int) -> E
             f"max_length={max_length} tokens and were truncated (kept, not dropped)",
             stacklevel=2,
         )
-    return Encoded(model_type, src, tgt, keys, cut_p, cut_l)
+    return Encoded(model_type, src, tgt, keys, cut_p, cut_l, None if all(w == 1.0 for w in weights) else weights)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -150,6 +163,10 @@ class Batcher:
     def micro(self) -> int:
         return self.batch_size // self.grad_accum
 
+    def weight(self, i: int) -> float:
+        """Sample i's label-token weight in the loss."""
+        return 1.0 if self.data.weights is None else self.data.weights[i]
+
     @property
     def steps_per_epoch(self) -> int:
         return int(math.ceil(len(self.data) / self.batch_size))
@@ -196,7 +213,7 @@ class Batcher:
             attention_mask[a, m, :n] = 1
             # Position j predicts token j+1; the loss counts it iff token j+1 is a label token.
             targets[a, m, : n - 1] = seq[1:]
-            loss_mask[a, m, max(len(p) - 1, 0) : n - 1] = 1.0
+            loss_mask[a, m, max(len(p) - 1, 0) : n - 1] = self.weight(i)
         positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape).copy()
         return dict(
             input_ids=input_ids,
@@ -226,7 +243,7 @@ class Batcher:
             dec_in[a, m, : len(t)] = [self.decoder_start_id] + t[:-1]
             dec_mask[a, m, : len(t)] = 1
             targets[a, m, : len(t)] = t
-            loss_mask[a, m, : len(t)] = 1.0
+            loss_mask[a, m, : len(t)] = self.weight(i)
         return dict(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -7,7 +7,8 @@
 `train(cfg)` = `Trainer.create(cfg)` (distributed start-up and mesh -> student -> samples tokenised once and
 batched per host (train.batches) -> `TrainSetup` (train.step)), then `restore_or_init` (the newest checkpoint,
 or a fresh `TrainState`), then `fit`: steps whose metrics are fetched one step late (so the host never waits on
-the device), and at each epoch end `evaluate` (greedy, on the test split: evaluation.generate_and_score) and
+the device), and at each epoch end `evaluate` (greedy, and self-consistency with `eval.samples` > 1, on the test
+split: evaluation.evaluate) and
 `save` (async, atomic, exact resume); finally `results.json`. Exporting the best epoch is the caller's
 (`on_finished`; `trained.train_and_export` does it when `cfg.export` is on).
 """
@@ -26,9 +27,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from ftcot_jax import evaluation
 from ftcot_jax import samples as sample_files
 from ftcot_jax.config import TrainConfig, save_config, to_dict
-from ftcot_jax.evaluation import generate_and_score
 from ftcot_jax.files import write_json_atomic, write_jsonl_atomic
 from ftcot_jax.models.api import tokenizer_pad_id
 from ftcot_jax.paths import as_path, check_reachable
@@ -85,7 +86,9 @@ def _encode(cfg: TrainConfig, samples, tokenizer, model_type, is_main: bool) -> 
     """Samples -> token ids, printing (on the main process) what the encoder warned about (truncation)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        encoded = encode_samples(samples, tokenizer, model_type=model_type, max_length=cfg.max_length)
+        encoded = encode_samples(
+            samples, tokenizer, model_type=model_type, max_length=cfg.max_length, label_weight=cfg.label_weight
+        )
     for w in caught:
         if is_main:
             print(f"warning: {w.message}", flush=True)
@@ -94,6 +97,11 @@ def _encode(cfg: TrainConfig, samples, tokenizer, model_type, is_main: bool) -> 
 
 def predictions_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "predictions" / f"epoch_{epoch:03d}.jsonl"
+
+
+def votes_path(run_dir: Path, epoch: int) -> Path:
+    """The self-consistency votes beside an epoch's predictions (one line per question)."""
+    return run_dir / "predictions" / f"epoch_{epoch:03d}.samples.jsonl"
 
 
 class _LateMetrics:
@@ -275,24 +283,32 @@ class Trainer:
         self.metrics.push(self.step, m, n_tokens)
 
     def evaluate(self, epoch: int) -> dict:
-        """Greedy decoding of the evaluation questions with the current params; the summary joins `history`,
-        the per-question records go to predictions/epoch_NNN.jsonl."""
-        summary, records = generate_and_score(
+        """Greedy decoding of the evaluation questions with the current params (and, with `eval.samples` K > 1,
+        K sampled completions each and their vote); the summary joins `history`, the per-question records go
+        to predictions/epoch_NNN.jsonl, the votes to predictions/epoch_NNN.samples.jsonl."""
+        ev = evaluation.evaluate(
             nnx.merge(self.student.graphdef, self.state.params),
             self.student.tokenizer,
             self.evals,
             task=self.task,
             template=METHOD_TEMPLATE[self.cfg.method],
-            batch_size=self.cfg.eval.batch_size,
-            max_new_tokens=self.cfg.eval.max_new_tokens,
+            eval_cfg=self.cfg.eval,
+            epoch=epoch,
             mesh=self.setup.mesh,
         )
-        summary = {"epoch": epoch, "step": self.step, **summary}
+        summary = {"epoch": epoch, "step": self.step, **ev.summary}
         self.history.append(summary)
         if self.is_main:
-            write_jsonl_atomic(predictions_path(self.run_dir, epoch), records)
-        self.logger.log(self.step, {k: v for k, v in summary.items() if k not in ("epoch", "step")}, kind="eval")
-        self.logger.write(f"epoch {epoch}: accuracy {summary['accuracy']:.4f} (n={summary['n']})")
+            write_jsonl_atomic(predictions_path(self.run_dir, epoch), ev.records)
+            if ev.votes is not None:
+                write_jsonl_atomic(votes_path(self.run_dir, epoch), ev.votes)
+        scalars = {k: v for k, v in summary.items() if k not in ("epoch", "step") and not isinstance(v, dict)}
+        self.logger.log(self.step, {**scalars, **ev.seconds}, kind="eval")
+        line = f"epoch {epoch}: accuracy {summary['accuracy']:.4f} (n={summary['n']})"
+        if ev.votes is not None:
+            k = summary["samples"]
+            line += f", maj@{k} {summary['maj_accuracy']:.4f}, pass@{k} {summary['pass_accuracy']:.4f}"
+        self.logger.write(line)
         self.metrics.restart_clock()  # evaluation time is not training throughput
         return summary
 

@@ -129,6 +129,27 @@ def test_ask_prints_the_students_decode_of_the_formatted_question(trained_run, c
     assert capsys.readouterr().out.strip() == g[0].text.strip()
 
 
+def test_evaluate_and_ask_with_samples_on_the_trained_student(trained_run, capsys):
+    """`ftcot evaluate` scores the student as its epoch's evaluation did (same greedy records) and writes the
+    votes; `ftcot ask --samples K` prints K answers and their vote."""
+    _, _, run_dir = trained_run
+    d = _train_dir(run_dir)
+    assert main(["evaluate", str(d), "--step", "last", "--samples", "2", "--limit", "3", "--batch-size", "4"]) == 0
+    assert "maj@2" in capsys.readouterr().out
+    s = load_student(d, step="last")
+    out = d / "evaluate" / f"{T}-test-k2"
+    epoch = s.trained.epoch
+    got = _predictions(out, epoch)
+    assert [r["completion"] for r in got] == [r["completion"] for r in _predictions(d, epoch)[:3]]
+    votes = [json.loads(x) for x in (out / "predictions" / f"epoch_{epoch:03d}.samples.jsonl").open()]
+    assert len(votes) == 3 and all(len(v["samples"]) == 2 for v in votes)
+    res = json.loads((out / "results.json").read_text())
+    assert res["summary"]["samples"] == 2 and res["seconds"]["sample_decode_seconds"] > 0
+    assert main(["ask", str(d), QUESTION, "--samples", "3", "--step", "last"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("[") >= 3 and "[3/3] answer:" in text and "vote:" in text
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

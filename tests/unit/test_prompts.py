@@ -101,5 +101,7 @@ def test_prefix_constants():
         "zs_cot": None,
         "ft_cot_natural": "Therefore, the answer is",
         "ft_cot_token": "-->",
+        "sbs_predict": None,  # Distilling step-by-step: the completion is the answer alone
+        "sbs_explain": None,
     }
     assert prompts.FT_COT_TOKEN_PREFIX in prompts.finetune_label("ft_cot_token", "decoder", "1", "r")

@@ -213,3 +213,41 @@ def test_students_section_names_each_student_with_its_checkpoint(tmp_path):
     assert f"ftcot ask {tmp_path}/train/multiarith/ft_cot/export" in "\n".join(md)
     untrained = dataclasses.replace(cell("zero_shot", "Zero-shot", None), train_dir=None)
     assert report.students_section([untrained]) == []  # a run without training has no students
+
+
+def test_self_consistency_rows_plots_and_step_by_step(tmp_path):
+    """maj@K and pass@K rows at each method's best (or last) epoch, the accuracy-vs-K plot, the decode seconds;
+    Distilling step-by-step gets its own row and no paper row."""
+    run = make_run(
+        tmp_path,
+        "sc",
+        student="gpt2",
+        tasks=["multiarith"],
+        methods=["ft_cot", "step_by_step"],
+        results={("multiarith", "ft_cot"): [0.1, 0.3], ("multiarith", "step_by_step"): [0.2, 0.1]},
+        zero_shot=False,
+    )
+    for key, label, maj in (("ft_cot", "Fine-tune-CoT", [0.2, 0.4]), ("step_by_step", "Distilling step-by-step", None)):
+        f = run / "eval" / "multiarith" / f"{key}.json"
+        ev = json.loads(f.read_text())
+        ev["label"] = label
+        if maj:
+            for h, m in zip(ev["history"], maj, strict=True):
+                h.update(samples=4, maj_accuracy=m, pass_accuracy=m + 0.1, maj_by_k={"1": 0.25, "2": 0.3, "4": m})
+            ev["best_over_epochs"], ev["last_epoch"] = ev["history"][1], ev["history"][1]
+            metrics = run / ev["train_dir"] / "metrics.jsonl"
+            evals = [
+                {"kind": "eval", "step": 10, "greedy_decode_seconds": 6.0, "sample_decode_seconds": 20.0, "samples": 4}
+            ]
+            metrics.write_text(metrics.read_text() + "\n" + "\n".join(json.dumps(r) for r in evals) + "\n")
+        f.write_text(json.dumps(ev))
+    rep = report.write_report([run], tmp_path / "out")
+    best = rows(rep.table, "best")
+    assert best[("Fine-tune-CoT", "gpt2")] == ["30.00"]
+    assert best[("Fine-tune-CoT, maj@4", "gpt2")] == ["40.00"]
+    assert best[("Fine-tune-CoT, pass@4", "gpt2")] == ["50.00"]
+    assert best[("Distilling step-by-step", "gpt2")] == ["20.00"]
+    assert not any("step-by-step" in k[0] and ("maj@" in k[0] or "(paper)" in k[0]) for k in best)
+    assert "accuracy_vs_k.png" in {p.name for p in rep.plots}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| MultiArith | Fine-tune-CoT | 1 | 6 | 20 (K=4) |" in md

@@ -24,7 +24,7 @@ from tests.helpers.pipeline import tiny_run_config
         ("teacher.temprature=0.5", "unknown config key 'teacher.temprature'"),
         ("train.epochs=abc", "config key 'train.epochs' expects an integer"),
         ("train.model=gpt2", "train.student is set by the pipeline; set student instead"),
-        ("curate.methods=[ft,cot]", "curate.methods[] must be one of ft, ft_cot, diverse; got 'cot'"),
+        ("curate.methods=[ft,cot]", "curate.methods[] must be one of ft, ft_cot, diverse, step_by_step; got 'cot'"),
         ("curate.methods=[diverse]", "curate.diverse_samples is empty"),
         ("tasks=[no_such_task]", "unknown task 'no_such_task'"),
         ("tasks=[date_understanding]", "the reference teacher cannot teach 'date_understanding'"),
@@ -81,3 +81,19 @@ def test_diverse_config_loads():
     assert cfg.teacher.model == "reference" and cfg.teacher.diverse_temperature == 0.7
     assert [(m.kind, m.samples) for m in methods_of(cfg)] == [("diverse", d) for d in (1, 2, 4, 8)]
     assert [m.key for m in methods_of(cfg)] == [f"ft_cot_t70_{d}aug" for d in (1, 2, 4, 8)]
+
+
+def test_self_consistency_and_step_by_step_configs_load():
+    """The measurement's configs: three methods on the released teacher with maj@8, diverse D=4 with maj@8."""
+    root = Path(__file__).resolve().parents[2] / "configs" / "paper"
+    real = load_run_config(root / "real_teacher_smollm2_sc.yaml", ["teacher.import_from=/released"])
+    assert [(m.key, m.train_method, m.teacher_kind) for m in methods_of(real)] == [
+        ("ft", "ft", None),
+        ("ft_cot", "ft_cot", "ft_cot"),
+        ("step_by_step", "step_by_step", "ft_cot"),
+    ]
+    assert (real.eval.samples, real.eval.temperature, real.train.label_weight, real.train.epochs) == (8, 0.7, 0.5, 3)
+    div = load_run_config(root / "diverse_last_letter_sc.yaml")
+    assert [m.key for m in methods_of(div)] == ["ft_cot", "ft_cot_t70_4aug"] and div.eval.samples == 8
+    with pytest.raises(ValueError, match="eval.samples=8 with temperature 0.0"):
+        load_run_config(root / "diverse_last_letter_sc.yaml", ["eval.temperature=0"])
