@@ -22,6 +22,7 @@ from ftcot_jax.teacher.compat import task_file
 # Train fields that change how a run is carried out, not what it computes (left out of the train hash).
 NON_SEMANTIC_TRAIN_FIELDS = (
     "run_dir",
+    "remat",  # where activations are kept: the same values either way
     "log_every_steps",
     "async_checkpointing",
     "keep_last",
