@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from ftcot_jax.cli.common import CLIError
 
@@ -94,6 +96,15 @@ def add_run_parser(sub):
         help="print what the run will ask its teacher (questions, cached answers, requests, estimated cost) and exit",
     )
     p.add_argument("--prices", default=None, metavar="FILE", help='with --plan: JSON price overrides {"model": {...}}')
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="compile the run's train step and decode for --topology instead of running (ftcot compile); a paper "
+        "config without --paper-cell compiles every student of the paper grid, each distinct shape once",
+    )
+    p.add_argument("--topology", default=None, help="with --compile-only: a TPU slice (v5e-8, v4-8, ...) or cpu")
+    p.add_argument("--num-slices", type=int, default=1, help="with --compile-only: slices joined by the network")
+    p.add_argument("--json", default=None, metavar="FILE", help="with --compile-only: write the reports as JSON")
     p.set_defaults(func=_run_pipeline)
 
 
@@ -152,6 +163,8 @@ def _run_pipeline(args) -> int:
             raise CLIError(f"{e} (list them with `ftcot run --list-paper-cells`)") from None
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
+    if args.compile_only:
+        return _compile_only(args, overrides)
     cfg = load_run_config(args.config, overrides)
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
@@ -199,3 +212,38 @@ def add_parsers(sub) -> None:
     add_curate_parser(sub)
     add_run_parser(sub)
     add_report_parser(sub)
+
+
+def _compile_only(args, overrides: list[str]) -> int:
+    """`ftcot run CONFIG --compile-only --topology NAME`: the run's cells compiled for a slice, not run."""
+    if not args.topology:
+        raise CLIError("--compile-only needs --topology (a TPU slice such as v5e-8, or cpu)")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiling for other devices: this process runs nothing
+    from ftcot_jax.aot.config import train_config_of_run
+    from ftcot_jax.aot.grid import compile_cells, failures, grid_table
+    from ftcot_jax.aot.topology import TopologyError, parse
+    from ftcot_jax.config import load_run_config
+    from ftcot_jax.pipeline.paper import paper_grid, paper_key
+
+    try:
+        sl = None if args.topology.lower() == "cpu" else parse(args.topology, args.num_slices)
+    except TopologyError as e:
+        raise CLIError(str(e)) from None
+    base = load_run_config(args.config, overrides)
+    if args.paper_cell or paper_key(base.student.model or "") is None:
+        cells = [(args.paper_cell or base.run_dir, base)]
+    else:  # the paper grid: every cell on top of CONFIG (and the overrides, which win)
+        cells = [(name, load_run_config(args.config, cell + overrides)) for name, cell in paper_grid()]
+    try:
+        rows = compile_cells([(n, train_config_of_run(c)) for n, c in cells], sl)
+    except TopologyError as e:
+        raise CLIError(str(e)) from None
+    print(grid_table(rows, sl))
+    if args.json:
+        from ftcot_jax.files import write_json_atomic
+
+        write_json_atomic(args.json, [{"cells": r.cells, **r.json} for r in rows])
+    bad = failures(rows, sl)
+    for line in bad:
+        print(line, file=sys.stderr)
+    return 1 if bad else 0

@@ -197,3 +197,35 @@ def test_unknown_student_shape_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="compiling needs its architecture"):
         student_hf_config(StudentSection(model="some/unknown-model"))
     assert topology.accepted_names().startswith("v4-N")
+
+
+def test_the_paper_grid_has_one_shape_per_student():
+    from ftcot_jax.aot.config import train_config_of_run
+    from ftcot_jax.aot.grid import shape_key
+    from ftcot_jax.config import load_run_config
+    from ftcot_jax.pipeline.paper import PAPER_STUDENTS, paper_grid
+
+    config = "configs/paper/reference.yaml"
+    grid = paper_grid()
+    keys = {shape_key(train_config_of_run(load_run_config(config, cell))) for _, cell in grid}
+    assert len(grid) > 100 and len(keys) == len(PAPER_STUDENTS)
+
+
+@needs_libtpu
+def test_run_compile_only_compiles_the_runs_shape(tmp_path, capsys):
+    from ftcot_jax.cli import main
+
+    cfg = dict(
+        run_dir=str(tmp_path / "run"), tasks=["last_letter_concatenation"], teacher={"model": "reference"},
+        student={"model_config": TINY["gpt2"], "from_scratch": True, "tokenizer": "unused"},
+        train={"batch_size": 8, "max_length": 64, "mesh": {"data": -1}}, eval={"batch_size": 8, "max_new_tokens": 16},
+    )  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "grid.json"
+    assert main(["run", str(path), "--compile-only", "--topology", "v5e-4", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| student | cells |" in table and "| yes |" in table
+    (row,) = json.loads(out.read_text())
+    assert row["fits"] and row["devices"] == 4 and row["cells"] == [str(tmp_path / "run")]
+    assert not (tmp_path / "run").exists()  # nothing ran
