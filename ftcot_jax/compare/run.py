@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ftcot_jax.compare.common import step_stats
+from ftcot_jax.compare.common import matmul_shapes, step_stats
 from ftcot_jax.compare.prepare import prepare
 from ftcot_jax.compare.summary import summarize, write_report
 from ftcot_jax.config.compare import CompareSpec
@@ -133,6 +133,8 @@ def run_compare(spec: CompareSpec, *, samples=None, eval_examples=None, log=prin
         "model_type": manifest["model_type"],
         "max_est_step_s": spec.max_est_step_s,
         "flops_per_step": manifest["flops_per_token"] * spec.batch_size * spec.seq_len,
+        # the peak both MFUs divide by: each framework's best rate on the model's own matmul shapes
+        "matmul_shapes": matmul_shapes(manifest["hf_config"], spec.batch_size * spec.seq_len),
     }
     runs = []
     for item in run_plan(spec):

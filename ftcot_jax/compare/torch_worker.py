@@ -60,17 +60,34 @@ def to_torch_batch(b: dict[str, np.ndarray], model_type: str, device) -> dict:
     }
 
 
-def measure_matmul_flops(device, dtype, n: int = 1024, repeats: int = 5) -> float:
-    a = torch.ones((n, n), dtype=dtype, device=device) * 0.5
-    a @ a
-    best = float("inf")
+PROBE_LIMIT_S = 60.0
+
+
+def measure_matmul_flops(device, dtype, shapes=None, repeats: int = 5) -> float:
+    """The best FLOP/s of `[M, K] @ [K, N]` over `shapes` (default one 1024 x 1024 x 1024), each timed
+    `repeats` times, interleaved; on torch's own thread pool (after `torch.set_num_threads`). Where a 256^3
+    probe shows that would take over PROBE_LIMIT_S (bf16 on a CPU without bf16 kernels: < 1 GFLOP/s), the
+    probe's rate is the answer (the run is then reported as too slow to train)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes] if shapes else [(1024, 1024, 1024)]
+    if shapes != [(256, 256, 256)]:
+        probe = measure_matmul_flops(device, dtype, [(256, 256, 256)], repeats=2)
+        if sum(2.0 * m * k * n for m, k, n in shapes) * (repeats + 1) / probe > PROBE_LIMIT_S:
+            return probe
+    operands = []
+    for m, k, n in shapes:
+        a = torch.full((m, k), 0.5, dtype=dtype, device=device)
+        b = torch.full((k, n), 0.5, dtype=dtype, device=device)
+        a @ b  # first touch, untimed
+        operands.append((a, b))
+    best = [float("inf")] * len(shapes)
     for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        a @ a
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        for i, (a, b) in enumerate(operands):
+            _sync(device)
+            t = time.perf_counter()
+            a @ b
+            _sync(device)
+            best[i] = min(best[i], time.perf_counter() - t)
+    return max(2.0 * m * k * n / dt for (m, k, n), dt in zip(shapes, best, strict=True))
 
 
 def _sync(device):
@@ -88,7 +105,7 @@ def run(job: dict) -> dict:
     out_dir = Path(job["out_dir"])
     base_rss = rss_mb()
     bf16 = job["precision"] == "bf16"
-    flops = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32)
+    flops = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32, job.get("matmul_shapes"))
     if skip := too_slow(job, flops):
         return skip
     batches = load_batches(out_dir / "batches.npz")
