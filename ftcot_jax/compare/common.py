@@ -21,6 +21,17 @@ from ftcot_jax import scoring
 from ftcot_jax.files import write_json_atomic
 
 IGNORE = -100  # HF's ignore_index for labels
+# HF config keys of dropout rates (set to 0 where a comparison runs without dropout)
+DROPOUT_KEYS = (
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "dropout_rate",
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+)
 
 
 # ----------------------------------------------------------------------------- batches

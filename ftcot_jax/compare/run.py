@@ -53,8 +53,9 @@ def worker_env(threads: int, xla_flags: str = "") -> dict:
     return env
 
 
-def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print) -> dict:
-    """One run in its own process (honest peak memory, fresh thread pools); returns its result dict."""
+def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print, modules=WORKER_MODULES) -> dict:
+    """One run in its own process (honest peak memory, fresh thread pools); returns its result dict.
+    `modules`: the worker module of each system."""
     name = job["name"]
     job_path = out / "jobs" / f"{name}.json"
     res_path = out / "results" / f"{name}.json"
@@ -68,7 +69,7 @@ def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print) 
     with open(out / "logs" / f"{name}.log", "w") as logf:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", WORKER_MODULES[system], "--worker", str(job_path)],
+                [sys.executable, "-m", modules[system], "--worker", str(job_path)],
                 env=env,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
