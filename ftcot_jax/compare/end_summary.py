@@ -28,6 +28,8 @@ def agreement(ours: dict[int, dict], theirs: dict[int, dict]) -> dict:
         "same_answer": sum(ours[i]["prediction"] == theirs[i]["prediction"] for i in common),
         "same_completion": sum(ours[i]["completion"] == theirs[i]["completion"] for i in common),
         "both_correct": sum(bool(ours[i]["correct"]) and bool(theirs[i]["correct"]) for i in common),
+        "ours_correct": sum(bool(ours[i]["correct"]) for i in common),
+        "torch_correct": sum(bool(theirs[i]["correct"]) for i in common),
     }
 
 
@@ -109,7 +111,8 @@ def format_end_table(report: dict) -> str:
     for epoch, a in sorted(report["agreement"].items()):
         lines.append(
             f"epoch {epoch}: same parsed answer on {a['same_answer']} of {a['n']} test questions, identical "
-            f"completions on {a['same_completion']}, both correct on {a['both_correct']}"
+            f"completions on {a['same_completion']}, both correct on {a['both_correct']}; correct: ours "
+            f"{a['ours_correct']}, torch {a['torch_correct']} ({a['ours_correct'] - a['torch_correct']:+d} questions)"
         )
     return "\n".join(lines)
 

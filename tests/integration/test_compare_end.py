@@ -103,6 +103,9 @@ def test_both_systems_write_the_same_fields(done):
         assert [r["sample_index"] for r in ours] == [r["sample_index"] for r in theirs]
         a = report["agreement"][epoch]
         assert a["n"] == 4 and 0 <= a["same_completion"] <= a["same_answer"] <= 4
+        assert a["ours_correct"] == sum(r["correct"] for r in ours) and a["torch_correct"] == sum(
+            r["correct"] for r in theirs
+        )
     assert {r["system"] for r in report["rows"]} == {"jax", "torch"} and len(report["rows"]) == 4
     table = (out / "end.md").read_text()
     assert "| 1 | torch |" in table and "same parsed answer on" in table and "wall time torch / ours" in table
