@@ -193,3 +193,22 @@ def test_resume_after_a_kill(tmp_path, student_dir):
     assert "epoch 0 jax: done before, skipped" in rerun.stdout
     assert (out / "jax" / "epoch_000.json").read_text() == first
     assert all((out / s / "epoch_001.json").exists() for s in ("jax", "torch"))
+
+
+def test_torch_side_refuses_missing_weights(tmp_path, student_dir):
+    """transformers would random-init a weight the directory lacks; the PyTorch side names it instead."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from ftcot_jax.compare.torch_worker import load_hf_model
+
+    shutil.copytree(student_dir, tmp_path / "s")
+    path = next((tmp_path / "s").glob("*.safetensors"))
+    tensors = load_file(path)
+    dropped = sorted(k for k in tensors if k.endswith("mlp.c_fc.weight"))[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, path, metadata={"format": "pt"})
+    model, _ = load_hf_model(str(student_dir), "decoder", "cpu")
+    assert model.config.model_type == "gpt2"
+    with pytest.raises(ValueError, match="random-init 1 weights"):
+        load_hf_model(str(tmp_path / "s"), "decoder", "cpu")
