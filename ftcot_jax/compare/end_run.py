@@ -31,6 +31,10 @@ from ftcot_jax.files import write_json_atomic
 END_WORKERS = {"jax": "ftcot_jax.compare.end_jax", "torch": "ftcot_jax.compare.end_torch"}
 
 
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
 def record_path(out: Path, system: str, epoch: int) -> Path:
     return out / system / f"epoch_{epoch:03d}.json"
 
@@ -108,9 +112,9 @@ def run_end(spec: CompareSpec, *, runner: Callable[[str, dict], dict] | None = N
                 raise RuntimeError(f"epoch {epoch} of {system} failed: {res['error'][:300]}")
             write_json_atomic(path, res, indent=1)
             log(
-                f"  epoch {epoch} {system}: train loss {res['train_loss']}, accuracy {res['accuracy']:.2%} "
-                f"(n={res['n']}), train {res.get('train_s')} s, eval {res.get('eval_s')} s, "
-                f"peak RSS {res['peak_rss_mb']:.0f} MB"
+                f"  epoch {epoch} {system}: train loss {_num(res['train_loss'], '{:.4f}')}, accuracy "
+                f"{res['accuracy']:.2%} (n={res['n']}), train {_num(res.get('train_s'), '{:.0f}')} s, eval "
+                f"{_num(res.get('eval_s'), '{:.0f}')} s, peak RSS {res['peak_rss_mb']:.0f} MB"
             )
             write_end_report(out, summarize_end(manifest, *collect(out, manifest, systems)))
     report = summarize_end(manifest, *collect(out, manifest, systems))
