@@ -350,6 +350,8 @@ def main(argv=None) -> int:
 
     import jax
 
+    from ftcot_jax.train.metrics import format_mfu
+
     batches, real_tokens = None, None
     if args.data == "gsm8k":
         batches, real_tokens = gsm8k_batches(args.batch, args.length, args.steps + 1)
@@ -396,7 +398,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(
             f"{r['precision']:>9} | {r['compile_s']:9.1f} | {r['step_s_median']:7.2f} | {r['tokens_per_s']:8.1f} | "
-            f"{r['real_tokens_per_s']:10.1f} | {r['model_tflops_per_s']:7.3f} | {r['mfu']:6.1%}"
+            f"{r['real_tokens_per_s']:10.1f} | {r['model_tflops_per_s']:7.3f} | "
+            f"{format_mfu(r['model_tflops_per_s'] * 1e12, r['peak_flops']):>6}"
         )
     if side:
         print(f"\n{'system':>24} | {'repeat':>6} | {'compile s':>9} | {'step s':>7} | {'tokens/s':>8} | ours / it")

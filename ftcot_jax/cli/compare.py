@@ -29,6 +29,8 @@ FLAG_KEYS = {
     "xla_flags": "xla_flags",
     "pack_multiple": "pack_multiple",
 }
+# --to-the-end: these flags set the `end` section's keys instead
+END_FLAG_KEYS = {"task": "end.task", "method": "end.method", "run_config": "end.run_config"}
 LIST_FLAGS = ("precisions", "torch_modes")  # comma-separated on the command line
 
 
@@ -75,6 +77,21 @@ def add_compare_parser(sub):
         action="store_true",
         help="development run: at most 4 steps, 1 repeat, eager only, fp32, 8 eval prompts",
     )
+    p.add_argument(
+        "--to-the-end",
+        action="store_true",
+        help="mode=to_the_end: a run config's student trained for its epochs in both systems on the same curated "
+        "samples and batches, every epoch scored on the test split (docs/compare.md, 'Accuracy to the end'); "
+        "--task/--method then pick the run config's cell; resumes per system and epoch",
+    )
+    p.add_argument("--run-config", help="to-the-end: the run config (default configs/paper/real_teacher_smollm2.yaml)")
+    p.add_argument(
+        "--run-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="to-the-end: an override of the run config, e.g. teacher.import_from=DIR (repeatable)",
+    )
     p.add_argument("--probe-xla-flags", action="store_true", help=argparse.SUPPRESS)  # moved to a script
     p.set_defaults(func=_run_compare)
 
@@ -93,12 +110,29 @@ def _run_compare(args):
     from ftcot_jax.config import load_compare_spec
 
     flags = {}
-    for dest, key in FLAG_KEYS.items():
+    keys = dict(FLAG_KEYS, **(END_FLAG_KEYS if args.to_the_end else {}))
+    for dest, key in keys.items():
         value = getattr(args, dest)
         if value is not None and dest in LIST_FLAGS:
             value = [x.strip() for x in value.split(",") if x.strip()]
         flags[key] = value
+    if args.to_the_end:
+        flags["mode"] = "to_the_end"
+        if args.run_set:
+            flags["end.overrides"] = list(args.run_set)
     spec = load_compare_spec(args.config, config_overrides(flags, args.overrides), quick=args.quick)
+    if spec.mode == "to_the_end":
+        if args.print_config:
+            print_config(spec)
+            return 0
+        from ftcot_jax.compare.end_run import run_end
+
+        try:
+            run_end(spec)
+        except RuntimeError as e:  # a worker failed: its own one-line reason is in the message
+            raise CLIError(str(e)) from None
+        print(f"\nwrote {spec.out_dir}/end.md, end.json, accuracy.png")
+        return 0
     check_model(spec)
     if args.print_config:
         print_config(spec)

@@ -21,6 +21,17 @@ from ftcot_jax import scoring
 from ftcot_jax.files import write_json_atomic
 
 IGNORE = -100  # HF's ignore_index for labels
+# HF config keys of dropout rates (set to 0 where a comparison runs without dropout)
+DROPOUT_KEYS = (
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "dropout_rate",
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -88,6 +99,20 @@ def flops_per_token(n_params: int, hf_config: dict, seq_len: int) -> float:
         layers = layers + (hf_config.get("num_decoder_layers") or layers)
     d = hf_config.get("n_embd") or hf_config.get("hidden_size") or hf_config.get("d_model") or 0
     return 6.0 * n_params + 12.0 * layers * d * seq_len
+
+
+def matmul_shapes(hf_config: dict, rows: int, max_dim: int = 8192) -> list[tuple[int, int, int]]:
+    """The (M, K, N) shapes of the model's own weight products at `rows` tokens per step (the attention
+    projections, the MLP's two (or, gated, the up) products, the LM head), each dimension capped at `max_dim`
+    so that the peak measurement stays short. The peak both systems' MFU divides by is their best rate on these."""
+    d = hf_config.get("n_embd") or hf_config.get("hidden_size") or hf_config.get("d_model") or 0
+    ff = hf_config.get("n_inner") or hf_config.get("intermediate_size") or hf_config.get("d_ff") or 4 * d
+    vocab = hf_config.get("vocab_size") or d
+    if not d:
+        return [(1024, 1024, 1024)]
+    m = min(rows, max_dim)
+    dims = [(d, 3 * d), (d, d), (d, ff), (ff, d), (d, vocab)]
+    return sorted({(m, min(k, max_dim), min(n, max_dim)) for k, n in dims})
 
 
 def rss_mb() -> float:

@@ -40,7 +40,9 @@ def run(job: dict) -> dict:
     threads = pin_threads(job["threads"])
     out_dir = Path(job["out_dir"])
     base_rss = rss_mb()
-    flops = measure_matmul_flops(n=1024, dtype=jnp.bfloat16 if job["precision"] == "bf16" else jnp.float32)
+    # after pin_threads: the same CPUs (and XLA thread pool) as the step below
+    dtype = jnp.bfloat16 if job["precision"] == "bf16" else jnp.float32
+    flops = measure_matmul_flops(dtype=dtype, shapes=job.get("matmul_shapes"))
     if skip := too_slow(job, flops):
         return skip
     batches = load_batches(out_dir / "batches.npz")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ftcot_jax import models, prompts
 from ftcot_jax import samples as sample_files
-from ftcot_jax.compare.common import canonical_batch, flops_per_token, hash_arrays
+from ftcot_jax.compare.common import DROPOUT_KEYS, canonical_batch, flops_per_token, hash_arrays
 from ftcot_jax.config.compare import DEFAULT_TOKENIZER, PRESETS, CompareSpec
 from ftcot_jax.files import write_json_atomic
 from ftcot_jax.models.api import count_params, model_kind, tokenizer_pad_id
@@ -26,17 +26,6 @@ from ftcot_jax.models.gguf import ALIASES
 from ftcot_jax.tasks import load_task
 from ftcot_jax.train import batches as batching
 from ftcot_jax.trained import load_student
-
-DROPOUT_KEYS = (
-    "resid_pdrop",
-    "embd_pdrop",
-    "attn_pdrop",
-    "summary_first_dropout",
-    "dropout_rate",
-    "attention_dropout",
-    "hidden_dropout",
-    "dropout",
-)
 
 
 def check_model(spec: CompareSpec) -> None:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ftcot_jax.compare.common import step_stats
+from ftcot_jax.compare.common import matmul_shapes, step_stats
 from ftcot_jax.compare.prepare import prepare
 from ftcot_jax.compare.summary import summarize, write_report
 from ftcot_jax.config.compare import CompareSpec
@@ -53,8 +53,9 @@ def worker_env(threads: int, xla_flags: str = "") -> dict:
     return env
 
 
-def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print) -> dict:
-    """One run in its own process (honest peak memory, fresh thread pools); returns its result dict."""
+def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print, modules=WORKER_MODULES) -> dict:
+    """One run in its own process (honest peak memory, fresh thread pools); returns its result dict.
+    `modules`: the worker module of each system."""
     name = job["name"]
     job_path = out / "jobs" / f"{name}.json"
     res_path = out / "results" / f"{name}.json"
@@ -68,7 +69,7 @@ def run_worker(system: str, job: dict, out: Path, spec: CompareSpec, log=print) 
     with open(out / "logs" / f"{name}.log", "w") as logf:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", WORKER_MODULES[system], "--worker", str(job_path)],
+                [sys.executable, "-m", modules[system], "--worker", str(job_path)],
                 env=env,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -133,6 +134,8 @@ def run_compare(spec: CompareSpec, *, samples=None, eval_examples=None, log=prin
         "model_type": manifest["model_type"],
         "max_est_step_s": spec.max_est_step_s,
         "flops_per_step": manifest["flops_per_token"] * spec.batch_size * spec.seq_len,
+        # the peak both MFUs divide by: each framework's best rate on the model's own matmul shapes
+        "matmul_shapes": matmul_shapes(manifest["hf_config"], spec.batch_size * spec.seq_len),
     }
     runs = []
     for item in run_plan(spec):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ftcot_jax.config.compare import CompareSpec
 from ftcot_jax.files import write_json_atomic, write_text_atomic
+from ftcot_jax.train.metrics import checked_mfu, format_mfu
 
 
 def _config_key(r: dict) -> str:
@@ -58,7 +59,9 @@ def summarize(spec: CompareSpec, manifest: dict, runs: list[dict]) -> dict:
         }
         row["rss_delta_mb"] = statistics.median(x["train_peak_rss_mb"] - x["base_rss_mb"] for x in rs)
         peak = peaks.get(first["precision"]) or 0.0
-        row["mfu"] = row["tokens_per_s"] * fpt / peak if peak else None
+        # None where the step's model FLOP rate beat the measured peak (printed "peak unreliable")
+        row["model_flops_per_s"] = row["tokens_per_s"] * fpt
+        row["mfu"] = checked_mfu(row["model_flops_per_s"], peak)
         ref = reference.get(first["precision"])
         if ref is not None:
             row["max_loss_gap_vs_jax"] = float(np.max(np.abs(np.subtract(first["losses"], ref["losses"]))))
@@ -142,6 +145,14 @@ def _fmt(v, f="{:.3g}"):
     return f.format(v)
 
 
+def _cell(row: dict, key: str, f: str, peak: float | None) -> str:
+    if key == "config":
+        return row[key]
+    if key == "mfu":
+        return format_mfu(row.get("model_flops_per_s"), peak)
+    return _fmt(row.get(key), f)
+
+
 def format_table(report: dict) -> str:
     """The report as a markdown table, then the headline ratios, the noise yardstick and the failures."""
     cols = [
@@ -161,7 +172,8 @@ def format_table(report: dict) -> str:
     ]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for row in report["rows"]:
-        lines.append("| " + " | ".join(_fmt(row.get(k), f) if k != "config" else row[k] for _, k, f in cols) + " |")
+        cells = [_cell(row, k, f, report["peak_flops"].get(row["precision"])) for _, k, f in cols]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for p, h in report["headline"].items():
         tr = ", ".join(f"{x:.2f}x" for x in h["train_speedup_vs_best_torch"]) or "-"

@@ -16,6 +16,7 @@ modules it imports only `compare.common`, so no JAX is loaded in its process.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ import torch
 import transformers
 
 from ftcot_jax.compare.common import (
+    DROPOUT_KEYS,
     IGNORE,
     count_generated,
     hash_arrays,
@@ -60,17 +62,34 @@ def to_torch_batch(b: dict[str, np.ndarray], model_type: str, device) -> dict:
     }
 
 
-def measure_matmul_flops(device, dtype, n: int = 1024, repeats: int = 5) -> float:
-    a = torch.ones((n, n), dtype=dtype, device=device) * 0.5
-    a @ a
-    best = float("inf")
+PROBE_LIMIT_S = 60.0
+
+
+def measure_matmul_flops(device, dtype, shapes=None, repeats: int = 5) -> float:
+    """The best FLOP/s of `[M, K] @ [K, N]` over `shapes` (default one 1024 x 1024 x 1024), each timed
+    `repeats` times, interleaved; on torch's own thread pool (after `torch.set_num_threads`). Where a 256^3
+    probe shows that would take over PROBE_LIMIT_S (bf16 on a CPU without bf16 kernels: < 1 GFLOP/s), the
+    probe's rate is the answer (the run is then reported as too slow to train)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes] if shapes else [(1024, 1024, 1024)]
+    if shapes != [(256, 256, 256)]:
+        probe = measure_matmul_flops(device, dtype, [(256, 256, 256)], repeats=2)
+        if sum(2.0 * m * k * n for m, k, n in shapes) * (repeats + 1) / probe > PROBE_LIMIT_S:
+            return probe
+    operands = []
+    for m, k, n in shapes:
+        a = torch.full((m, k), 0.5, dtype=dtype, device=device)
+        b = torch.full((k, n), 0.5, dtype=dtype, device=device)
+        a @ b  # first touch, untimed
+        operands.append((a, b))
+    best = [float("inf")] * len(shapes)
     for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        a @ a
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        for i, (a, b) in enumerate(operands):
+            _sync(device)
+            t = time.perf_counter()
+            a @ b
+            _sync(device)
+            best[i] = min(best[i], time.perf_counter() - t)
+    return max(2.0 * m * k * n / dt for (m, k, n), dt in zip(shapes, best, strict=True))
 
 
 def _sync(device):
@@ -88,19 +107,12 @@ def run(job: dict) -> dict:
     out_dir = Path(job["out_dir"])
     base_rss = rss_mb()
     bf16 = job["precision"] == "bf16"
-    flops = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32)
+    flops = measure_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32, job.get("matmul_shapes"))
     if skip := too_slow(job, flops):
         return skip
     batches = load_batches(out_dir / "batches.npz")
-    init = str(out_dir / "init")
     t0 = time.perf_counter()
-    cls = (
-        transformers.AutoModelForSeq2SeqLM
-        if job["model_type"] == "encoder_decoder"
-        else transformers.AutoModelForCausalLM
-    )
-    model = cls.from_pretrained(init, dtype=torch.float32).to(device)
-    tok = transformers.AutoTokenizer.from_pretrained(init)
+    model, tok = load_hf_model(str(out_dir / "init"), job["model_type"], device)
     load_s = time.perf_counter() - t0
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=job["lr"])
@@ -112,12 +124,7 @@ def run(job: dict) -> dict:
     for b in batches:
         t = time.perf_counter()
         kw = to_torch_batch(b, job["model_type"], device)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = fwd(**kw).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.item()))  # waits for the step
+        losses.append(reference_step(fwd, opt, kw, device, bf16))
         times.append(time.perf_counter() - t)
         hashes.append(hash_arrays({k: v.cpu().numpy() for k, v in kw.items()}))
     res = {
@@ -148,42 +155,80 @@ def run(job: dict) -> dict:
     return res
 
 
-def hf_eval(model, tok, items: list[dict], job: dict, device, bf16: bool) -> dict:
-    """HF greedy `generate` with attention_mask (left padding for decoders), timed after one warm-up batch."""
-    decoder = job["model_type"] == "decoder"
+def reference_step(fwd, opt, kw: dict, device, bf16: bool) -> float:
+    """One step of the reference trainer: zero_grad, forward (autocast bf16 when asked), backward, AdamW step;
+    the loss (read back, so the step has finished)."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = fwd(**kw).loss
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
+def load_hf_model(init: str, model_type: str, device, *, no_dropout: bool = False):
+    """(model, tokenizer) from the exported directory, fp32. A weight the directory lacks would be a silent random
+    init in transformers: here it is an error naming it. `no_dropout` zeroes the config's dropout rates."""
+    cls = transformers.AutoModelForSeq2SeqLM if model_type == "encoder_decoder" else transformers.AutoModelForCausalLM
+    kw = {}
+    if no_dropout:
+        config = transformers.AutoConfig.from_pretrained(init)
+        for k in DROPOUT_KEYS:
+            if isinstance(getattr(config, k, None), float):
+                setattr(config, k, 0.0)
+        kw["config"] = config
+    model, info = cls.from_pretrained(init, dtype=torch.float32, output_loading_info=True, **kw)
+    if info.get("missing_keys"):
+        raise ValueError(
+            f"{init}: PyTorch would random-init {len(info['missing_keys'])} weights it lacks "
+            f"({', '.join(sorted(info['missing_keys'])[:3])}); both systems must start from the same weights"
+        )
+    return model.to(device), transformers.AutoTokenizer.from_pretrained(init)
+
+
+def hf_greedy(model, tok, prompts: list[str], *, batch_size: int, max_new_tokens: int, eos_ids, device, bf16: bool):
+    """HF greedy `generate` with attention_mask (left padding for decoders), in `batch_size` chunks in the given
+    order; per prompt (text up to the first EOS, finish reason "stop"/"length", generated tokens counted with it)."""
+    decoder = not model.config.is_encoder_decoder
     tok.padding_side = "left" if decoder else "right"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    bs = job["eval_batch_size"]
-    prompts = [it["prompt"] for it in items]
-
-    def gen(chunk):
-        enc = tok(chunk, return_tensors="pt", padding=True).to(device)
+    eos = set(eos_ids)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model.generate(
+            ids = model.generate(
                 **enc,
-                max_new_tokens=job["max_new_tokens"],
+                max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=list(eos_ids),
             )
-        return out[:, enc["input_ids"].shape[1] :] if decoder else out[:, 1:]  # T5: drop the start token
-
-    t = time.perf_counter()
-    gen(prompts[:bs])
-    warm = time.perf_counter() - t
-    eos = set(job["eos_ids"])
-    texts, reasons, n_tok = [], [], 0
-    t = time.perf_counter()
-    for i in range(0, len(prompts), bs):
-        for row in gen(prompts[i : i + bs]).cpu().tolist():
+        rows = ids[:, enc["input_ids"].shape[1] :] if decoder else ids[:, 1:]  # T5: drop the start token
+        for row in rows.cpu().tolist():
             n = count_generated(row, eos)
-            n_tok += n
-            stopped = n < len(row) or (row and row[-1] in eos)
-            texts.append(tok.decode(row[:n], skip_special_tokens=True))
-            reasons.append("stop" if stopped else "length")
+            stopped = n < len(row) or bool(row and row[-1] in eos)
+            out.append((tok.decode(row[:n], skip_special_tokens=True), "stop" if stopped else "length", n))
+    return out
+
+
+def hf_eval(model, tok, items: list[dict], job: dict, device, bf16: bool) -> dict:
+    """`hf_greedy` over the eval prompts, timed after one warm-up batch."""
+    bs = job["eval_batch_size"]
+    prompts = [it["prompt"] for it in items]
+    greedy = functools.partial(
+        hf_greedy, model, tok, batch_size=bs, max_new_tokens=job["max_new_tokens"], eos_ids=job["eos_ids"]
+    )
+    t = time.perf_counter()
+    greedy(prompts[:bs], device=device, bf16=bf16)
+    warm = time.perf_counter() - t
+    t = time.perf_counter()
+    gens = greedy(prompts, device=device, bf16=bf16)
     dt = time.perf_counter() - t
+    texts, reasons = [g[0] for g in gens], [g[1] for g in gens]
+    n_tok = sum(g[2] for g in gens)
     return score(items, texts, reasons, job["task"], job["template"]) | {
         "decode_s": dt,
         "decode_first_batch_s": warm,

@@ -1,7 +1,10 @@
 """The comparison's schema: one `CompareSpec` describes a run of `ftcot compare` (ftcot-jax beside the PyTorch
-reference trainer on the same job; docs/compare.md).
+reference trainer on the same job; docs/compare.md). `mode: steps` (default) times a few steps on the same
+batches; `mode: to_the_end` trains a run config's student for whole epochs in both systems and scores each epoch
+(`EndSection`).
 
     spec = load_compare_spec(None, ["model=t5-small", "precisions=[fp32]"])
+    spec = load_compare_spec(None, ["mode=to_the_end", "end.task=single_eq", "end.method=ft"])
 
 Loaded by the same strict loader as every schema (unknown keys are errors naming the key, values are
 type-checked, `key=value` overrides).
@@ -41,11 +44,35 @@ DEFAULT_TOKENIZER = "smollm2-135m-instruct"  # the only tokenizer shipped in a p
 QUICK_OVERRIDES = ("warmup_steps=1", "repeats=1", "precisions=[fp32]", "torch_modes=[eager]")
 
 
+MODES = ("steps", "to_the_end")
+SYSTEMS = ("jax", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class EndSection:
+    """`mode: to_the_end`: a run config's task, method, student, training and evaluation settings, trained for
+    its epochs in both systems on the same curated samples and batches, each epoch scored on the test split."""
+
+    run_config: str = "configs/paper/real_teacher_smollm2.yaml"  # a RunConfig (ftcot run) YAML
+    overrides: tuple[str, ...] = ()  # key=value for the run config, e.g. teacher.import_from=DIR, train.epochs=1
+    task: str = ""  # "" = the run config's first task
+    method: str = "ft_cot"  # ft | ft_cot
+    systems: tuple[str, ...] = SYSTEMS  # e.g. [jax] for a second data-order seed of ours only
+
+    def __post_init__(self):
+        check_choice("end.method", self.method, ("ft", "ft_cot"))
+        if not self.systems:
+            raise ValueError("end.systems is empty; expected some of: jax, torch")
+        for s in self.systems:
+            check_choice("end.systems", s, SYSTEMS)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareSpec:
     """One comparison. Defaults: GPT-2 small, batch 8 x 256, the reference's AdamW (lr 3e-4)."""
 
     out_dir: str = "runs/compare"
+    mode: str = "steps"  # steps | to_the_end (the `end` section)
     model: str = "gpt2-small"  # gpt2-small | t5-small (random init) | smollm2-135m-instruct | HF dir | .gguf
     model_config: dict | None = None  # an HF config dict to random-init instead of `model` (tests)
     tokenizer: str = ""  # tokenizer dir / GGUF alias for random-init presets (default: smollm2's)
@@ -74,8 +101,10 @@ class CompareSpec:
     # its precision, before training) is not trained but reported with the estimate: e.g. PyTorch
     # bf16 on a CPU without bf16 matmul units runs at < 1 GFLOP/s.
     max_est_step_s: float = 600.0
+    end: EndSection = EndSection()
 
     def __post_init__(self):
+        check_choice("mode", self.mode, MODES)
         for p in self.precisions:
             check_choice("precisions", p, ("fp32", "bf16"))
         for m in self.torch_modes:

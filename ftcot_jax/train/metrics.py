@@ -9,7 +9,10 @@ kept in memory and rewritten whole at most every REMOTE_FLUSH_S seconds and on f
 before each checkpoint, so no logged step older than the newest checkpoint is lost to a kill).
 MFU = 6 * N_params * tokens/s / (peak FLOP/s per device * devices): the usual dense-transformer model
 FLOPs (forward + backward, attention FLOPs left out), over the device's peak from a table, or for
-CPUs a matmul measured once.
+CPUs the best rate of jitted matmuls measured once per process (several shapes, interleaved repeats, on
+the process's own XLA thread pool, so the same threads as the training step). A measured peak is a lower
+bound of the real one: where a model rate beats it, `checked_mfu` says the peak is unreliable instead of
+giving a ratio above 100%.
 """
 
 from __future__ import annotations
@@ -55,34 +58,67 @@ PEAK_FLOPS = {
 _measured: dict[str, float] = {}
 
 
-def measure_matmul_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
-    """FLOP/s of one jitted n x n matmul on the default device (best of `repeats`)."""
-    a = jnp.ones((n, n), dtype)
+# Matmul shapes (M, K, N) of the default CPU peak: a square one and a larger transformer-like one.
+DEFAULT_PEAK_SHAPES = ((1024, 1024, 1024), (2048, 1024, 2048))
+
+
+def measure_matmul_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 5, shapes=None) -> float:
+    """The best FLOP/s of jitted matmuls on the default device: [M, K] @ [K, N] for each (M, K, N) in `shapes`
+    (default one n x n x n), each timed `repeats` times, the shapes interleaved so that a noisy moment hits
+    one sample of each, not all samples of one."""
+    shapes = [tuple(int(d) for d in s) for s in shapes] if shapes else [(n, n, n)]
     f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = math.inf
+    operands = []
+    for m, k, n_ in shapes:
+        a, b = jnp.full((m, k), 0.5, dtype), jnp.full((k, n_), 0.5, dtype)
+        f(a, b).block_until_ready()  # compile and first touch, untimed
+        operands.append((a, b))
+    best = [math.inf] * len(shapes)
     for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        for i, (a, b) in enumerate(operands):
+            t = time.perf_counter()
+            f(a, b).block_until_ready()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return max(2.0 * m * k * n_ / dt for (m, k, n_), dt in zip(shapes, best, strict=True))
 
 
-def peak_flops_per_device(device=None, dtype=jnp.float32) -> tuple[float, str]:
-    """(peak FLOP/s, where it came from) for `device` (default: the first local device)."""
+def peak_flops_per_device(device=None, dtype=jnp.float32, shapes=None) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from) for `device` (default: the first local device). Devices without a
+    table entry (CPUs) get `measure_matmul_flops` over `shapes` (default DEFAULT_PEAK_SHAPES), once per
+    process and shape set."""
     device = device or jax.local_devices()[0]
     kind = getattr(device, "device_kind", "") or ""
     for name, flops in PEAK_FLOPS.items():
         if kind.lower().startswith(name.lower()):
             return flops, f"table:{name}"
-    key = f"{device.platform}:{jnp.dtype(dtype).name}"
+    shapes = tuple(tuple(s) for s in (shapes or DEFAULT_PEAK_SHAPES))
+    key = f"{device.platform}:{jnp.dtype(dtype).name}:{shapes}"
     if key not in _measured:  # CPUs and unknown devices: measure once per process
-        _measured[key] = measure_matmul_flops(dtype=dtype)
-    return _measured[key], f"measured matmul ({kind or device.platform}, {jnp.dtype(dtype).name})"
+        _measured[key] = measure_matmul_flops(dtype=dtype, shapes=shapes)
+    return _measured[
+        key
+    ], f"measured matmul ({kind or device.platform}, {jnp.dtype(dtype).name}, best of {len(shapes)} shapes)"
 
 
 def mfu(n_params: int, tokens_per_s: float, peak_flops_total: float) -> float:
+    """The raw ratio 6 N tokens/s / peak (may exceed 1 when the peak is a measured lower bound; see checked_mfu)."""
     return 6.0 * n_params * tokens_per_s / peak_flops_total
+
+
+def checked_mfu(model_flops_per_s: float, peak_flops: float) -> float | None:
+    """model FLOP/s / peak, or None where that is not a believable MFU: no peak, or a rate above the peak
+    (a measured peak is only a lower bound of the hardware's, and the step beat it)."""
+    if not peak_flops or peak_flops <= 0 or model_flops_per_s > peak_flops:
+        return None
+    return model_flops_per_s / peak_flops
+
+
+def format_mfu(model_flops_per_s: float | None, peak_flops: float | None) -> str:
+    """MFU as printed: a percentage of at most 100%, "peak unreliable" where the rate beat the measured peak."""
+    if model_flops_per_s is None or not peak_flops:
+        return "-"
+    value = checked_mfu(model_flops_per_s, peak_flops)
+    return "peak unreliable" if value is None else f"{value:.1%}"
 
 
 def _varint(n: int) -> bytes:

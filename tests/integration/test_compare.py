@@ -220,3 +220,30 @@ def test_common_loads_neither_jax_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_mfu_above_the_measured_peak_is_not_printed():
+    """A step whose model FLOP rate beats the measured peak gets 'peak unreliable', never an MFU > 100%."""
+    from ftcot_jax.compare.summary import summarize
+
+    spec = CompareSpec(steps=2, warmup_steps=0, precisions=("fp32",), torch_modes=("eager",), repeats=1)
+    manifest = {"model": "m", "flops_per_token": 1e6, "batch_hashes": ["a", "b"], "batch_size": 1, "seq_len": 4}
+    base = {"precision": "fp32", "repeat": 0, "losses": [2.0, 1.0], "batch_hashes": ["a", "b"], "step_time_s": 1.0}
+    base |= {"compile_s": 0.0, "train_peak_rss_mb": 10.0, "base_rss_mb": 1.0, "real_tokens_per_s": 1.0}
+    runs = [
+        dict(base, name="j", system="jax", mode="xla", tokens_per_s=1200.0, matmul_flops=1e9),  # 1.2e9 > peak
+        dict(base, name="t", system="torch", mode="eager", tokens_per_s=500.0, matmul_flops=0.9e9),
+    ]
+    rep = summarize(spec, manifest, runs)
+    rows = {r["system"]: r for r in rep["rows"]}
+    assert rep["peak_flops"]["fp32"] == 1e9  # the higher of the two frameworks' measurements
+    assert rows["jax"]["mfu"] is None and rows["torch"]["mfu"] == pytest.approx(0.5)
+    table = rep["table"].splitlines()
+    assert "peak unreliable" in table[2] and "50.0%" in table[3]
+
+
+def test_peak_shapes_are_the_models():
+    shapes = common.matmul_shapes(CHAR_GPT2 | {"n_embd": 32}, rows=256)
+    assert (256, 32, 96) in shapes and (256, 32, 32) in shapes and (256, 128, 32) in shapes
+    assert all(m == 256 for m, _, _ in shapes)
+    assert max(max(s) for s in common.matmul_shapes({"hidden_size": 4096, "vocab_size": 128000}, 10**5)) == 8192

@@ -9,7 +9,15 @@ import struct
 import pytest
 
 from ftcot_jax.tfrecord import read_records
-from ftcot_jax.train.metrics import EventWriter, MetricsLogger, mfu, peak_flops_per_device
+from ftcot_jax.train.metrics import (
+    EventWriter,
+    MetricsLogger,
+    checked_mfu,
+    format_mfu,
+    measure_matmul_flops,
+    mfu,
+    peak_flops_per_device,
+)
 
 
 def _fields(buf: bytes) -> list[tuple[int, object]]:
@@ -81,3 +89,30 @@ def test_mfu_and_peak():
     assert peak_flops_per_device(TPU()) == (197e12, "table:TPU v5 lite")
     flops, src = peak_flops_per_device()  # CPU: measured once
     assert flops > 1e8 and src.startswith("measured matmul")
+
+
+def test_mfu_is_never_above_one():
+    """A model rate above the measured peak means the peak (a lower bound) is unreliable, not MFU > 100%."""
+    assert checked_mfu(50e9, 100e9) == pytest.approx(0.5)
+    assert checked_mfu(100e9, 100e9) == pytest.approx(1.0)
+    assert checked_mfu(109.1e9, 100e9) is None
+    assert checked_mfu(1e9, 0.0) is None
+    assert format_mfu(80.1e9, 100e9) == "80.1%"
+    assert format_mfu(109.1e9, 100e9) == "peak unreliable"
+    assert format_mfu(None, 100e9) == "-"
+
+
+def test_measured_peak_is_the_best_shape(monkeypatch):
+    """Several shapes, interleaved repeats: the peak is the best rate of any; each shape set measured once."""
+    small = measure_matmul_flops(shapes=[(64, 64, 64)], repeats=3)
+    both = measure_matmul_flops(shapes=[(64, 64, 64), (256, 128, 256)], repeats=3)
+    assert small > 0 and both > 0
+    calls = []
+    monkeypatch.setattr("ftcot_jax.train.metrics.measure_matmul_flops", lambda **kw: calls.append(kw["shapes"]) or 7e9)
+    monkeypatch.setattr("ftcot_jax.train.metrics._measured", {})
+    shapes = ((32, 16, 8),)
+    assert peak_flops_per_device(shapes=shapes)[0] == 7e9
+    assert peak_flops_per_device(shapes=shapes)[0] == 7e9
+    assert calls == [shapes]
+    flops, src = peak_flops_per_device()
+    assert flops == 7e9 and "best of 2 shapes" in src and len(calls) == 2
