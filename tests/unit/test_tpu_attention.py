@@ -108,9 +108,13 @@ def test_short_rows_and_decoding_with_a_cache_keep_the_xla_form(monkeypatch):
     for mask_BxTxS in (short, step, prefill):
         q, k, v = _qkv(B, mask_BxTxS.shape[1], 4, 2)
         k, v = k[:, :, :1].repeat(mask_BxTxS.shape[2], 2), v[:, :, :1].repeat(mask_BxTxS.shape[2], 2)
-        got = jax.jit(functools.partial(attention_on, "tpu", scale=0.25, dtype=jnp.float32))(q, k, v, mask_BxTxS)
-        xla = functools.partial(library_attention, scale=0.25, dtype=jnp.float32, implementation="xla")
-        want = jax.jit(xla)(q, k, v, mask_BxTxS)
+
+        @jax.jit
+        def both(*args):
+            got = attention_on("tpu", *args, scale=0.25, dtype=jnp.float32)
+            return got, library_attention(*args, scale=0.25, dtype=jnp.float32, implementation="xla")
+
+        got, want = both(q, k, v, mask_BxTxS)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert not tpu_attention.supports(128, 256) and not tpu_attention.supports(64, 64)
     assert tpu_attention.supports(128, 128) and tpu_attention.supports(200, 200)
