@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ftcot_jax.models import tpu_attention
 from ftcot_jax.models.sharding import constrain
 
 NEG_INF = -1e30  # finite, so a fully masked row (left padding) gives a uniform softmax, not NaN
@@ -274,12 +275,16 @@ def _cudnn_works() -> bool:
 
 
 def attention_implementation(platform: str, dtype, head_dim: int, *, dropout: bool = False, bias: bool = False) -> str:
-    """The attention form for a computation on `platform` ("cpu", "cuda"/"gpu", "rocm", "tpu"): "ours" (the
-    hand-written masked softmax: CPU, whose parity tests it is, and wherever attention dropout is on, which the
-    library forms lack), "cudnn" (GPU, bf16/fp16, a head dim cuDNN takes, no additive bias) or "xla" (the rest:
-    fp32, other head dims, a bias such as T5's, other accelerators, a GPU where cuDNN attention failed)."""
+    """The attention form for a computation on `platform` ("cpu", "cuda"/"gpu", "rocm", "tpu"; any other name is
+    an accelerator without a kernel of ours): "ours" (the hand-written masked softmax: CPU, whose parity tests it
+    is, and wherever attention dropout is on, which the library forms and kernels lack), "cudnn" (GPU, bf16/fp16,
+    a head dim cuDNN takes, no additive bias), "splash" (TPU without an additive bias: the Pallas kernel of
+    models/tpu_attention.py, where its shapes allow, see `attention_on`) or "xla" (the rest: fp32 on GPU, other
+    head dims, a bias such as T5's, other accelerators, a GPU where cuDNN attention failed)."""
     if platform == "cpu" or dropout:
         return "ours"
+    if platform == "tpu" and not bias:
+        return "splash"
     cudnn_shape = head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
     if platform in ("cuda", "gpu") and jnp.dtype(dtype) in CUDNN_DTYPES and cudnn_shape and not bias:
         return "cudnn"
@@ -288,11 +293,19 @@ def attention_implementation(platform: str, dtype, head_dim: int, *, dropout: bo
 
 def attention_on(platform: str, q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS, *, scale, dtype):
     """Attention as computed on `platform` (no dropout). A cuDNN call that raises when traced (a shape or jaxlib it
-    does not take, no cuDNN here), or that failed the probe on this GPU, falls back to the XLA form."""
+    does not take, no cuDNN here), or that failed the probe on this GPU, falls back to the XLA form. On TPU the
+    splash kernel runs self-attention without a cache (T == S, at least its 128-position block: training and
+    full forwards); decoding with a cache (prefill over the cache's slots, one token against S slots) and short
+    rows keep the XLA form."""
     impl = attention_implementation(platform, dtype, q_BxTxHxK.shape[-1])
     args = (q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS)
     if impl == "ours":
         return _masked_softmax_attention(*args, scale=scale, dtype=dtype)
+    if impl == "splash" and tpu_attention.supports(q_BxTxHxK.shape[1], k_BxGxSxK.shape[2]):
+        # Without a cache the mask is causal over the keys' mask (prepare_inputs): its last row is that mask.
+        return tpu_attention.splash_attention(
+            q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS[:, -1], scale=scale, dtype=dtype
+        )
     if impl == "cudnn" and _cudnn_works():
         try:
             return library_attention(*args, scale=scale, dtype=dtype, implementation="cudnn")
@@ -307,7 +320,8 @@ def dot_attention(
     """Grouped-query attention (G kv heads shared by R = H/G query heads) over keys/values in the cache layout
     [B, G, S, K]; softmax in fp32, then dropout on the probabilities when `rng` is given (HF's attn_pdrop /
     attention_dropout). The form is chosen by `attention_implementation` for the platform the computation is
-    lowered for (`lax.platform_dependent`, not the default backend): CPU runs ours, a GPU in bf16 cuDNN's."""
+    lowered for (`lax.platform_dependent`, not the default backend): CPU runs ours, a GPU in bf16 cuDNN's, a TPU
+    the splash kernel (models/tpu_attention.py)."""
     args = (q_BxTxHxK, k_BxGxSxK, v_BxGxSxK, mask_BxTxS)
     if rng is not None and dropout_rate > 0.0:  # only ours drops attention probabilities, on every platform
         return _masked_softmax_attention(*args, scale=scale, dtype=dtype, dropout_rate=dropout_rate, rng=rng)
@@ -315,7 +329,8 @@ def dot_attention(
         *args,
         cpu=functools.partial(attention_on, "cpu", scale=scale, dtype=dtype),
         cuda=functools.partial(attention_on, "cuda", scale=scale, dtype=dtype),
-        default=functools.partial(attention_on, "tpu", scale=scale, dtype=dtype),
+        tpu=functools.partial(attention_on, "tpu", scale=scale, dtype=dtype),
+        default=functools.partial(attention_on, "other", scale=scale, dtype=dtype),
     )
 
 

@@ -34,7 +34,11 @@ CUDNN_CALL = "cudnn$fmha"  # the custom-call target of cuDNN's fused attention
         ("cuda", jnp.bfloat16, 64, {"bias": True}, "xla"),  # T5's relative bias
         ("cuda", jnp.bfloat16, 64, {"dropout": True}, "ours"),
         ("rocm", jnp.bfloat16, 64, {}, "xla"),
-        ("tpu", jnp.bfloat16, 64, {}, "xla"),
+        ("tpu", jnp.bfloat16, 64, {}, "splash"),
+        ("tpu", jnp.float32, 8, {}, "splash"),
+        ("tpu", jnp.bfloat16, 64, {"bias": True}, "xla"),
+        ("tpu", jnp.bfloat16, 64, {"dropout": True}, "ours"),
+        ("metal", jnp.bfloat16, 64, {}, "xla"),
         ("cpu", jnp.bfloat16, 64, {}, "ours"),
         ("cpu", jnp.float32, 64, {}, "ours"),
     ],
