@@ -368,7 +368,7 @@ def _gather_params(params):
     return jax.device_get(params)
 
 
-def export_trained(trainer: Trainer, result: TrainResult) -> None:
+def export_best_epoch(trainer: Trainer, result: TrainResult) -> None:
     """The best epoch's student (the report's headline; the last step when nothing was evaluated or the best
     step was not kept) as an HF directory in run_dir/export, with its training format. Every process takes
     part: the parameters are restored with the training shardings and gathered; process 0 writes."""
@@ -397,5 +397,5 @@ def export_trained(trainer: Trainer, result: TrainResult) -> None:
 
 def train_and_export(cfg: TrainConfig, **kwargs) -> TrainResult:
     """`train.loop.train(cfg, **kwargs)`, then, when `cfg.export` is on and every step ran, the best epoch
-    as an HF directory in run_dir/export (`export_trained`)."""
-    return train(cfg, on_finished=export_trained if cfg.export else None, **kwargs)
+    as an HF directory in run_dir/export (`export_best_epoch`)."""
+    return train(cfg, on_finished=export_best_epoch if cfg.export else None, **kwargs)
