@@ -1,3 +1,5 @@
+"""`python -m ftcot_jax`: the `ftcot` command."""
+
 import sys
 
 from ftcot_jax.cli import main
