@@ -179,6 +179,31 @@ def score(items: list[dict], texts: list[str], finish_reasons: list[str], task: 
     return {"accuracy": float(s["accuracy"]), "n": int(s["n"]), "completions": texts[:3]}
 
 
+def epoch_record(system: str, epoch: int, losses: list[float], summary: dict, *, threads: int, **times) -> dict:
+    """One system's record of one epoch of `ftcot compare --to-the-end`, the same fields for both systems.
+
+    `summary` is `scoring.summarize` of the epoch's predictions (accuracy, n). `times` are `train_s`, `eval_s`
+    (wall seconds) and `train_cpu_s`, `eval_cpu_s` (this process's CPU seconds over all its threads: unlike wall
+    time, barely moved by other work on a shared machine), None where unknown; `peak_rss_mb` is added here and
+    anything else in `times` (system-specific facts) is kept as given.
+    """
+    return {
+        "system": system,
+        "epoch": epoch,
+        "losses": losses,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "accuracy": float(summary["accuracy"]),
+        "n": int(summary["n"]),
+        "train_s": None,
+        "eval_s": None,
+        "train_cpu_s": None,
+        "eval_cpu_s": None,
+        **times,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": threads,
+    }
+
+
 # ----------------------------------------------------------------------------- worker entry point
 
 

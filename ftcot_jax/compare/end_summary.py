@@ -53,11 +53,17 @@ def summarize_end(manifest: dict, records: dict[str, dict[int, dict]], predictio
                 "wall_s": sum(r.get("wall_s") or 0.0 for r in done),
                 "train_s": sum(r.get("train_s") or 0.0 for r in done),
                 "eval_s": sum(r.get("eval_s") or 0.0 for r in done),
+                # CPU seconds only where every epoch has them (records written before they were kept do not)
+                **{
+                    k: (sum(r[k] for r in done) if all(r.get(k) is not None for r in done) else None)
+                    for k in ("train_cpu_s", "eval_cpu_s")
+                },
             }
     ratio = None
     if {"jax", "torch"} <= set(wall) and wall["jax"]["epochs"] == wall["torch"]["epochs"] and wall["jax"]["wall_s"]:
         ratio = {
-            k: wall["torch"][k] / wall["jax"][k] if wall["jax"][k] else None for k in ("wall_s", "train_s", "eval_s")
+            k: wall["torch"][k] / wall["jax"][k] if wall["jax"][k] and wall["torch"][k] is not None else None
+            for k in ("wall_s", "train_s", "eval_s", "train_cpu_s", "eval_cpu_s")
         }
     agree = {}
     if {"jax", "torch"} <= set(predictions):
@@ -83,16 +89,22 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _seconds(r: dict, phase: str) -> str:
+    """Wall seconds of a phase, with the process's CPU seconds beside them where recorded."""
+    wall, cpu = r.get(f"{phase}_s"), r.get(f"{phase}_cpu_s")
+    return _f(wall, "{:.0f}") + ("" if cpu is None else f" ({cpu:.0f})")
+
+
 def format_end_table(report: dict) -> str:
     """Per epoch and system: train loss, accuracy (n), train s, eval s, peak RSS; then best/last, ratio, agreement."""
     lines = [
-        "| epoch | system | train loss | test accuracy | train s | eval s | peak RSS MB |",
+        "| epoch | system | train loss | test accuracy | train s (CPU s) | eval s (CPU s) | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(report["rows"], key=lambda r: (r["epoch"], r["system"])):
         lines.append(
             f"| {r['epoch']} | {NAMES[r['system']]} | {_f(r.get('train_loss'), '{:.4f}')} | "
-            f"{r['accuracy']:.2%} (n={r['n']}) | {_f(r.get('train_s'), '{:.0f}')} | {_f(r.get('eval_s'), '{:.0f}')} | "
+            f"{r['accuracy']:.2%} (n={r['n']}) | {_seconds(r, 'train')} | {_seconds(r, 'eval')} | "
             f"{_f(r.get('peak_rss_mb'), '{:.0f}')} |"
         )
     lines.append("")
@@ -106,7 +118,8 @@ def format_end_table(report: dict) -> str:
         t = report["torch_over_ours"]
         lines.append(
             f"wall time torch / ours: {_f(t['wall_s'], '{:.2f}x')} (train {_f(t['train_s'], '{:.2f}x')}, "
-            f"evaluation {_f(t['eval_s'], '{:.2f}x')})"
+            f"evaluation {_f(t['eval_s'], '{:.2f}x')}); CPU seconds torch / ours: train "
+            f"{_f(t['train_cpu_s'], '{:.2f}x')}, evaluation {_f(t['eval_cpu_s'], '{:.2f}x')}"
         )
     for epoch, a in sorted(report["agreement"].items()):
         lines.append(

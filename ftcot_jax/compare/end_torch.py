@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ftcot_jax import scoring
-from ftcot_jax.compare.common import load_batches, peak_rss_mb, pin_threads, worker_main
+from ftcot_jax.compare.common import epoch_record, load_batches, peak_rss_mb, pin_threads, worker_main
 from ftcot_jax.compare.torch_worker import hf_greedy, load_hf_model, reference_step, to_torch_batch
 from ftcot_jax.files import write_jsonl_atomic
 
@@ -38,7 +38,7 @@ def _save(path: Path, obj) -> None:
 
 def run(job: dict) -> dict:
     """Train epoch `job["epoch"]` (unless its checkpoint exists) and evaluate it; the epoch's record."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     threads = pin_threads(job["threads"])
     torch.set_num_threads(threads)
     torch.manual_seed(job["seed"] + job["epoch"])  # dropout masks only; the batches are prepared
@@ -54,7 +54,7 @@ def run(job: dict) -> dict:
     if done.exists():  # trained before a kill during its evaluation: evaluate only
         state = torch.load(done, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-        losses, train_s = state["losses"], state["train_s"]
+        losses, train_s, train_cpu_s = state["losses"], state["train_s"], state.get("train_cpu_s")
     else:
         if epoch > 0:
             prev = _ckpt(out, epoch - 1)
@@ -68,8 +68,17 @@ def run(job: dict) -> dict:
             reference_step(model, opt, to_torch_batch(b, job["model_type"], device), device, bf16)
             for b in load_batches(out / "batches" / f"epoch_{epoch:03d}.npz")
         ]
-        train_s = time.perf_counter() - t_start
-        _save(done, {"model": model.state_dict(), "optim": opt.state_dict(), "losses": losses, "train_s": train_s})
+        train_s, train_cpu_s = time.perf_counter() - t_start, time.process_time() - cpu_start
+        _save(
+            done,
+            {
+                "model": model.state_dict(),
+                "optim": opt.state_dict(),
+                "losses": losses,
+                "train_s": train_s,
+                "train_cpu_s": train_cpu_s,
+            },
+        )
         for older in done.parent.glob("epoch_*.pt"):  # the next epoch needs only this one
             if older != done:
                 older.unlink()
@@ -77,7 +86,7 @@ def run(job: dict) -> dict:
 
     model.eval()
     items = json.loads((out / "eval.json").read_text())
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     order = sorted(range(len(items)), key=lambda i: len(tok(items[i]["prompt"])["input_ids"]))  # as ours batches
     gens = hf_greedy(
         model,
@@ -102,23 +111,22 @@ def run(job: dict) -> dict:
             "finish_reason": reason,
             **r,
         }
-    eval_s = time.perf_counter() - t
+    eval_s, eval_cpu_s = time.perf_counter() - t, time.process_time() - cpu
     write_jsonl_atomic(out / "torch" / "predictions" / f"epoch_{epoch:03d}.jsonl", records)
     summary = scoring.summarize(records)
-    return {
-        "system": "torch",
-        "epoch": epoch,
-        "losses": losses,
-        "train_loss": sum(losses) / len(losses),
-        "accuracy": float(summary["accuracy"]),
-        "n": int(summary["n"]),
-        "train_s": train_s,
-        "eval_s": eval_s,
-        "train_peak_rss_mb": train_peak,
-        "peak_rss_mb": peak_rss_mb(),
-        "threads": threads,
-        "torch_version": torch.__version__,
-    }
+    return epoch_record(
+        "torch",
+        epoch,
+        losses,
+        summary,
+        threads=threads,
+        train_s=train_s,
+        eval_s=eval_s,
+        train_cpu_s=train_cpu_s,
+        eval_cpu_s=eval_cpu_s,
+        train_peak_rss_mb=train_peak,
+        torch_version=torch.__version__,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -28,7 +28,19 @@ from ftcot_jax.config import load_compare_spec  # noqa: E402
 from tests.helpers.models import CHAR_GPT2  # noqa: E402
 
 IN_PROCESS = {"jax": end_jax.run, "torch": end_torch.run}
-RECORD_FIELDS = {"system", "epoch", "losses", "train_loss", "accuracy", "n", "train_s", "eval_s", "peak_rss_mb"}
+RECORD_FIELDS = {
+    "system",
+    "epoch",
+    "losses",
+    "train_loss",
+    "accuracy",
+    "n",
+    "train_s",
+    "eval_s",
+    "train_cpu_s",
+    "eval_cpu_s",
+    "peak_rss_mb",
+}
 
 
 def run_config(tmp: Path, student: Path, epochs: int = 2) -> Path:
@@ -96,6 +108,7 @@ def test_both_systems_write_the_same_fields(done):
         for rec in recs.values():
             assert RECORD_FIELDS <= set(rec) and rec["n"] == 4 and rec["epoch"] == epoch
             assert rec["train_s"] > 0 and rec["eval_s"] > 0 and rec["peak_rss_mb"] > 0
+            assert rec["train_cpu_s"] > 0 and rec["eval_cpu_s"] > 0
         preds = {s: end_run.predictions_path(out, s, epoch).read_text().splitlines() for s in ("jax", "torch")}
         ours, theirs = (list(map(json.loads, preds[s])) for s in ("jax", "torch"))
         assert len(ours) == len(theirs) == 4
@@ -109,6 +122,7 @@ def test_both_systems_write_the_same_fields(done):
     assert {r["system"] for r in report["rows"]} == {"jax", "torch"} and len(report["rows"]) == 4
     table = (out / "end.md").read_text()
     assert "| 1 | torch |" in table and "same parsed answer on" in table and "wall time torch / ours" in table
+    assert report["torch_over_ours"]["train_cpu_s"] > 0 and "CPU seconds torch / ours: train " in table
     assert (out / "accuracy.png").stat().st_size > 1000
     assert json.loads((out / "end.json").read_text())["best"]["jax"]["n"] == 4
 
