@@ -21,6 +21,23 @@ from ftcot_jax.config import EvalSection
 from ftcot_jax.models.api import model_kind
 
 
+def _decode(model, tokenizer, examples: Sequence, template: str, *, repeat: int = 1, mesh=None, stop=None, **kw):
+    """The one place prompts are built and decoded: `template`'s prompt for each example, `repeat` rows of it
+    in a row, decoded (`decode.generate`, `kw` its settings) under `mesh`. Returns (prompts, generations)."""
+    kind = model_kind(model)
+    texts = [prompts.prompt(template, kind, ex.question) for ex in examples]
+    rows = [t for t in texts for _ in range(repeat)]
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        gens = decode.generate(model, tokenizer, rows, stop=list(stop) if stop else None, **kw)
+    return texts, gens
+
+
+def _scored(task: str, template: str, answer, g) -> dict:
+    """One completion's fields: its text, finish reason and the reference scorer's verdict."""
+    r = scoring.evaluate_completion(task, g.text, answer, template, g.finish_reason)
+    return {"completion": g.text, "finish_reason": g.finish_reason, **r}
+
+
 def generate_and_score(
     model,
     tokenizer,
@@ -39,31 +56,19 @@ def generate_and_score(
     is `scoring.summarize`'s (accuracy, contains_answer, correct_format, complete, n); one record per example
     with its prompt, completion, finish reason and the scorer's fields. `mesh` decodes under that mesh.
     """
-    kind = model_kind(model)
-    texts = [prompts.prompt(template, kind, ex.question) for ex in examples]
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        gens = decode.generate(
-            model,
-            tokenizer,
-            texts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            stop=list(stop) if stop else None,
-        )
-    records = []
-    for ex, prompt, g in zip(examples, texts, gens, strict=True):
-        r = scoring.evaluate_completion(task, g.text, ex.answer, template, g.finish_reason)
-        records.append(
-            {
-                "sample_index": ex.sample_index,
-                "question": ex.question,
-                "answer": ex.answer,
-                "prompt": prompt,
-                "completion": g.text,
-                "finish_reason": g.finish_reason,
-                **r,
-            }
-        )
+    texts, gens = _decode(
+        model, tokenizer, examples, template, mesh=mesh, stop=stop, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    records = [
+        {
+            "sample_index": ex.sample_index,
+            "question": ex.question,
+            "answer": ex.answer,
+            "prompt": prompt,
+            **_scored(task, template, ex.answer, g),
+        }
+        for ex, prompt, g in zip(examples, texts, gens, strict=True)
+    ]
     return scoring.summarize(records), records
 
 
@@ -91,36 +96,32 @@ def sample_and_vote(
     Returns (summary: `self_consistency.summarize_votes`, one vote record per example with its
     sample_index, question and answer)."""
     self_consistency.check_samples(samples, temperature)
-    kind = model_kind(model)
-    texts = [prompts.prompt(template, kind, ex.question) for ex in examples]
-    rows = [t for t in texts for _ in range(samples)]
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        gens = decode.generate(
-            model,
-            tokenizer,
-            rows,
-            max_new_tokens=max_new_tokens,
-            batch_size=samples * max(1, batch_size // samples),
-            stop=list(stop) if stop else None,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            rng=jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(len(rows))),  # a key per row
-        )
-    votes = []
-    for q, ex in enumerate(examples):
-        scored = []
-        for g in gens[q * samples : (q + 1) * samples]:
-            r = scoring.evaluate_completion(task, g.text, ex.answer, template, g.finish_reason)
-            scored.append({"completion": g.text, "finish_reason": g.finish_reason, **r})
-        votes.append(
-            {
-                "sample_index": ex.sample_index,
-                "question": ex.question,
-                "answer": ex.answer,
-                **self_consistency.vote(scored),
-            }
-        )
+    _, gens = _decode(
+        model,
+        tokenizer,
+        examples,
+        template,
+        repeat=samples,
+        mesh=mesh,
+        stop=stop,
+        max_new_tokens=max_new_tokens,
+        batch_size=samples * max(1, batch_size // samples),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        rng=jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(len(examples) * samples)),  # a key per row
+    )
+    votes = [
+        {
+            "sample_index": ex.sample_index,
+            "question": ex.question,
+            "answer": ex.answer,
+            **self_consistency.vote(
+                [_scored(task, template, ex.answer, g) for g in gens[q * samples : (q + 1) * samples]]
+            ),
+        }
+        for q, ex in enumerate(examples)
+    ]
     return self_consistency.summarize_votes(votes), votes
 
 

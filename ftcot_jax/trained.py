@@ -39,7 +39,7 @@ from ftcot_jax import evaluation, models, prompts, scoring
 from ftcot_jax.config import EvalSection, TrainConfig, load_config, to_dict
 from ftcot_jax.files import write_json_atomic, write_jsonl_atomic
 from ftcot_jax.models.api import model_kind
-from ftcot_jax.paths import as_path, download_tree, is_remote
+from ftcot_jax.paths import as_path, download_tree, is_remote, replace_dir, rmtree
 from ftcot_jax.tasks import TASK_NAMES, load_task
 from ftcot_jax.train.checkpoint import abstract_like, read_position, restore_params, saved_steps
 from ftcot_jax.train.loop import Trainer, TrainResult, predictions_path, train, votes_path
@@ -185,7 +185,16 @@ def select_step(train_dir: Path, step: str | int = "best") -> tuple[int, dict | 
     steps = saved_steps(train_dir / "checkpoints")
     if not steps:
         raise ValueError(f"{train_dir}: no finished checkpoint in checkpoints/ (training has not saved a step yet)")
-    history = _history(train_dir, steps)
+    return choose_step(_history(train_dir, steps), steps, step, where=str(train_dir))
+
+
+def choose_step(
+    history: list[dict], steps: list[int], step: str | int = "best", *, where: str
+) -> tuple[int, dict | None, str]:
+    """The one rule for which saved step a student is: `step` is best (the first epoch of the highest test
+    accuracy in `history`; the last saved step when nothing was evaluated), last or a step number, among the
+    saved `steps`. Returns (step, its evaluation or None, selection: best | last | step); a step that was not
+    kept is a ValueError naming `where` and the saved steps."""
     by_step = {h.get("step"): h for h in history}
     if step == "last":
         chosen, selection = max(steps), "last"
@@ -196,7 +205,7 @@ def select_step(train_dir: Path, step: str | int = "best") -> tuple[int, dict | 
             best = max(history, key=lambda h: h["accuracy"])
             if best["step"] not in steps:
                 raise ValueError(
-                    f"{train_dir}: the best epoch (step {best['step']}) was not kept (keep_best=0?); saved steps: "
+                    f"{where}: the best epoch (step {best['step']}) was not kept (keep_best=0?); saved steps: "
                     f"{', '.join(map(str, steps))}; choose one of them or last"
                 )
             chosen, selection = best["step"], "best"
@@ -206,7 +215,7 @@ def select_step(train_dir: Path, step: str | int = "best") -> tuple[int, dict | 
         except (TypeError, ValueError):
             raise ValueError(f"step {step!r}: expected {STEP_CHOICES}") from None
         if chosen not in steps:
-            raise ValueError(f"{train_dir}: no checkpoint of step {chosen}; saved steps: {', '.join(map(str, steps))}")
+            raise ValueError(f"{where}: no checkpoint of step {chosen}; saved steps: {', '.join(map(str, steps))}")
         selection = "step"
     return chosen, by_step.get(chosen), selection
 
@@ -299,13 +308,18 @@ def load_student(name_or_path, *, step: str | int = "best") -> LoadedStudent:
 
 def export_student(student: LoadedStudent, out_dir) -> Path:
     """Write `student` as an HF directory that transformers loads in PyTorch, plus its training format
-    (`ftcot_student.json`) when it has one."""
+    (`ftcot_student.json`) when it has one. The directory is written beside `out_dir` and put in its place
+    when whole, so an interrupted export never leaves a half-written student under the name."""
     out = as_path(out_dir)
     if student.tokenizer is None:
         raise ValueError(f"{student.source}: no tokenizer to export with the weights")
-    models.save_hf(student.model, student.tokenizer, out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        rmtree(tmp)
+    models.save_hf(student.model, student.tokenizer, tmp)
     if student.trained is not None:
-        write_json_atomic(out / FORMAT_FILE, student.trained.card())
+        write_json_atomic(tmp / FORMAT_FILE, student.trained.card())
+    replace_dir(tmp, out)
     return out
 
 
@@ -369,17 +383,22 @@ def _gather_params(params):
 
 
 def export_best_epoch(trainer: Trainer, result: TrainResult) -> None:
-    """The best epoch's student (the report's headline; the last step when nothing was evaluated or the best
-    step was not kept) as an HF directory in run_dir/export, with its training format. Every process takes
-    part: the parameters are restored with the training shardings and gathered; process 0 writes."""
-    best, last, step, run_dir = result.best, result.last, trainer.step, trainer.run_dir
-    chosen, params = last or {"step": step}, trainer.state.params
-    if best is not None and best["step"] != step:
-        if best["step"] in saved_steps(run_dir / "checkpoints"):
-            abstract = abstract_like(trainer.student.abstract_params, trainer.setup.state_shardings.params)
-            chosen, params = best, restore_params(run_dir / "checkpoints" / str(best["step"]), abstract)
-        elif jax.process_index() == 0:
-            print(f"warning: the best epoch (step {best['step']}) was not kept; exporting step {step}", flush=True)
+    """The step `choose_step` names "best" (the report's headline: the best epoch, else the last step) as an HF
+    directory in run_dir/export, with its training format; when the best epoch was not kept, the last step,
+    with a warning. Every process takes part: the parameters are restored with the training shardings and
+    gathered; process 0 writes."""
+    run_dir = trainer.run_dir
+    steps = saved_steps(run_dir / "checkpoints") or [trainer.step]
+    try:
+        chosen, evaluation_, selection = choose_step(result.history, steps, "best", where=str(run_dir))
+    except ValueError as e:
+        if jax.process_index() == 0:
+            print(f"warning: {e}; exporting the last step {trainer.step}", flush=True)
+        chosen, evaluation_, selection = choose_step(result.history, steps, "last", where=str(run_dir))
+    params = trainer.state.params
+    if chosen != trainer.step:
+        abstract = abstract_like(trainer.student.abstract_params, trainer.setup.state_shardings.params)
+        params = restore_params(run_dir / "checkpoints" / str(chosen), abstract)
     host_params = _gather_params(params)
     if jax.process_index() == 0:
         student = trainer.student
@@ -387,9 +406,9 @@ def export_best_epoch(trainer: Trainer, result: TrainResult) -> None:
             trainer.cfg,
             task=trainer.task,
             model_kind=student.model_type,
-            step=chosen["step"],
-            evaluation=chosen if "accuracy" in chosen else None,
-            selection="best" if chosen is best else "last",
+            step=chosen,
+            evaluation=evaluation_,
+            selection=selection,
         )
         model = nnx.merge(student.graphdef, host_params)
         export_student(LoadedStudent(model, student.tokenizer, str(run_dir), fmt), run_dir / "export")

@@ -177,17 +177,11 @@ def zero_shot(cfg: RunConfig, task: str, student, out: Path, log) -> Path:
 
 
 def export_trained(train_dir: Path, log) -> Path:
-    """The best epoch's student as an HF directory in train_dir/export (with its training format)."""
+    """The best epoch's student (`trained.load_student`'s "best") as an HF directory in train_dir/export."""
     t0 = time.time()
-    out = train_dir / "export"
     student = load_trained(train_dir, step="best")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        rmtree(tmp)
-    export_student(student, tmp)
-    replace_dir(tmp, out)
-    fmt = student.trained
-    log(f"  exported step {fmt.step} ({fmt.selection}) -> {out} ({time.time() - t0:.0f}s)")
+    out = export_student(student, train_dir / "export")
+    log(f"  exported step {student.trained.step} ({student.trained.selection}) -> {out} ({time.time() - t0:.0f}s)")
     return out / FORMAT_FILE
 
 

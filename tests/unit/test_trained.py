@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ftcot_jax import scoring
-from ftcot_jax.trained import FORMAT_FILE, Parsed, TrainedFormat, locate
+from ftcot_jax.trained import FORMAT_FILE, Parsed, TrainedFormat, choose_step, locate
 
 
 def _fmt(task="last_letter_concatenation", method="ft_cot", kind="decoder"):
@@ -95,3 +95,18 @@ def test_locate_errors_name_the_path_and_what_was_expected(tmp_path):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: not readable JSON"):
         locate(bad)
+
+
+def test_choose_step_is_one_rule_for_loading_and_exporting():
+    history = [{"step": 10, "accuracy": 0.2}, {"step": 20, "accuracy": 0.5}, {"step": 30, "accuracy": 0.5}]
+    # best: the first epoch of the highest accuracy, with its evaluation
+    assert choose_step(history, [10, 20, 30], "best", where="d") == (20, history[1], "best")
+    assert choose_step(history, [10, 20, 30], "last", where="d") == (30, history[2], "last")
+    assert choose_step(history, [10, 20, 30], "10", where="d") == (10, history[0], "step")
+    assert choose_step([], [10, 20], "best", where="d") == (20, None, "last")  # never evaluated
+    with pytest.raises(ValueError, match=r"^runs/x: the best epoch \(step 20\) was not kept .*saved steps: 10, 30"):
+        choose_step(history, [10, 30], "best", where="runs/x")
+    with pytest.raises(ValueError, match=r"^runs/x: no checkpoint of step 40; saved steps: 10, 20, 30$"):
+        choose_step(history, [10, 20, 30], 40, where="runs/x")
+    with pytest.raises(ValueError, match=r"^step 'first': expected best, last or a step number$"):
+        choose_step(history, [10, 20, 30], "first", where="runs/x")
