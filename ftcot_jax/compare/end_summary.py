@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ftcot_jax.files import write_json_atomic, write_text_atomic
+from ftcot_jax.plots import pyplot, save_figure
 
 NAMES = {"jax": "ftcot-jax", "torch": "torch"}
 
@@ -139,12 +140,7 @@ def write_end_report(out: Path, report: dict) -> None:
 
 def plot_end(report: dict, path: Path) -> None:
     """Test accuracy per epoch (both systems) and the per-step training loss curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, ax2) = pyplot().subplots(1, 2, figsize=(12, 4.5))
     m = report["manifest"]
     for system, style in (("jax", "-"), ("torch", "--")):
         rows = sorted((r for r in report["rows"] if r["system"] == system), key=lambda r: r["epoch"])
@@ -168,6 +164,4 @@ def plot_end(report: dict, path: Path) -> None:
     ax2.set_title("training loss per step", fontsize=9)
     if ax2.lines:
         ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

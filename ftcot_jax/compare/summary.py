@@ -13,6 +13,7 @@ import numpy as np
 
 from ftcot_jax.config.compare import CompareSpec
 from ftcot_jax.files import write_json_atomic, write_text_atomic
+from ftcot_jax.plots import pyplot, save_figure
 from ftcot_jax.train.metrics import checked_mfu, format_mfu
 
 
@@ -209,12 +210,7 @@ def write_report(out: Path, report: dict) -> None:
 
 def plot_losses(curves: dict[str, list[float]], path: Path, title: str = "") -> None:
     """Both systems' loss curves, and |torch - ours| per step on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, ax2) = pyplot().subplots(1, 2, figsize=(12, 4.5))
     styles = {"jax": "-", "torch": "--"}
     for key, losses in curves.items():
         ax.plot(
@@ -240,6 +236,4 @@ def plot_losses(curves: dict[str, list[float]], path: Path, title: str = "") -> 
     ax2.set_title("gap between the curves", fontsize=9)
     if ax2.lines:
         ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -16,16 +16,16 @@ epoch as their greedy row (ftcot_jax/self_consistency.py); the K plot shows maj@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 from pathlib import Path
 
 from ftcot_jax.config import RunConfig, from_dict
-from ftcot_jax.files import write_bytes_atomic, write_text_atomic
-from ftcot_jax.paths import as_path, is_remote
+from ftcot_jax.files import write_text_atomic
+from ftcot_jax.paths import as_path
 from ftcot_jax.pipeline.curate import METHOD_LABELS, methods_of
 from ftcot_jax.pipeline.paper import PAPER_NEAREST_DECODER, PAPER_STUDENTS, paper_diverse_d, paper_key, paper_value
+from ftcot_jax.plots import pyplot, save_figure
 
 TASK_COLUMNS = {  # paper table header names
     "single_eq": "SingleEq",
@@ -276,26 +276,10 @@ def decode_seconds_section(cells: list[Cell]) -> list[str]:
     return head + ["| task | method | evaluations | greedy | K samples |", "|---|---|---|---|---|", *rows, ""]
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    if is_remote(path):  # matplotlib writes local files; for a store, the PNG's bytes as one object
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        write_bytes_atomic(path, buf.getvalue())
-    else:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = sorted({c.task for c in cells}, key=lambda t: list(TASK_COLUMNS).index(t))
@@ -343,7 +327,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    written.append(_save(fig, out_dir / "accuracy_per_epoch.png"))
+    written.append(save_figure(fig, out_dir / "accuracy_per_epoch.png"))
     # loss curves
     fig, axes = grid(len(tasks))
     for ax, t in zip(axes, tasks, strict=False):
@@ -357,7 +341,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    written.append(_save(fig, out_dir / "loss.png"))
+    written.append(save_figure(fig, out_dir / "loss.png"))
     # accuracy vs number of diverse rationales D
     d_tasks = [t for t in tasks if any(c.kind == "diverse" for c in cells if c.task == t)]
     if d_tasks:
@@ -389,7 +373,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
             ax.set_ylabel("best test accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        written.append(_save(fig, out_dir / "accuracy_vs_d.png"))
+        written.append(save_figure(fig, out_dir / "accuracy_vs_d.png"))
     # self-consistency: maj@k of the best epoch against the number of samples k
     k_tasks = [t for t in tasks if any((c.best or {}).get("maj_by_k") for c in cells if c.task == t)]
     if k_tasks:
@@ -408,7 +392,7 @@ def make_plots(cells: list[Cell], out_dir: Path) -> list[Path]:
             ax.set_ylabel("maj@k test accuracy (%), best epoch")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        written.append(_save(fig, out_dir / "accuracy_vs_k.png"))
+        written.append(save_figure(fig, out_dir / "accuracy_vs_k.png"))
     return written
 
 
